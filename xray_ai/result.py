@@ -1,0 +1,117 @@
+"""The result of one analysis: plain data, no tensorflow, shared by the app, CLI and report.
+
+`AnalysisResult.to_json()` is the `predict --json` contract of DESIGN.md; the heatmaps
+and images ride along as arrays for the overlay and the report but stay out of the JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .imaging import XRay
+
+__all__ = ["ViewResult", "AnalysisResult", "PLACEHOLDER_WATERMARK", "DISCLAIMER"]
+
+PLACEHOLDER_WATERMARK = "PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT"
+DISCLAIMER = (
+    "Decision support only, not a diagnosis. The result comes from a machine-learning model "
+    "and must be reviewed by a qualified clinician, who makes the decision."
+)
+
+
+@dataclass(frozen=True)
+class ViewResult:
+    """One image (view) of a study and what the model said about it.
+
+    Attributes:
+        image: the loaded radiograph (float32 H x W in [0, 1]).
+        probability: the model's probability of the positive label, 0..1.
+        heatmap: float32 2-D map in [0, 1] at the model's feature-map resolution
+            (resize to the image for display; `overlay.render_overlay` does).
+        heatmap_flag: None, or why the map is a fallback (e.g. "zero gradient").
+    """
+
+    image: XRay
+    probability: float
+    heatmap: np.ndarray
+    heatmap_flag: str | None = None
+
+    @property
+    def filename(self) -> str | None:
+        return self.image.filename
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """Everything one analysis produced, with the provenance a clinician needs to weigh it."""
+
+    condition: str
+    condition_name: str
+    positive_label: str
+    negative_label: str
+    model_id: str
+    model_version: str
+    architecture: str
+    profile: str
+    sha256: str | None
+    trained_on: str
+    intended_use: str
+    threshold: float
+    threshold_method: str
+    probability: float
+    placeholder: bool
+    placeholder_reason: str | None
+    heatmap_method: str
+    target_layer: str | None
+    views: tuple[ViewResult, ...]
+    warnings: tuple[str, ...] = ()
+    backend: str = "tensorflow"
+    synthetic: bool = False
+    created: str = ""  # ISO 8601 time of the analysis (UTC)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def decision(self) -> str:
+        """The positive label when probability >= threshold, else the negative label."""
+        return self.positive_label if self.probability >= self.threshold else self.negative_label
+
+    @property
+    def is_positive(self) -> bool:
+        return self.probability >= self.threshold
+
+    def to_json(self) -> dict[str, Any]:
+        """The `predict --json` object of DESIGN.md (no arrays, no patient identifiers)."""
+        return {
+            "condition": self.condition,
+            "condition_name": self.condition_name,
+            "model_id": self.model_id,
+            "model_version": self.model_version,
+            "architecture": self.architecture,
+            "profile": self.profile,
+            "sha256": self.sha256,
+            "trained_on": self.trained_on,
+            "intended_use": self.intended_use,
+            "synthetic_training_data": self.synthetic,
+            "probability": round(float(self.probability), 6),
+            "decision": self.decision,
+            "threshold": self.threshold,
+            "threshold_method": self.threshold_method,
+            "placeholder": self.placeholder,
+            "placeholder_reason": self.placeholder_reason,
+            "heatmap_method": self.heatmap_method,
+            "target_layer": self.target_layer,
+            "backend": self.backend,
+            "views": [
+                {
+                    "file": v.filename,
+                    "probability": round(float(v.probability), 6),
+                    "heatmap_flag": v.heatmap_flag,
+                }
+                for v in self.views
+            ],
+            "warnings": list(self.warnings),
+            "created": self.created,
+        }
