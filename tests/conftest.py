@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny flat, nested and Sequential models (32x32x1) and a temporary registry."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+TINY_SHAPE = (32, 32, 1)
+
+
+def _tiny_backbone(keras, name="backbone"):
+    inputs = keras.Input(TINY_SHAPE)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inputs)
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+@pytest.fixture(scope="session")
+def keras_mod():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras
+
+
+@pytest.fixture(scope="session")
+def flat_model(keras_mod):
+    keras = keras_mod
+    inputs = keras.Input(TINY_SHAPE)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inputs)
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    logit = keras.layers.Dense(1, name="logit")(x)
+    out = keras.layers.Activation("sigmoid", name="probability")(logit)
+    return keras.Model(inputs, out, name="tiny_flat")
+
+
+@pytest.fixture(scope="session")
+def nested_model(keras_mod):
+    keras = keras_mod
+    backbone = _tiny_backbone(keras)
+    inputs = keras.Input(TINY_SHAPE)
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="norm")(inputs)
+    x = backbone(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dropout(0.2)(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name="head")(x)
+    return keras.Model(inputs, out, name="tiny_nested")
+
+
+@pytest.fixture(scope="session")
+def sequential_model(keras_mod):
+    keras = keras_mod
+    return keras.Sequential(
+        [
+            keras.Input(TINY_SHAPE),
+            _tiny_backbone(keras, "seq_backbone"),
+            keras.layers.GlobalAveragePooling2D(name="gap"),
+            keras.layers.Dense(1, activation="sigmoid", name="head"),
+        ],
+        name="tiny_sequential",
+    )
+
+
+def write_tiny_registry(tmp_path: Path, model_file: Path | None, *, sha256: str | None, height=32, width=32, channels=1) -> Path:
+    """A registry with one condition ('fracture') whose active model is `model_file`."""
+    entry = {
+        "condition": "fracture",
+        "architecture": "custom",
+        "path": str(model_file.name if model_file else "missing.keras"),
+        "sha256": sha256,
+        "version": "0.0.1-test",
+        "input": {"height": height, "width": width, "channels": channels},
+        "preprocessing": "unit",
+        "threshold": 0.5,
+        "threshold_method": "fixed 0.5 (test fixture)",
+        "profile": "fast",
+        "trained_on": {"dataset": "test fixture", "version": "", "synthetic": True},
+        "intended_use": "unit tests only",
+        "metrics": {},
+        "created": "2026-11-22",
+    }
+    registry = {
+        "schema_version": 1,
+        "conditions": {
+            "fracture": {"name": "Fracture", "positive_label": "fracture", "negative_label": "no fracture"}
+        },
+        "models": {"tiny-test": entry},
+        "active_models": {"fracture": "tiny-test"},
+    }
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps(registry, indent=2))
+    return path

@@ -1,0 +1,179 @@
+"""Model builders: the backbones the registry may name, the classification head, the placeholder.
+
+Every model this project builds is *flat* (backbone layers and head in one functional
+graph) and takes gray-replicated images in [0, 1]: the backbone's own input
+normalisation is a layer inside the model, so nothing outside ever divides by 255 or
+subtracts an ImageNet mean (registry `preprocessing: unit`). The head is the seed
+system's: global average pooling, batch norm, dense + ReLU, dropout, one logit, and a
+separate sigmoid so that Grad-CAM can differentiate the logit rather than the
+saturating probability.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+from keras import layers
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "build_classifier",
+    "build_placeholder",
+    "PLACEHOLDER_NAME",
+    "WeightsUnavailableError",
+]
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER_NAME = "placeholder_untrained"
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but cannot be obtained here."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A keras.applications backbone and the input normalisation its weights expect.
+
+    normalisation: "torch" (ImageNet mean/std on [0, 1]), "tf" ([-1, 1]),
+    "caffe" (0-255 minus the BGR mean; gray input makes channel order moot),
+    "raw255" (0-255; the application normalises internally).
+    """
+
+    constructor: Callable[..., keras.Model]
+    normalisation: str
+
+
+BACKBONES: dict[str, Backbone] = {
+    "densenet121": Backbone(keras.applications.DenseNet121, "torch"),
+    "densenet169": Backbone(keras.applications.DenseNet169, "torch"),
+    "mobilenetv2": Backbone(keras.applications.MobileNetV2, "tf"),
+    "resnet50": Backbone(keras.applications.ResNet50, "caffe"),
+    "resnet101": Backbone(keras.applications.ResNet101, "caffe"),
+    "efficientnetb0": Backbone(keras.applications.EfficientNetB0, "raw255"),
+    "vgg16": Backbone(keras.applications.VGG16, "caffe"),
+    "vgg19": Backbone(keras.applications.VGG19, "caffe"),
+    "xception": Backbone(keras.applications.Xception, "tf"),
+    "convnext_tiny": Backbone(keras.applications.ConvNeXtTiny, "raw255"),
+}
+
+
+def _normalisation_layers(kind: str) -> list[layers.Layer]:
+    if kind == "torch":
+        return [
+            layers.Normalization(
+                mean=list(_IMAGENET_MEAN), variance=[s * s for s in _IMAGENET_STD], name="input_norm"
+            )
+        ]
+    if kind == "tf":
+        return [layers.Rescaling(2.0, offset=-1.0, name="input_norm")]
+    if kind == "caffe":
+        return [
+            layers.Rescaling(255.0, name="input_scale"),
+            layers.Normalization(mean=list(_CAFFE_MEAN_BGR), variance=[1.0, 1.0, 1.0], name="input_norm"),
+        ]
+    if kind == "raw255":
+        return [layers.Rescaling(255.0, name="input_norm")]
+    raise ValueError(f"unknown normalisation {kind!r}")
+
+
+def _resolve_weights(weights: str | Path | None, architecture: str) -> tuple[str | None, Path | None]:
+    """-> (weights argument for keras.applications, local file to load afterwards)."""
+    if weights in (None, "none"):
+        return None, None
+    if weights == "imagenet":
+        return "imagenet", None
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"--weights {weights}: no such file (give 'imagenet', 'none' or a local weights file "
+            f"for the {architecture} backbone without its top)"
+        )
+    return None, path
+
+
+def build_classifier(
+    architecture: str,
+    input_shape: tuple[int, int, int] = (224, 224, 3),
+    *,
+    weights: str | Path | None = None,
+    dense_units: int = 256,
+    dropout: float = 0.5,
+    name: str | None = None,
+) -> keras.Model:
+    """Build a flat binary classifier: [0, 1] images in, probability of the positive label out.
+
+    Args:
+        architecture: a key of BACKBONES ("densenet121", "mobilenetv2", ...).
+        input_shape: (height, width, channels); channels must be 3 for ImageNet weights.
+        weights: None/"none" (random init), "imagenet" (downloaded by keras; needs internet),
+            or a path to backbone weights (`.weights.h5` saved from the same application
+            with include_top=False).
+        dense_units, dropout: the head's hidden width and dropout rate.
+
+    Returns:
+        A functional keras.Model, inputs float32 (N, H, W, C) in [0, 1], output (N, 1)
+        probability; layer "logit" holds the pre-sigmoid score.
+
+    Raises:
+        WeightsUnavailableError: ImageNet weights cannot be downloaded, or the file is missing.
+    """
+    if architecture not in BACKBONES:
+        raise ValueError(f"unknown architecture {architecture!r}; valid: {', '.join(sorted(BACKBONES))}")
+    spec = BACKBONES[architecture]
+    app_weights, local = _resolve_weights(weights, architecture)
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for layer in _normalisation_layers(spec.normalisation):
+        x = layer(x)
+    try:
+        # input_tensor= makes keras add the backbone's layers to *this* graph: a flat model,
+        # so Grad-CAM never needs the nested-model path for models we train.
+        backbone = spec.constructor(include_top=False, weights=app_weights, input_tensor=x)
+    except Exception as exc:  # keras raises several types for a failed download
+        if app_weights == "imagenet":
+            raise WeightsUnavailableError(
+                f"ImageNet weights for {architecture} could not be downloaded ({type(exc).__name__}: "
+                f"{exc}). On a machine without internet use --weights none or --weights PATH "
+                "to a local weights file."
+            ) from exc
+        raise
+    if local is not None:
+        backbone.load_weights(str(local))
+        log.info("loaded backbone weights from %s", local)
+    x = layers.GlobalAveragePooling2D(name="gap")(backbone.output)
+    x = layers.BatchNormalization(name="head_bn")(x)
+    x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    logit = layers.Dense(1, name="logit")(x)
+    prob = layers.Activation("sigmoid", name="probability", dtype="float32")(logit)
+    return keras.Model(inputs, prob, name=name or f"{architecture}_classifier")
+
+
+def build_placeholder(input_shape: tuple[int, int, int] = (224, 224, 3), seed: int = 0) -> keras.Model:
+    """An untrained small CNN of the given input shape, used only when a real model fails to load.
+
+    Its output carries no information; the ModelManager marks it `placeholder=True` and every
+    consumer (app, overlay, report, CLI) labels results from it as such.
+    """
+    init = keras.initializers.GlorotUniform(seed=seed)
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for i, filters in enumerate((8, 16, 32)):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer=init,
+                          name=f"placeholder_conv{i + 1}")(x)
+        if i < 2:
+            x = layers.MaxPooling2D(2, name=f"placeholder_pool{i + 1}")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    logit = layers.Dense(1, kernel_initializer=init, name="logit")(x)
+    prob = layers.Activation("sigmoid", name="probability")(logit)
+    return keras.Model(inputs, prob, name=PLACEHOLDER_NAME)

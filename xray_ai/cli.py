@@ -1,0 +1,253 @@
+"""`python -m xray_ai ...`: predict, registry administration, phantoms.
+
+Exit status (DESIGN.md): 0 success; 2 bad input (unreadable, unsupported or oversized
+image, unknown condition or model id, invalid registry), with one stderr line naming the
+file and the reason and no traceback; 1 internal error (set XRAY_AI_DEBUG=1 for the
+traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInput(Exception):
+    """A user error: reported in one line, exit status 2."""
+
+
+def _add_registry_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        default=None,
+        help="registry file (default: $XRAY_AI_REGISTRY, else model_registry.json at the repository root)",
+    )
+
+
+def _intensity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"intensity must be a number in 0..1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"intensity must be in 0..1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m xray_ai",
+        description="Decision support for radiographs: never a diagnosis; a clinician decides.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="score one study (several images = its views) and explain it")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG, JPEG or DICOM files")
+    p.add_argument("--condition", help="condition id (see `registry list`)")
+    p.add_argument("--model", dest="model_id", help="a registered model id instead of the active one")
+    p.add_argument("--method", default="gradcam", choices=["gradcam"], help="heatmap method")
+    p.add_argument("--heatmap", type=Path, help="write the overlay PNG here (one per view: NAME_viewN.png)")
+    p.add_argument("--intensity", type=_intensity, default=0.5, help="heatmap intensity 0..1 (default 0.5)")
+    p.add_argument("--no-annotations", action="store_true", help="overlay without contour and box")
+    p.add_argument("--report", type=Path, help="write the PDF report here")
+    p.add_argument("--include-patient", action="store_true", help="put DICOM patient fields in the report")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    _add_registry_arg(p)
+
+    r = sub.add_parser("registry", help="list, validate or switch registered models")
+    rsub = r.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
+    rl = rsub.add_parser("list", help="models and which is active")
+    rl.add_argument("--json", action="store_true")
+    _add_registry_arg(rl)
+    rv = rsub.add_parser("validate", help="check the registry and every model file's sha256")
+    rv.add_argument("--strict", action="store_true", help="exit 2 when an active model's file fails its check")
+    _add_registry_arg(rv)
+    ra = rsub.add_parser("activate", help="make MODEL_ID the active model of CONDITION")
+    ra.add_argument("condition")
+    ra.add_argument("model_id")
+    ra.add_argument("--user", help="who makes the change (for the audit log; default: login name)")
+    _add_registry_arg(ra)
+
+    ph = sub.add_parser("phantoms", help="write synthetic radiograph phantoms with lesion masks")
+    _add_registry_arg(ph)
+    try:
+        from . import phantoms
+    except ImportError:  # pragma: no cover - the phantom module is optional at import time
+        phantoms = None
+    if phantoms is not None and hasattr(phantoms, "add_cli_arguments"):
+        phantoms.add_cli_arguments(ph)
+    return parser
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def _load_images(paths: Sequence[Path]):
+    from .imaging import ImageLoadError, load_image
+
+    images = []
+    for path in paths:
+        if not path.is_file():
+            raise BadInput(f"{path}: no such file")
+        try:
+            images.append(load_image(path))
+        except ImageLoadError as exc:
+            raise BadInput(str(exc)) from None
+    return images
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .analysis import analyze
+    from .manager import ModelManager
+    from .registry import RegistryError
+
+    if args.condition is None and args.model_id is None:
+        raise BadInput("give --condition ID or --model MODEL_ID (see `python -m xray_ai registry list`)")
+    images = _load_images(args.images)
+    try:
+        manager = ModelManager(args.registry)
+        result = analyze(images, args.condition, manager=manager, model_id=args.model_id)
+    except RegistryError as exc:
+        raise BadInput(str(exc)) from None
+    if result.placeholder:
+        print(f"warning: PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT: {result.placeholder_reason}", file=sys.stderr)
+    if args.heatmap:
+        _write_overlays(result, args.heatmap, args.intensity, not args.no_annotations)
+    if args.report:
+        from .report import build_report
+
+        args.report.write_bytes(build_report(result, include_patient=args.include_patient, intensity=args.intensity))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(_summary(result))
+    return EXIT_OK
+
+
+def _write_overlays(result, target: Path, intensity: float, annotate: bool) -> None:
+    from PIL import Image
+
+    from .overlay import render_overlay
+
+    for i, view in enumerate(result.views, start=1):
+        rgb = render_overlay(
+            view.image.pixels,
+            view.heatmap,
+            intensity,
+            annotate=annotate,
+            probability=view.probability,
+            placeholder=result.placeholder,
+        )
+        out = target if len(result.views) == 1 else target.with_name(f"{target.stem}_view{i}{target.suffix}")
+        Image.fromarray(rgb).save(out)
+
+
+def _summary(result) -> str:
+    lines = []
+    if result.placeholder:
+        lines.append("*** PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT ***")
+    lines += [
+        f"{result.condition_name}: {result.decision} (probability {result.probability:.3f}, "
+        f"threshold {result.threshold:.3f}: {result.threshold_method})",
+        f"model {result.model_id} v{result.model_version} ({result.architecture}, {result.profile}); "
+        f"trained on {result.trained_on}",
+        f"intended use: {result.intended_use}",
+        f"heatmap: {result.heatmap_method} at {result.target_layer}",
+    ]
+    if len(result.views) > 1:
+        lines += [f"  view {v.filename}: {v.probability:.3f}" for v in result.views]
+    lines += [f"warning: {w}" for w in result.warnings]
+    lines.append("Decision support only, not a diagnosis: a clinician decides.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def _cmd_registry(args: argparse.Namespace) -> int:
+    from .manager import file_sha256
+    from .registry import RegistryError, load_registry, save_registry
+
+    try:
+        registry = load_registry(args.registry)
+    except RegistryError as exc:
+        raise BadInput(str(exc)) from None
+    if args.registry_command == "list":
+        active = set(registry.active_models.values())
+        if args.json:
+            print(json.dumps({"models": registry.to_dict()["models"], "active_models": dict(registry.active_models)}, indent=2))
+            return EXIT_OK
+        print(f"{'':2}{'model id':44} {'condition':16} {'arch':12} {'profile':9} {'version':8} threshold")
+        for m in registry.models.values():
+            mark = "* " if m.id in active else "  "
+            print(f"{mark}{m.id:44} {m.condition:16} {m.architecture:12} {m.profile:9} {m.version:8} {m.threshold:.3f}")
+        print("* = active for its condition")
+        return EXIT_OK
+    if args.registry_command == "validate":
+        failing_active = []
+        for m in registry.models.values():
+            path = m.resolve_path(registry.base_dir)
+            if not path.is_file():
+                status = f"file {m.path} not found (placeholder would serve)"
+            elif m.sha256 is None:
+                status = "no sha256 recorded (placeholder would serve)"
+            elif file_sha256(path) != m.sha256:
+                status = "sha256 MISMATCH (placeholder would serve)"
+            else:
+                status = "ok"
+            if status != "ok" and m.id in registry.active_models.values():
+                failing_active.append(m.id)
+            print(f"{m.id}: {status}")
+        print(f"{registry.path}: schema valid; {len(registry.models)} models, {len(registry.active_models)} active")
+        if args.strict and failing_active:
+            raise BadInput(f"{registry.path}: active model(s) failing their file check: {', '.join(failing_active)}")
+        return EXIT_OK
+    if args.registry_command == "activate":
+        try:
+            updated = registry.with_active(args.condition, args.model_id)
+        except RegistryError as exc:
+            raise BadInput(f"{registry.path}: {exc}") from None
+        changes = save_registry(updated, registry.path, user=args.user, action="activate")
+        print("\n".join(changes) if changes else f"{args.model_id} was already active for {args.condition}")
+        return EXIT_OK
+    raise AssertionError(args.registry_command)
+
+
+def _cmd_phantoms(args: argparse.Namespace) -> int:
+    from . import phantoms
+
+    return phantoms.run_cli(args)
+
+
+# ---------------------------------------------------------------------------- main
+
+_COMMANDS = {"predict": _cmd_predict, "registry": _cmd_registry, "phantoms": _cmd_phantoms}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's banner off stderr
+    logging.basicConfig(level=os.environ.get("XRAY_AI_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the CLI's last line of defence: one line, exit 1
+        if os.environ.get("XRAY_AI_DEBUG"):
+            traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {exc} (set XRAY_AI_DEBUG=1 for details)", file=sys.stderr)
+        return EXIT_INTERNAL

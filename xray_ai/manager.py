@@ -1,0 +1,204 @@
+"""ModelManager: load, verify, cache and warm models; fall back to an unmistakable placeholder.
+
+One manager is shared by every app session (Streamlit serves sessions on threads), so
+loading is guarded by a lock per model id and the cache is keyed by model id and file
+identity (path, size, mtime, sha256): replacing a `.keras` file or editing the registry
+is picked up on the next `get` without restarting anything.
+
+When the active model's file is missing, corrupt, fails its sha256 check or disagrees
+with its entry (input shape, single sigmoid output), `get` returns an *untrained*
+placeholder CNN of the entry's input shape with `placeholder=True` and the reason;
+every consumer must say so loudly (DESIGN.md, "Placeholder fallback").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .registry import ModelEntry, Registry, RegistryError, default_registry_path, load_registry
+
+__all__ = ["ModelManager", "LoadedModel", "file_sha256"]
+
+log = logging.getLogger(__name__)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to analyse.
+
+    Attributes:
+        model: the keras model (the placeholder CNN when `placeholder` is True).
+        entry: the registry entry it serves.
+        placeholder: True when the real model could not be used.
+        placeholder_reason: why, in words a user can act on; None otherwise.
+        analyzer: the compiled probability + Grad-CAM function (xray_ai.gradcam.GradCam).
+        load_seconds: time spent loading, verifying and warming up.
+    """
+
+    model: object
+    entry: ModelEntry
+    placeholder: bool
+    placeholder_reason: str | None
+    analyzer: object
+    load_seconds: float = 0.0
+
+    @property
+    def target_layer(self) -> str | None:
+        return self.analyzer.target_layer
+
+    @property
+    def heatmap_method(self) -> str:
+        return self.analyzer.method
+
+
+class _ModelProblem(Exception):
+    """The entry's file cannot serve; the message becomes the placeholder reason."""
+
+
+class ModelManager:
+    """Loads registry models on demand and keeps them; safe to share between threads.
+
+    Args:
+        registry_path: the registry file; default `default_registry_path()` (the repo's
+            `model_registry.json` or `$XRAY_AI_REGISTRY`).
+        warm_up: trace and run the compiled analysis once at load, so the first real
+            analysis does not pay for graph tracing.
+    """
+
+    def __init__(self, registry_path: str | Path | None = None, *, warm_up: bool = True):
+        self.registry_path = Path(registry_path) if registry_path is not None else default_registry_path()
+        self.warm_up = warm_up
+        self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._cache: dict[str, tuple[tuple, LoadedModel]] = {}
+        self._registry: Registry | None = None
+        self._registry_stamp: tuple | None = None
+
+    # ------------------------------------------------------------------ registry
+
+    @property
+    def registry(self) -> Registry:
+        """The registry, re-read when its file changed on disk (validated on every read)."""
+        stamp = _stamp(self.registry_path)
+        with self._lock:
+            if self._registry is None or stamp != self._registry_stamp:
+                self._registry = load_registry(self.registry_path)
+                self._registry_stamp = stamp
+            return self._registry
+
+    def resolve(self, condition: str | None = None, model_id: str | None = None) -> ModelEntry:
+        """The entry for a model id, or the active model of a condition. RegistryError if unknown."""
+        registry = self.registry
+        if model_id is not None:
+            entry = registry.model(model_id)
+            if condition is not None and entry.condition != condition:
+                raise RegistryError(f"model {model_id!r} serves {entry.condition!r}, not {condition!r}")
+            return entry
+        if condition is None:
+            raise RegistryError("give a condition or a model id")
+        return registry.active_entry(condition)
+
+    # ------------------------------------------------------------------ loading
+
+    def get(self, condition: str | None = None, model_id: str | None = None) -> LoadedModel:
+        """The loaded model for `model_id`, or the active model of `condition`.
+
+        Never raises for a bad model file: that yields the placeholder. Raises
+        RegistryError for an unknown condition or model id, or an invalid registry.
+        """
+        entry = self.resolve(condition, model_id)
+        path = entry.resolve_path(self.registry.base_dir)
+        key = (entry, _stamp(path))
+        with self._lock:
+            cached = self._cache.get(entry.id)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            key_lock = self._key_locks.setdefault(entry.id, threading.Lock())
+        with key_lock:  # one thread loads a given model; others wait for it, not for all loads
+            with self._lock:
+                cached = self._cache.get(entry.id)
+                if cached is not None and cached[0] == key:
+                    return cached[1]
+            loaded = self._load(entry, path)
+            with self._lock:
+                self._cache[entry.id] = (key, loaded)
+            return loaded
+
+    def loaded_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._cache)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def _load(self, entry: ModelEntry, path: Path) -> LoadedModel:
+        from .gradcam import GradCam  # tensorflow is imported here, on first load only
+
+        start = time.perf_counter()
+        try:
+            model = self._load_verified(entry, path)
+            placeholder, reason = False, None
+        except _ModelProblem as exc:
+            reason = str(exc)
+            log.warning("model %s unusable, serving a PLACEHOLDER: %s", entry.id, reason)
+            from .architectures import build_placeholder
+
+            model, placeholder = build_placeholder(entry.input.shape), True
+        analyzer = GradCam(model)
+        if self.warm_up:
+            analyzer.warm_up()
+        seconds = time.perf_counter() - start
+        log.info("loaded %s in %.2f s (placeholder=%s)", entry.id, seconds, placeholder)
+        return LoadedModel(model, entry, placeholder, reason, analyzer, seconds)
+
+    def _load_verified(self, entry: ModelEntry, path: Path):
+        import keras
+
+        if not path.is_file():
+            raise _ModelProblem(f"model file {entry.path} not found")
+        if entry.sha256 is None:
+            raise _ModelProblem(f"registry entry {entry.id} records no sha256, so {entry.path} cannot be verified")
+        actual = file_sha256(path)
+        if actual != entry.sha256:
+            raise _ModelProblem(
+                f"sha256 of {entry.path} is {actual[:12]}..., the registry expects {entry.sha256[:12]}... "
+                "(file replaced or damaged)"
+            )
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
+            raise _ModelProblem(f"{entry.path} could not be loaded ({type(exc).__name__}: {exc})") from None
+        want = (None, *entry.input.shape)
+        have = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None
+        if have != want:
+            raise _ModelProblem(f"{entry.path} takes input {have}, the registry entry says {want}")
+        out = tuple(model.outputs[0].shape) if len(model.outputs) == 1 else None
+        if out != (None, 1):
+            raise _ModelProblem(f"{entry.path} outputs {out}; one sigmoid unit (None, 1) is required")
+        return model
+
+
+def _stamp(path: Path) -> tuple:
+    """File identity for cache keys: (path, size, mtime_ns), or a 'missing' marker."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (str(path), None, None)
+    return (str(path), st.st_size, st.st_mtime_ns)

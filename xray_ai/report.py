@@ -1,0 +1,409 @@
+"""PDF report of one analysis (reportlab platypus): result, images, provenance, review.
+
+The report says which model produced the result, how its threshold was chosen, and that a
+clinician decides. A placeholder model's report carries PLACEHOLDER_WATERMARK diagonally on
+every page. Patient and study identifiers appear only when asked for. Apart from the report
+id and the date, the same inputs give the same bytes (reportlab's invariant mode).
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+from xml.sax.saxutils import escape
+
+import cv2
+import numpy as np
+from PIL import Image as PILImage
+from reportlab.lib import colors
+from reportlab.lib.enums import TA_CENTER
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.pdfbase.pdfmetrics import stringWidth
+from reportlab.platypus import (
+    BaseDocTemplate,
+    Frame,
+    Image,
+    KeepTogether,
+    PageTemplate,
+    Paragraph,
+    Spacer,
+    Table,
+    TableStyle,
+)
+
+from .overlay import Marker, render_overlay, to_rgb8
+from .result import DISCLAIMER, PLACEHOLDER_WATERMARK, AnalysisResult
+
+__all__ = ["build_report", "REPORT_TITLE", "MAX_EMBED_SIDE"]
+
+REPORT_TITLE = "X-ray decision-support report"
+MAX_EMBED_SIDE = 1024  # images are downscaled to this long side before embedding
+AGREEMENTS = {
+    "agree": "The reviewing clinician agrees with the model's decision.",
+    "disagree": "The reviewing clinician disagrees with the model's decision.",
+}
+_PATIENT_FIELDS = (("name", "Patient name"), ("id", "Patient ID"),
+                   ("birth_date", "Birth date"), ("sex", "Sex"))
+_STUDY_FIELDS = (("date", "Study date"), ("description", "Study description"),
+                 ("accession_number", "Accession number"), ("study_uid", "Study UID"),
+                 ("institution", "Institution"))
+_RED = colors.Color(0.8, 0.0, 0.0)
+_MARGIN = 18 * mm
+
+
+def build_report(
+    result: AnalysisResult,
+    *,
+    include_patient: bool = False,
+    notes: str | None = None,
+    agreement: str | None = None,
+    markers: Sequence[Marker] = (),
+    intensity: float = 0.5,
+    clinician: str | None = None,
+    report_id: str | None = None,
+    now: datetime | None = None,
+) -> bytes:
+    """Build the PDF report of one analysis.
+
+    Args:
+        result: the analysis to report (one or several views of one study).
+        include_patient: include the patient and study fields of the first view's metadata;
+            by default they are left out and the report says so.
+        notes: the clinician's free-text notes (plain text; markup characters are escaped).
+        agreement: "agree", "disagree" or None (not stated).
+        markers: the clinician's manual markers; each is drawn on the view it names.
+        intensity: heatmap intensity 0..1 for the overlay images, as in render_overlay.
+        clinician: name of the reviewing clinician, shown when given.
+        report_id: identifier printed on every page; default: 12 hex digits of a uuid4.
+        now: time of the report (naive means UTC); default: the current time.
+
+    Returns:
+        The PDF document as bytes (starts with b"%PDF").
+
+    Raises:
+        ValueError: agreement is not "agree", "disagree" or None; intensity outside [0, 1];
+            the result has no views.
+    """
+    if agreement is not None and agreement not in AGREEMENTS:
+        raise ValueError(f"agreement must be 'agree', 'disagree' or None, got {agreement!r}")
+    if not 0.0 <= float(intensity) <= 1.0:
+        raise ValueError(f"intensity must be in [0, 1], got {intensity!r}")
+    if not result.views:
+        raise ValueError("the result has no views to report")
+    report_id = report_id or uuid.uuid4().hex[:12]
+    now = now or datetime.now(timezone.utc)
+    now = now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now.astimezone(timezone.utc)
+    styles = _styles()
+
+    story: list[Any] = [Paragraph(REPORT_TITLE, styles["Title"])]
+    if result.placeholder:
+        reason = result.placeholder_reason or "reason not recorded"
+        story.append(_banner(
+            f"<b>{PLACEHOLDER_WATERMARK}</b><br/>The active model could not be loaded and an "
+            f"untrained placeholder produced this output: the probability, decision and heatmap "
+            f"carry no meaning. Reason: {_esc(reason)}", styles, _RED))
+    if result.synthetic:
+        story.append(_banner(
+            "<b>Model trained on synthetic data — no clinical meaning.</b> This demonstration "
+            "model learned from generated phantoms, not from patient radiographs.",
+            styles, colors.Color(0.75, 0.4, 0.0)))
+    header = [("Report ID", report_id), ("Report date", now.strftime("%Y-%m-%d %H:%M:%S UTC"))]
+    if result.created:
+        header.append(("Analysis time", result.created))
+    if clinician:
+        header.append(("Clinician", clinician))
+    story += [_table(header, styles), Spacer(1, 3 * mm)]
+
+    story += _patient_section(result, include_patient, styles)
+    story += _result_section(result, styles)
+    story += _warning_section(result, styles)
+    story += _image_section(result, markers, float(intensity), styles)
+    story += _review_section(result, notes, agreement, markers, clinician, styles)
+    story += _model_section(result, styles)
+    story += [Spacer(1, 4 * mm), Paragraph("Disclaimer", styles["Heading2"]),
+              Paragraph(_esc(DISCLAIMER), styles["Body"])]
+
+    buffer = io.BytesIO()
+    doc = BaseDocTemplate(
+        buffer, pagesize=A4, leftMargin=_MARGIN, rightMargin=_MARGIN, topMargin=_MARGIN,
+        bottomMargin=_MARGIN, title=REPORT_TITLE, author="xray_ai",
+        subject=f"{result.condition_name} - model {result.model_id} {result.model_version}",
+        invariant=1,  # no creation date or random document id: same input, same bytes
+    )
+    frame = Frame(doc.leftMargin, doc.bottomMargin, doc.width, doc.height, id="body")
+    decorate = _page_decorator(report_id, result.placeholder)
+    doc.addPageTemplates([PageTemplate(id="page", frames=[frame], onPageEnd=decorate)])
+    doc.build(story)
+    return buffer.getvalue()
+
+
+# --- sections ----------------------------------------------------------------------------
+
+
+def _patient_section(result: AnalysisResult, include: bool, styles: Mapping) -> list[Any]:
+    flow: list[Any] = [Paragraph("Patient and study", styles["Heading2"])]
+    if not include:
+        flow.append(Paragraph("Patient and study identifiers were omitted from this report.",
+                              styles["Body"]))
+        return flow
+    metadata = result.views[0].image.metadata
+    rows = _present(metadata.get("patient"), _PATIENT_FIELDS)
+    rows += _present(metadata.get("study"), _STUDY_FIELDS)
+    if rows:
+        flow.append(_table(rows, styles))
+    else:
+        flow.append(Paragraph("The image carries no patient or study identifiers.",
+                              styles["Body"]))
+    return flow
+
+
+def _result_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
+    rows = [
+        ("Condition", result.condition_name),
+        ("Probability", f"{_percent(result.probability)} ({result.positive_label})"),
+        ("Decision", result.decision),
+        ("Threshold", f"{result.threshold:.3f} ({_percent(result.threshold)})"),
+        ("Threshold chosen by", result.threshold_method),
+        ("Model", f"{result.model_id} version {result.model_version} ({result.architecture})"),
+        ("Heatmap", f"{result.heatmap_method}; target layer {result.target_layer or 'none'}; "
+                    f"backend {result.backend}"),
+    ]
+    if len(result.views) > 1:
+        rows.insert(2, ("Study score", f"mean of {len(result.views)} views"))
+    flow: list[Any] = [Paragraph("Result", styles["Heading2"]), _table(rows, styles)]
+    if len(result.views) > 1:
+        head = ["View", "File", "Probability", "Heatmap note"]
+        body = [[str(i), v.filename or "(unnamed)", _percent(v.probability), v.heatmap_flag or ""]
+                for i, v in enumerate(result.views, start=1)]
+        flow += [Spacer(1, 2 * mm), _grid([head, *body], styles, (12 * mm, None, 28 * mm, 40 * mm))]
+    return flow
+
+
+def _model_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
+    rows = [
+        ("Model ID", result.model_id),
+        ("Version", result.model_version),
+        ("Architecture", result.architecture),
+        ("Profile", result.profile),
+        ("SHA-256 (prefix)", (result.sha256 or "not recorded")[:12]),
+        ("Trained on", result.trained_on),
+        ("Intended use", result.intended_use),
+    ]
+    if result.metrics:
+        rows.append(("Validation metrics", _format_metrics(result.metrics)))
+    return [Paragraph("Model", styles["Heading2"]), _table(rows, styles)]
+
+
+def _warning_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
+    warnings = list(result.warnings)
+    for number, view in enumerate(result.views, start=1):
+        prefix = f"View {number} ({view.filename or 'unnamed'}): "
+        warnings += [prefix + w for w in view.image.warnings]
+        if view.heatmap_flag:
+            warnings.append(prefix + f"heatmap is a fallback ({view.heatmap_flag})")
+    if not warnings:
+        return []
+    unique = list(dict.fromkeys(warnings))
+    return [Paragraph("Warnings", styles["Heading2"])] + [
+        Paragraph(_esc(w), styles["Bullet"], bulletText="•") for w in unique
+    ]
+
+
+def _review_section(
+    result: AnalysisResult,
+    notes: str | None,
+    agreement: str | None,
+    markers: Sequence[Marker],
+    clinician: str | None,
+    styles: Mapping,
+) -> list[Any]:
+    if not (notes or agreement or markers or clinician):
+        return []
+    flow: list[Any] = [Paragraph("Clinician review", styles["Heading2"])]
+    if clinician:
+        flow.append(Paragraph(f"Reviewed by: {_esc(clinician)}", styles["Body"]))
+    if agreement:
+        flow.append(Paragraph(AGREEMENTS[agreement], styles["Body"]))
+    if notes:
+        flow += [Paragraph("<b>Notes</b>", styles["Body"]), Paragraph(_esc(notes), styles["Body"])]
+    if markers:
+        flow.append(Paragraph("<b>Markers</b>", styles["Body"]))
+        for number, marker in enumerate(markers, start=1):
+            view = _view_name(result, marker.view)
+            label = marker.label or "(no label)"
+            text = f"{number}. {label} — x {marker.x:.0%}, y {marker.y:.0%} of {view}"
+            flow.append(Paragraph(_esc(text), styles["Bullet"]))
+    return flow
+
+
+def _image_section(
+    result: AnalysisResult, markers: Sequence[Marker], intensity: float, styles: Mapping
+) -> list[Any]:
+    flow: list[Any] = [Paragraph("Images", styles["Heading2"])]
+    half = (A4[0] - 2 * _MARGIN - 6 * mm) / 2
+    for index, view in enumerate(result.views):
+        pixels = _downscale(np.asarray(view.image.pixels, dtype=np.float32))
+        overlay = render_overlay(
+            pixels, view.heatmap, intensity, probability=view.probability,
+            markers=[m for m in markers if m.view == index], placeholder=result.placeholder,
+        )
+        height, width = pixels.shape
+        draw_w = half
+        draw_h = draw_w * height / width
+        if draw_h > 110 * mm:  # keep tall images on one page with their caption
+            draw_w, draw_h = draw_w * 110 * mm / draw_h, 110 * mm
+        images = [_embed(to_rgb8(pixels)[:, :, 0], draw_w, draw_h),
+                  _embed(overlay, draw_w, draw_h)]
+        captions = [Paragraph("Original", styles["Caption"]),
+                    Paragraph(f"Heatmap overlay (intensity {intensity:.2f})", styles["Caption"])]
+        grid = Table([images, captions], colWidths=[half + 3 * mm] * 2)
+        grid.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"),
+                                  ("VALIGN", (0, 0), (-1, -1), "TOP")]))
+        title = (f"View {index + 1}: {view.filename or '(unnamed)'} — "
+                 f"probability {_percent(view.probability)}")
+        flow.append(KeepTogether([Paragraph(_esc(title), styles["Heading3"]), grid]))
+    return flow
+
+
+# --- page decoration ---------------------------------------------------------------------
+
+
+def _page_decorator(report_id: str, placeholder: bool):
+    """onPageEnd callback: footer on every page, and the watermark over the content."""
+
+    def decorate(canvas, doc) -> None:
+        width, height = doc.pagesize
+        canvas.saveState()
+        canvas.setFont("Helvetica", 7.5)
+        canvas.setFillColor(colors.grey)
+        canvas.drawString(_MARGIN, 10 * mm, f"{REPORT_TITLE} {report_id} - page {doc.page}")
+        canvas.drawRightString(width - _MARGIN, 10 * mm,
+                               "Decision support only, not a diagnosis. A clinician decides.")
+        if placeholder:
+            # Drawn after the page's content so that no image or table can hide it.
+            canvas.setFillColor(_RED, alpha=0.35)
+            diagonal = (width**2 + height**2) ** 0.5
+            size = 0.72 * diagonal / stringWidth(PLACEHOLDER_WATERMARK, "Helvetica-Bold", 1.0)
+            canvas.setFont("Helvetica-Bold", size)
+            canvas.translate(width / 2, height / 2)
+            canvas.rotate(np.degrees(np.arctan2(height, width)))
+            canvas.drawCentredString(0, -size / 3, PLACEHOLDER_WATERMARK)
+        canvas.restoreState()
+
+    return decorate
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _styles() -> dict[str, ParagraphStyle]:
+    base = getSampleStyleSheet()
+    body = ParagraphStyle("Body", parent=base["BodyText"], fontSize=9.5, leading=12.5)
+    return {
+        "Title": ParagraphStyle("ReportTitle", parent=base["Title"], fontSize=18, spaceAfter=4),
+        "Heading2": ParagraphStyle("H2", parent=base["Heading2"], fontSize=12.5, spaceBefore=8,
+                                   spaceAfter=3),
+        "Heading3": ParagraphStyle("H3", parent=base["Heading3"], fontSize=10.5, spaceBefore=6,
+                                   spaceAfter=2),
+        "Body": body,
+        "Cell": ParagraphStyle("Cell", parent=body, fontSize=9, leading=11.5),
+        "Key": ParagraphStyle("Key", parent=body, fontSize=9, leading=11.5,
+                              fontName="Helvetica-Bold"),
+        "Bullet": ParagraphStyle("Bullet", parent=body, leftIndent=10, bulletIndent=2),
+        "Caption": ParagraphStyle("Caption", parent=body, fontSize=8.5, alignment=TA_CENTER,
+                                  textColor=colors.Color(0.3, 0.3, 0.3)),
+        "Banner": ParagraphStyle("Banner", parent=body, fontSize=10.5, leading=14,
+                                 textColor=colors.white),
+    }
+
+
+def _esc(value: Any) -> str:
+    """Plain text -> reportlab Paragraph markup (escapes <, >, &; keeps line breaks)."""
+    return escape(str(value)).replace("\r\n", "\n").replace("\n", "<br/>")
+
+
+def _percent(value: float) -> str:
+    return f"{100.0 * float(value):.1f} %"
+
+
+def _table(rows: Sequence[tuple[str, Any]], styles: Mapping) -> Table:
+    data = [[Paragraph(_esc(k), styles["Key"]), Paragraph(_esc(v), styles["Cell"])]
+            for k, v in rows]
+    table = Table(data, colWidths=[42 * mm, None], hAlign="LEFT")
+    table.setStyle(TableStyle([
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.Color(0.85, 0.85, 0.85)),
+        ("TOPPADDING", (0, 0), (-1, -1), 2), ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
+    ]))
+    return table
+
+
+def _grid(rows: Sequence[Sequence[Any]], styles: Mapping, widths: Sequence[Any]) -> Table:
+    data = [[Paragraph(_esc(c), styles["Key" if r == 0 else "Cell"]) for c in row]
+            for r, row in enumerate(rows)]
+    table = Table(data, colWidths=list(widths), hAlign="LEFT", repeatRows=1)
+    table.setStyle(TableStyle([
+        ("GRID", (0, 0), (-1, -1), 0.4, colors.Color(0.7, 0.7, 0.7)),
+        ("BACKGROUND", (0, 0), (-1, 0), colors.Color(0.92, 0.92, 0.92)),
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+    ]))
+    return table
+
+
+def _banner(markup: str, styles: Mapping, colour: colors.Color) -> Table:
+    table = Table([[Paragraph(markup, styles["Banner"])]], colWidths=[None])
+    table.setStyle(TableStyle([
+        ("BACKGROUND", (0, 0), (-1, -1), colour),
+        ("LEFTPADDING", (0, 0), (-1, -1), 8), ("RIGHTPADDING", (0, 0), (-1, -1), 8),
+        ("TOPPADDING", (0, 0), (-1, -1), 6), ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
+    ]))
+    return KeepTogether([table, Spacer(1, 3 * mm)])
+
+
+def _present(values: Any, fields: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    if not isinstance(values, Mapping):
+        return []
+    return [(label, str(values[key])) for key, label in fields
+            if values.get(key) not in (None, "")]
+
+
+def _format_metrics(metrics: Mapping[str, Any], prefix: str = "") -> str:
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            parts.append(_format_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, float):
+            parts.append(f"{prefix}{key} {value:.3f}")
+        elif isinstance(value, (int, str, bool)):
+            parts.append(f"{prefix}{key} {value}")
+    return "; ".join(p for p in parts if p)
+
+
+def _view_name(result: AnalysisResult, index: int) -> str:
+    if 0 <= index < len(result.views):
+        return f"view {index + 1} ({result.views[index].filename or 'unnamed'})"
+    return f"view {index + 1} (not in this study)"
+
+
+def _downscale(pixels: np.ndarray) -> np.ndarray:
+    """Float H x W image with its long side at most MAX_EMBED_SIDE (area interpolation)."""
+    height, width = pixels.shape
+    factor = MAX_EMBED_SIDE / max(height, width)
+    if factor >= 1.0:
+        return pixels
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
+def _embed(array: np.ndarray, width: float, height: float) -> Image:
+    """uint8 H x W (gray) or H x W x 3 (RGB) -> a platypus Image of the given size in points."""
+    buffer = io.BytesIO()
+    # PNG keeps the radiograph lossless; level 1 because reportlab recompresses the pixels.
+    PILImage.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    buffer.seek(0)
+    return Image(buffer, width=width, height=height)
