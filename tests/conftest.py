@@ -100,3 +100,38 @@ def write_tiny_registry(tmp_path: Path, model_file: Path | None, *, sha256: str 
     path = tmp_path / "registry.json"
     path.write_text(json.dumps(registry, indent=2))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory, flat_model):
+    """The tiny flat model saved as .keras, with its sha256."""
+    from xray_ai.manager import file_sha256
+
+    path = tmp_path_factory.mktemp("models") / "tiny.keras"
+    flat_model.save(path)
+    return path, file_sha256(path)
+
+
+@pytest.fixture()
+def tiny_registry(tmp_path, tiny_model_file):
+    """A registry (in tmp_path) whose active 'fracture' model is the tiny model, verified."""
+    import shutil
+
+    src, sha = tiny_model_file
+    dst = tmp_path / src.name
+    shutil.copy(src, dst)
+    return write_tiny_registry(tmp_path, dst, sha256=sha)
+
+
+def bright_square_data(n: int, seed: int = 0, size: int = 32, side: int = 8):
+    """Noise images; half hold a bright square. Returns (x (n,size,size,1), y (n,), boxes)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 0.4, (n, size, size, 1)).astype(np.float32)
+    y = (np.arange(n) % 2).astype(np.float32)
+    boxes = []
+    for i in range(n):
+        r, c = rng.integers(0, size - side, 2)
+        boxes.append((int(r), int(c)))
+        if y[i]:
+            x[i, r : r + side, c : c + side, 0] = rng.uniform(0.8, 1.0)
+    return x, y, boxes

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -147,20 +146,6 @@ def test_placeholder_watermark_is_red():
         assert red.sum() > 0.01 * size * size, size
     plain = render_overlay(image, None).astype(int)
     assert not ((plain[..., 0] > 180) & (plain[..., 1] < 80)).any()
-
-
-def test_2000px_overlay_is_fast():
-    image = _radiograph(2000, 2000)
-    heatmap = _hot_square(7, 2, 3, 2)
-    markers = [Marker(0.2, 0.3, "a"), Marker(0.7, 0.8, "b")]
-    render_overlay(image, heatmap, 0.6, probability=0.9, markers=markers)  # warm-up
-    timings = []
-    for _ in range(5):
-        start = time.perf_counter()
-        render_overlay(image, heatmap, 0.6, probability=0.9, markers=markers)
-        timings.append(time.perf_counter() - start)
-    # About 30-40 ms on two cores; the bound leaves room for a loaded CI machine.
-    assert min(timings) < 0.1, timings
 
 
 def test_importing_overlay_and_report_does_not_import_tensorflow_or_streamlit():

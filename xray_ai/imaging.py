@@ -83,16 +83,22 @@ _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 # ITU-R BT.601 luma, the weights Pillow uses for RGB -> L.
 _LUMA = np.array([0.299, 0.587, 0.114])
 
-# What to install when no decoder for a transfer syntax is present (keys: UID prefixes).
-_INSTALL_HINTS = {
-    "1.2.840.10008.1.2.4.5": "pylibjpeg-libjpeg (GPL-3.0, not shipped with xray_ai) or python-gdcm",
-    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg (GPL-3.0, not shipped with xray_ai) or python-gdcm",
-    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg (GPL-3.0, not shipped with xray_ai) or python-gdcm",
-    "1.2.840.10008.1.2.4.8": "pyjpegls",
-    "1.2.840.10008.1.2.4.9": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.20": "pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.5": "pylibjpeg-rle",
+# metadata['patient'] / metadata['study'] key -> DICOM keyword.
+_PATIENT_FIELDS = {
+    "name": "PatientName",
+    "id": "PatientID",
+    "birth_date": "PatientBirthDate",
+    "sex": "PatientSex",
 }
+_STUDY_FIELDS = {
+    "date": "StudyDate",
+    "description": "StudyDescription",
+    "accession_number": "AccessionNumber",
+    "study_uid": "StudyInstanceUID",
+    "institution": "InstitutionName",
+}
+
+_LIBJPEG = "pylibjpeg-libjpeg (GPL-3.0, not shipped with xray_ai) or python-gdcm"
 
 
 class ImageLoadError(ValueError):
@@ -207,7 +213,8 @@ def _read_source(source: Any, filename: str | None) -> tuple[bytes, str]:
         if not isinstance(data, (bytes, bytearray)):
             raise TypeError(f"{name}: file object must be opened in binary mode")
     else:
-        raise TypeError(f"load_image expects bytes, a path or a binary file object, not {type(source).__name__}")
+        kind = type(source).__name__
+        raise TypeError(f"load_image expects bytes, a path or a binary file object, not {kind}")
     if len(data) > limit:
         raise ImageLoadError(name, too_big)
     return bytes(data), name
@@ -353,7 +360,10 @@ def _looks_like_bare_dicom(data: bytes, name: str) -> bool:
     return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00")
 
 
-def _load_dicom(data: bytes, name: str, notes: list[str], *, force: bool) -> tuple[np.ndarray, dict[str, Any]]:
+def _load_dicom(
+    data: bytes, name: str, notes: list[str], *, force: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode the first frame of a DICOM file; float64 H x W in [0, 1] and its metadata."""
     try:
         import pydicom
         from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
@@ -390,7 +400,7 @@ def _load_dicom(data: bytes, name: str, notes: list[str], *, force: bool) -> tup
         decoder = get_decoder(tsyntax)
     except NotImplementedError as exc:
         raise ImageLoadError(name, f"transfer syntax {ts_label} is not supported: no decoder exists") from exc
-    hint = next((v for k, v in _INSTALL_HINTS.items() if str(tsyntax).startswith(k)), None)
+    hint = _install_hint(tsyntax)
     if not decoder.is_available:
         raise ImageLoadError(
             name,
@@ -403,10 +413,13 @@ def _load_dicom(data: bytes, name: str, notes: list[str], *, force: bool) -> tup
         reason = " ".join(line.strip() for line in str(exc).splitlines()) or type(exc).__name__
         if "less than expected" in str(exc):
             reason = f"truncated pixel data ({reason})"
-        extra = f"; if the data is intact, {hint} may decode it" if hint and decoder.missing_dependencies else ""
+        extra = ""
+        if hint and decoder.missing_dependencies:  # e.g. Pillow present but cannot do 12-bit JPEG
+            extra = f"; if the data is intact, {hint} may decode it"
         raise ImageLoadError(name, f"cannot decode {ts_label} pixel data: {reason}{extra}") from exc
 
-    photometric = str(decoded.get("photometric_interpretation") or ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    # After decoding: pydicom converts YBR_* to RGB and reports the new interpretation.
+    photometric = str(decoded.get("photometric_interpretation") or ds.get("PhotometricInterpretation", ""))
     meta = _dicom_metadata(ds, rows, cols, frames, tsyntax)
     if frames > 1:
         notes.append(f"multi-frame DICOM ({frames} frames): only the first frame is used")
@@ -426,13 +439,31 @@ def _load_dicom(data: bytes, name: str, notes: list[str], *, force: bool) -> tup
     return gray, meta
 
 
-def _grayscale_pipeline(arr: np.ndarray, ds: Any, apply_modality_lut: Any, notes: list[str]) -> tuple[np.ndarray, str]:
+def _install_hint(tsyntax: Any) -> str | None:
+    """The package(s) that add a decoder for a compressed transfer syntax."""
+    from pydicom import uid
+
+    if tsyntax in uid.JPEGTransferSyntaxes:
+        return _LIBJPEG
+    if tsyntax in uid.JPEGLSTransferSyntaxes:
+        return "pyjpegls"
+    if tsyntax in uid.JPEG2000TransferSyntaxes:  # includes HTJ2K
+        return "pylibjpeg-openjpeg"
+    if tsyntax in uid.RLETransferSyntaxes:
+        return "pylibjpeg-rle"
+    return None
+
+
+def _grayscale_pipeline(
+    arr: np.ndarray, ds: Any, apply_modality_lut: Any, notes: list[str]
+) -> tuple[np.ndarray, str]:
     """Modality LUT then VOI (LUT, window or min/max), scaled to [0, 1]. Returns (image, voi_source)."""
     from pydicom.pixels import apply_voi_lut
 
-    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    # Keep integer output integer: pydicom indexes a VOI LUT with it.
+    values = np.asarray(apply_modality_lut(arr, ds))
     voi_seq = ds.get("VOILUTSequence")
-    has_window = bool(ds.get("WindowCenter")) and bool(ds.get("WindowWidth"))
+    has_window = all(ds.get(k) not in (None, "") for k in ("WindowCenter", "WindowWidth"))
     if voi_seq or has_window:
         try:
             with np.errstate(over="ignore", invalid="ignore"):
@@ -443,7 +474,7 @@ def _grayscale_pipeline(arr: np.ndarray, ds: Any, apply_modality_lut: Any, notes
             notes.append("VOI LUT/window has an empty output range; used the image's minimum and maximum")
         except Exception as exc:  # malformed VOI attributes: fall back rather than refuse the image
             notes.append(f"VOI LUT/window could not be applied ({exc}); used the image's minimum and maximum")
-    return _min_max(values, notes), "min_max"
+    return _min_max(values.astype(np.float64), notes), "min_max"
 
 
 def _voi_output_range(ds: Any, apply_voi_lut: Any) -> tuple[float, float]:
@@ -456,7 +487,7 @@ def _voi_output_range(ds: Any, apply_voi_lut: Any) -> tuple[float, float]:
     if voi_seq:
         entries = int(voi_seq[0].LUTDescriptor[0]) or 65536  # 0 means 2**16 (C.11.2.1.1)
         first = int(voi_seq[0].LUTDescriptor[1])
-        probe = np.arange(first - 1, first + entries + 1, dtype=np.float64)
+        probe = np.arange(first - 1, first + entries + 1)
     else:
         probe = np.array([-1e12, 1e12])
     out = np.asarray(apply_voi_lut(probe, ds), dtype=np.float64)
@@ -505,9 +536,8 @@ def _dicom_metadata(ds: Any, rows: int, cols: int, frames: int, tsyntax: Any) ->
         frames=frames,
         transfer_syntax=tsyntax.name,
         pixel_spacing=spacing,
-        patient=_fields(ds, {"name": "PatientName", "id": "PatientID", "birth_date": "PatientBirthDate", "sex": "PatientSex"}),
-        study=_fields(ds, {"date": "StudyDate", "description": "StudyDescription", "accession_number": "AccessionNumber",
-                           "study_uid": "StudyInstanceUID", "institution": "InstitutionName"}),
+        patient=_fields(ds, _PATIENT_FIELDS),
+        study=_fields(ds, _STUDY_FIELDS),
     )
     return meta
 

@@ -1,10 +1,11 @@
 """Heatmap overlay for display: colour blending with intensity, contours, boxes, markers.
 
 `render_overlay` is called on every move of the app's intensity slider, so it works at the
-image's own resolution with OpenCV primitives (about 30 ms for a 2000 x 2000 image on two
-cores, see tests/test_overlay.py). Intensity scales only the colour layer: at 0 the output
-is exactly the grayscale image; the automatic annotations, the manual markers and the
-placeholder watermark are separate switches drawn on top.
+image's own resolution with OpenCV primitives and a lookup table (about 25-35 ms for a
+2000 x 2000 image with annotations on two cores; tests/test_overlay.py bounds it).
+Intensity scales only the colour layer: at 0 the output is exactly the grayscale image;
+the automatic annotations, the manual markers and the placeholder watermark are separate
+switches drawn on top.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def strongest_region(
 
     The heatmap is resized (bilinear) to the image and thresholded at
     `threshold_level * max`; the strongest region is the connected component that holds the
-    heatmap's maximum.
+    heatmap's maximum. The region is traced on a copy at most 512 px on its long side, so the
+    box is exact to within one such pixel (4 px on a 2000 px image).
 
     Args:
         heatmap: float array h x w in [0, 1], any size.
@@ -138,17 +140,13 @@ def render_overlay(
     cmap = _colormap_code(colormap)
     gray = _gray8(_check_image(image))
     height, width = gray.shape
-    out = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     heat = None if heatmap is None else _check_heatmap(heatmap)
 
     if heat is not None and intensity > 0.0:
         full = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
-        np.clip(full, 0.0, 1.0, out=full)
-        colour = cv2.applyColorMap(cv2.convertScaleAbs(full, alpha=255.0), cmap)
-        cv2.cvtColor(colour, cv2.COLOR_BGR2RGB, dst=colour)
-        # blendLinear: dst = (w1 * src1 + w2 * src2) / (w1 + w2); here w1 + w2 = 1.
-        weight = full if intensity == 1.0 else np.multiply(full, intensity, out=full)
-        out = cv2.blendLinear(out, colour, 1.0 - weight, weight)
+        out = _blend(gray, cv2.convertScaleAbs(full, alpha=255.0), intensity, cmap)
+    else:
+        out = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
 
     scale = _scale(height, width)
     if annotate and heat is not None:
@@ -181,8 +179,27 @@ def _check_heatmap(heatmap: np.ndarray) -> np.ndarray:
 
 
 def _gray8(image: np.ndarray) -> np.ndarray:
-    # Same rounding as to_rgb8 promises: round half to even on clip(image) * 255.
-    return np.rint(np.clip(image, 0.0, 1.0, dtype=np.float32) * 255.0).astype(np.uint8)
+    # convertScaleAbs rounds half to even, as np.rint does: to_rgb8's promise holds.
+    return cv2.convertScaleAbs(np.clip(image.astype(np.float32, copy=False), 0.0, 1.0), alpha=255.0)
+
+
+def _blend(gray: np.ndarray, heat: np.ndarray, intensity: float, cmap: int) -> np.ndarray:
+    """(1 - a*h) * gray + a*h * colour(h) for uint8 gray and heat H x W -> uint8 H x W x 3.
+
+    The result depends only on the pair (heat level, gray level), so it is computed once
+    for all 256 x 256 pairs and looked up per pixel: about half the time of blending
+    2000 x 2000 x 3 floats.
+    """
+    levels = np.arange(256, dtype=np.float32)
+    colours = cv2.applyColorMap(levels.astype(np.uint8)[:, None], cmap)[:, 0, ::-1]  # RGB
+    weight = (intensity / 255.0) * levels[:, None, None]  # heat level -> a * h
+    table = np.zeros((256, 256, 4), dtype=np.uint8)  # [heat, gray] -> R, G, B, pad
+    blended = (1.0 - weight) * levels[None, :, None] + weight * colours[:, None, :]
+    table[..., :3] = np.rint(blended)
+    index = (heat.astype(np.uint16) << 8) | gray
+    # One 4-byte gather per pixel, then drop the pad byte.
+    packed = np.take(table.view(np.uint32).reshape(-1), index)
+    return cv2.cvtColor(packed.view(np.uint8).reshape(*gray.shape, 4), cv2.COLOR_RGBA2RGB)
 
 
 def _colormap_code(name: str) -> int:

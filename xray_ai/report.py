@@ -307,7 +307,7 @@ def _styles() -> dict[str, ParagraphStyle]:
     return {
         "Title": ParagraphStyle("ReportTitle", parent=base["Title"], fontSize=18, spaceAfter=4),
         "Heading2": ParagraphStyle("H2", parent=base["Heading2"], fontSize=12.5, spaceBefore=8,
-                                   spaceAfter=3),
+                                   spaceAfter=3, keepWithNext=1),
         "Heading3": ParagraphStyle("H3", parent=base["Heading3"], fontSize=10.5, spaceBefore=6,
                                    spaceAfter=2),
         "Body": body,

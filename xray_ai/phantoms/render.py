@@ -210,20 +210,19 @@ def draw_blob(mask: np.ndarray, depth: float, edge: float) -> np.ndarray:
 
 def trabecular_texture(rng: np.random.Generator, size: int, sparsity: float = 0.0) -> np.ndarray:
     """Trabecular pattern multiplier, float32 S x S, mean about 1 - 0.45 * sparsity."""
-    n = rng.standard_normal((size // 2 + 1, size // 2 + 1)).astype(np.float32)
-    n = cv2.GaussianBlur(n, (0, 0), 0.9)
-    n = cv2.resize(n, (size, size), interpolation=cv2.INTER_LINEAR)
+    n = rng.standard_normal((size, size)).astype(np.float32)
+    n = cv2.GaussianBlur(n, (0, 0), 0.8 + 0.6 * sparsity)
     n /= n.std() + 1e-6
-    thr = -0.6 + 1.3 * sparsity
-    tex = 1.0 / (1.0 + np.exp(-(n - thr) * 2.5))
-    return (tex * 1.25).astype(np.float32)
+    thr = -0.8 + 1.4 * sparsity
+    tex = 1.0 / (1.0 + np.exp(-(n - thr) * (1.2 + 1.5 * sparsity)))
+    return (tex * 1.15).astype(np.float32)
 
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def project(cv: Canvas, rng: np.random.Generator, *, mu_soft: float = 4.0, mu_cort: float = 22.0,
-            mu_med: float = 7.0, lead_marker: bool = True) -> np.ndarray:
+def project(cv: Canvas, rng: np.random.Generator, *, mu_soft: float = 2.2, mu_cort: float = 30.0,
+            mu_med: float = 5.0, lead_marker: bool = True) -> np.ndarray:
     """Radiograph from path-length maps (already in the detector frame).
 
     Returns:
@@ -276,6 +275,11 @@ def project(cv: Canvas, rng: np.random.Generator, *, mu_soft: float = 4.0, mu_co
     img = np.clip(img, 0, 1) ** rng.uniform(0.75, 1.35)
     if rng.random() < 0.5:  # unsharp-mask edge enhancement
         img = img + rng.uniform(0.2, 0.7) * (img - cv2.GaussianBlur(img, (0, 0), 2.0))
+    # Tone processing, as CR/DX consoles do: blend with a histogram-equalised rendering.
+    # It also keeps global brightness from giving the label away.
+    eq = cv2.equalizeHist(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)).astype(np.float32) / 255
+    a = rng.uniform(0.4, 0.85)
+    img = (1 - a) * np.clip(img, 0, 1) + a * eq
     if rng.random() < 0.3:  # some processors blacken the shutter
         img = img * (field_ > 0)
     return np.clip(img, 0, 1).astype(np.float32)

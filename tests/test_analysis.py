@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from xray_ai import XRay, analyze, load_image
+from xray_ai.manager import ModelManager
+from xray_ai.preprocessing import prepare_batch
+from xray_ai.registry import InputSpec
+from conftest import EXAMPLES, write_tiny_registry
+
+
+@pytest.fixture()
+def manager(tiny_registry):
+    return ModelManager(tiny_registry)
+
+
+def test_single_view_result_carries_provenance(manager):
+    image = load_image(EXAMPLES / "rg3_tibia.png")
+    result = analyze(image, "fracture", manager=manager)
+    assert result.model_id == "tiny-test" and result.model_version == "0.0.1-test"
+    assert result.intended_use == "unit tests only" and result.threshold == 0.5
+    assert not result.placeholder and result.heatmap_method == "gradcam"
+    view = result.views[0]
+    assert view.heatmap.ndim == 2 and view.heatmap.dtype == np.float32
+    assert 0 <= view.heatmap.min() and view.heatmap.max() <= 1 and not np.isnan(view.heatmap).any()
+    expected = manager.get("fracture").model(prepare_batch([image.pixels], InputSpec(32, 32, 1))).numpy()[0, 0]
+    assert result.probability == pytest.approx(float(expected), abs=1e-6)
+    assert any("synthetic" in w for w in result.warnings)  # the fixture says synthetic: true
+
+
+def test_study_probability_is_the_mean_of_views(manager):
+    rng = np.random.default_rng(0)
+    views = [XRay(rng.random((40 + 7 * i, 50), dtype=np.float32), {}, f"v{i}.png") for i in range(3)]
+    result = analyze(views, "fracture", manager=manager)
+    probs = [v.probability for v in result.views]
+    assert result.probability == pytest.approx(np.mean(probs))
+    assert [v.filename for v in result.views] == ["v0.png", "v1.png", "v2.png"]
+    assert result.to_json()["views"][1]["file"] == "v1.png"
+
+
+def test_decision_follows_the_registry_threshold(tiny_registry):
+    import json
+
+    raw = json.loads(tiny_registry.read_text())
+    raw["models"]["tiny-test"]["threshold"] = 0.0
+    tiny_registry.write_text(json.dumps(raw))
+    result = analyze(XRay(np.zeros((32, 32), np.float32)), "fracture", manager=ModelManager(tiny_registry))
+    assert result.decision == "fracture" and result.to_json()["decision"] == "fracture"
+
+
+def test_image_warnings_are_carried_with_the_file_name(manager):
+    image = XRay(np.zeros((32, 32), np.float32), {"warnings": ["multi-frame: first frame used"]}, "cine.dcm")
+    result = analyze(image, "fracture", manager=manager)
+    assert "cine.dcm: multi-frame: first frame used" in result.warnings
+
+
+def test_placeholder_result_cannot_pass_for_real(tmp_path):
+    registry = write_tiny_registry(tmp_path, tmp_path / "gone.keras", sha256="0" * 64)
+    result = analyze(XRay(np.zeros((64, 64), np.float32)), "fracture", manager=ModelManager(registry))
+    data = result.to_json()
+    assert data["placeholder"] is True and data["sha256"] is None
+    assert data["architecture"].startswith("placeholder") and "untrained" in data["trained_on"]
+    assert data["warnings"][0].startswith("PLACEHOLDER MODEL")
+
+
+def test_no_images_or_too_many(manager):
+    with pytest.raises(ValueError, match="no images"):
+        analyze([], "fracture", manager=manager)
+    with pytest.raises(ValueError, match="at most 16"):
+        analyze([XRay(np.zeros((8, 8), np.float32))] * 17, "fracture", manager=manager)
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [("unit", 0.5), ("imagenet_tf", 0.0), ("raw255", 127.5), ("imagenet_caffe", 127.5 - 103.939)],
+)
+def test_prepare_batch_modes(mode, expected):
+    batch = prepare_batch([np.full((10, 20), 0.5, np.float32)], InputSpec(8, 8, 3), mode)
+    assert batch.shape == (1, 8, 8, 3) and batch.dtype == np.float32
+    assert batch[0, 0, 0, 0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_prepare_batch_rejects_colour_arrays():
+    with pytest.raises(ValueError, match="2-D gray"):
+        prepare_batch([np.zeros((4, 4, 3), np.float32)], InputSpec(8, 8, 1))

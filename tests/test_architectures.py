@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from xray_ai.architectures import WeightsUnavailableError, build_classifier, build_placeholder
+from xray_ai.gradcam import GradCam, find_target_layer
+
+
+@pytest.mark.parametrize("arch, layer", [("mobilenetv2", "out_relu"), ("densenet121", "relu")])
+def test_shipped_backbones_are_flat_with_the_seed_head(arch, layer):
+    model = build_classifier(arch, (64, 64, 3))
+    assert find_target_layer(model) == layer  # flat: no '/' in the path
+    names = [layer.name for layer in model.layers]
+    assert names[-6:] == ["gap", "head_bn", "head_dense", "head_dropout", "logit", "probability"]
+    x = np.random.default_rng(0).random((2, 64, 64, 3), np.float32)
+    out = GradCam(model)(x)
+    assert out.probabilities.shape == (2,) and out.heatmaps.shape == (2, 2, 2)
+    assert not np.isnan(out.heatmaps).any()
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="no such file"):
+        build_classifier("mobilenetv2", (64, 64, 3), weights=tmp_path / "nope.weights.h5")
+
+
+def test_local_backbone_weights_are_loaded(tmp_path):
+    import keras
+
+    donor = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(64, 64, 3))
+    path = tmp_path / "mnv2.weights.h5"
+    donor.save_weights(path)
+    model = build_classifier("mobilenetv2", (64, 64, 3), weights=path)
+    np.testing.assert_array_equal(model.get_layer("Conv1").get_weights()[0], donor.get_layer("Conv1").get_weights()[0])
+
+
+def test_unknown_architecture_lists_valid_ones():
+    with pytest.raises(ValueError, match="densenet121"):
+        build_classifier("alexnet")
+
+
+def test_placeholder_is_named_and_shaped():
+    model = build_placeholder((48, 40, 1))
+    assert model.name == "placeholder_untrained"
+    assert tuple(model.inputs[0].shape) == (None, 48, 40, 1)
+    assert find_target_layer(model) == "placeholder_conv3"
