@@ -68,19 +68,20 @@ BACKBONES: dict[str, Backbone] = {
 
 
 def _normalisation_layers(kind: str) -> list[layers.Layer]:
+    # Rescaling with per-channel scale/offset, not Normalization: the latter's constant
+    # mean/variance become extra graph inputs when the model is exported to ONNX.
     if kind == "torch":
         return [
-            layers.Normalization(
-                mean=list(_IMAGENET_MEAN), variance=[s * s for s in _IMAGENET_STD], name="input_norm"
+            layers.Rescaling(
+                [1.0 / s for s in _IMAGENET_STD],
+                offset=[-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD)],
+                name="input_norm",
             )
         ]
     if kind == "tf":
         return [layers.Rescaling(2.0, offset=-1.0, name="input_norm")]
     if kind == "caffe":
-        return [
-            layers.Rescaling(255.0, name="input_scale"),
-            layers.Normalization(mean=list(_CAFFE_MEAN_BGR), variance=[1.0, 1.0, 1.0], name="input_norm"),
-        ]
+        return [layers.Rescaling(255.0, offset=[-m for m in _CAFFE_MEAN_BGR], name="input_norm")]
     if kind == "raw255":
         return [layers.Rescaling(255.0, name="input_norm")]
     raise ValueError(f"unknown normalisation {kind!r}")

@@ -148,7 +148,7 @@ def _consolidate(cv: Canvas, lungs: np.ndarray, air: np.ndarray, c: dict,
     r2 = ((xx - cx) ** 2 + ((yy - cy) * 1.2) ** 2) / rad ** 2
     env = np.exp(-r2)
     field_ = env * (1.3 + 0.7 * n) - 0.5
-    m = ((field_ > 0) & (lungs > 0)).astype(np.uint8)
+    m = (((field_ > 0) | (env > 0.6)) & (lungs > 0)).astype(np.uint8)  # the core is always opaque
     dens = np.clip(field_ * 2, 0, 1) * m
     dens = cv2.GaussianBlur(dens.astype(np.float32), (0, 0), 1.5)
     # Air bronchograms: thin lucent branches inside the opacity.

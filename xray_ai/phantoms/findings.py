@@ -29,10 +29,20 @@ def _axis(b: Bone):
     return p0, p1, d / L, L
 
 
+def _pick(sc: Scene, rng: np.random.Generator, lo: float, hi: float) -> tuple[Bone, float]:
+    """A shaft bone and a place along it (0..1) that lies well inside the canvas."""
+    for _ in range(40):
+        b = sc.bone(sc.shafts[int(rng.integers(len(sc.shafts)))])
+        t0 = rng.uniform(lo, hi)
+        p = np.asarray(b.p0) + t0 * (np.asarray(b.p1) - np.asarray(b.p0))
+        if (0.15 < p).all() and (p < 0.85).all():
+            return b, t0
+    return b, t0
+
+
 def _fracture(sc: Scene, sev: float, rng: np.random.Generator, size: int) -> None:
-    b = sc.bone(sc.shafts[int(rng.integers(len(sc.shafts)))])
+    b, t0 = _pick(sc, rng, 0.25, 0.8)
     p0, p1, u, L = _axis(b)
-    t0 = rng.uniform(0.25, 0.8)
     pb = p0 + t0 * L * u
     phi = rng.uniform(-0.7, 0.7)  # transverse .. oblique
     n = np.array([u[0] * np.cos(phi) - u[1] * np.sin(phi), u[0] * np.sin(phi) + u[1] * np.cos(phi)])
@@ -83,9 +93,8 @@ def _dislocation(sc: Scene, sev: float, rng: np.random.Generator, size: int) -> 
 
 
 def _lytic(sc: Scene, sev: float, rng: np.random.Generator, size: int) -> PostOp:
-    b = sc.bone(sc.shafts[int(rng.integers(len(sc.shafts)))])
+    b, t0 = _pick(sc, rng, 0.2, 0.85)
     p0, p1, u, L = _axis(b)
-    t0 = rng.uniform(0.2, 0.85)
     r = (b.r0 + (b.r1 - b.r0) * t0) * size
     c = (p0 + t0 * L * u) * size + np.array([-u[1], u[0]]) * r * rng.uniform(-0.3, 0.3)
     ax = (max(r * rng.uniform(0.45, 0.8) * (0.6 + 0.4 * sev), 2.0), max(r * rng.uniform(0.8, 2.2) * (0.5 + 0.5 * sev), 2.5))
@@ -107,10 +116,9 @@ def _lytic(sc: Scene, sev: float, rng: np.random.Generator, size: int) -> PostOp
 
 
 def _implant(sc: Scene, sev: float, rng: np.random.Generator, size: int) -> PostOp:
-    b = sc.bone(sc.shafts[int(rng.integers(len(sc.shafts)))])
+    b, t0 = _pick(sc, rng, 0.3, 0.7)
     p0, p1, u, L = _axis(b)
     w = np.array([-u[1], u[0]])
-    t0 = rng.uniform(0.3, 0.7)
     r = (b.r0 + (b.r1 - b.r0) * t0) * size
     c = (p0 + t0 * L * u) * size
     thin = r < 0.03 * size * 1.5 or rng.random() < 0.25

@@ -1,0 +1,1 @@
+"""Streamlit-side helpers shared by the pages (the xray_ai library never imports streamlit)."""
