@@ -14,6 +14,9 @@ st.caption(DISCLAIMER)
 navigation = st.navigation(
     [
         st.Page("pages/analyse.py", title="Analyse", icon="🔍", default=True),
+        st.Page("pages/registry.py", title="Model registry", icon="🗂️"),
+        st.Page("pages/performance.py", title="Model performance", icon="📈"),
+        st.Page("pages/about.py", title="About", icon="ℹ️"),
     ]
 )
 navigation.run()

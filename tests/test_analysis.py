@@ -82,3 +82,19 @@ def test_prepare_batch_modes(mode, expected):
 def test_prepare_batch_rejects_colour_arrays():
     with pytest.raises(ValueError, match="2-D gray"):
         prepare_batch([np.zeros((4, 4, 3), np.float32)], InputSpec(8, 8, 1))
+
+
+def test_placeholder_report_carries_the_watermark(tmp_path):
+    """End to end: a missing model file -> placeholder -> PDF whose text says so."""
+    import io
+
+    from pypdf import PdfReader
+
+    from xray_ai import build_report
+
+    registry = write_tiny_registry(tmp_path, tmp_path / "gone.keras", sha256=None)
+    result = analyze(load_image(EXAMPLES / "rg3_tibia.png"), "fracture", manager=ModelManager(registry))
+    pdf = build_report(result)
+    text = " ".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+    assert "PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT" in " ".join(text.split())
+    assert "tiny-test" in text

@@ -2,7 +2,8 @@
 
 The ModelManager is cached with st.cache_resource, so every browser session shares one
 set of loaded models (loading DenseNet121 takes seconds; reloading it on every rerun is
-the memory leak users of such apps report).
+the memory leak users of such apps report). It is keyed by the registry path, so a
+deployment (or a test) that points XRAY_AI_REGISTRY elsewhere gets its own manager.
 """
 
 from __future__ import annotations
@@ -12,18 +13,41 @@ from pathlib import Path
 
 import streamlit as st
 
+from xray_ai.auth import ENV_VAR, configured_hash, verify_password
 from xray_ai.manager import ModelManager
+from xray_ai.registry import Registry, RegistryError, default_registry_path
 from xray_ai.result import DISCLAIMER, PLACEHOLDER_WATERMARK, AnalysisResult
 
-__all__ = ["DISCLAIMER", "EXAMPLES_DIR", "get_manager", "show_provenance", "digest"]
+__all__ = [
+    "DISCLAIMER",
+    "EXAMPLES_DIR",
+    "get_manager",
+    "registry_or_stop",
+    "show_provenance",
+    "digest",
+    "admin_gate",
+]
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
 
 @st.cache_resource(show_spinner=False)
+def _manager_for(registry_path: str) -> ModelManager:
+    return ModelManager(registry_path)
+
+
 def get_manager() -> ModelManager:
-    """One ModelManager for all sessions (it is thread-safe and re-reads an edited registry)."""
-    return ModelManager()
+    """The shared ModelManager for the current registry (thread-safe; re-reads an edited registry)."""
+    return _manager_for(str(default_registry_path()))
+
+
+def registry_or_stop(manager: ModelManager) -> Registry:
+    """The validated registry, or an error naming the bad field and a stopped page."""
+    try:
+        return manager.registry
+    except RegistryError as exc:
+        st.error(f"The model registry is invalid, so no model can be served: {exc}")
+        st.stop()
 
 
 def digest(data: bytes) -> str:
@@ -42,3 +66,34 @@ def show_provenance(result: AnalysisResult) -> None:
         f"**Intended use:** {result.intended_use}  \n"
         f"**Heatmap:** {result.heatmap_method} at `{result.target_layer}` · backend {result.backend}"
     )
+
+
+def admin_gate() -> str | None:
+    """The administrator's name once unlocked in this session; None (read-only) otherwise."""
+    if st.session_state.get("admin.name"):
+        return st.session_state["admin.name"]
+    stored = configured_hash(st.secrets)
+    if not stored:
+        st.info(
+            "Read-only. Editing needs an administrator password: run `python -m xray_ai hash-password` "
+            f"and set `{ENV_VAR}` (or `admin_password_hash` in `.streamlit/secrets.toml`) to its output, "
+            "then restart the app."
+        )
+        return None
+    with st.form("admin.login"):
+        name = st.text_input("Your name (recorded in the audit log)", key="admin.name_input")
+        password = st.text_input("Administrator password", type="password", key="admin.password")
+        if st.form_submit_button("Unlock editing"):
+            try:
+                ok = verify_password(password, stored)
+            except ValueError as exc:
+                st.error(str(exc))
+                return None
+            if not name.strip():
+                st.error("Enter your name: every change is recorded with it.")
+            elif not ok:
+                st.error("Wrong administrator password.")
+            else:
+                st.session_state["admin.name"] = name.strip()
+                st.rerun()
+    return None

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument("--user", help="who makes the change (for the audit log; default: login name)")
     _add_registry_arg(ra)
 
+    hp = sub.add_parser("hash-password", help="hash an administrator password for the app's registry page")
+    hp.add_argument("--stdin", action="store_true", help="read the password from standard input (no prompt)")
+
     ph = sub.add_parser("phantoms", help="write synthetic radiograph phantoms with lesion masks")
     _add_registry_arg(ph)
     from . import phantoms  # numpy/OpenCV only: cheap to import
@@ -173,7 +176,7 @@ def _summary(result) -> str:
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
-    from .manager import file_sha256
+    from .manager import check_model_file
     from .registry import RegistryError, load_registry, save_registry
 
     try:
@@ -194,18 +197,10 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     if args.registry_command == "validate":
         failing_active = []
         for m in registry.models.values():
-            path = m.resolve_path(registry.base_dir)
-            if not path.is_file():
-                status = f"file {m.path} not found (placeholder would serve)"
-            elif m.sha256 is None:
-                status = "no sha256 recorded (placeholder would serve)"
-            elif file_sha256(path) != m.sha256:
-                status = "sha256 MISMATCH (placeholder would serve)"
-            else:
-                status = "ok"
-            if status != "ok" and m.id in registry.active_models.values():
+            problem = check_model_file(m, registry.base_dir)
+            if problem and m.id in registry.active_models.values():
                 failing_active.append(m.id)
-            print(f"{m.id}: {status}")
+            print(f"{m.id}: {'ok' if problem is None else problem + ' (placeholder would serve)'}")
         print(f"{registry.path}: schema valid; {len(registry.models)} models, {len(registry.active_models)} active")
         if args.strict and failing_active:
             raise BadInput(f"{registry.path}: active model(s) failing their file check: {', '.join(failing_active)}")
@@ -221,6 +216,24 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     raise AssertionError(args.registry_command)
 
 
+def _cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .auth import ENV_VAR, hash_password
+
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Administrator password: ")
+        if getpass.getpass("Again: ") != password:
+            raise BadInput("the two passwords differ")
+    if not password:
+        raise BadInput("the password must not be empty")
+    print(hash_password(password))
+    print(f"Set {ENV_VAR} to this value (or admin_password_hash in .streamlit/secrets.toml).", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_phantoms(args: argparse.Namespace) -> int:
     from . import phantoms
 
@@ -229,7 +242,12 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- main
 
-_COMMANDS = {"predict": _cmd_predict, "registry": _cmd_registry, "phantoms": _cmd_phantoms}
+_COMMANDS = {
+    "predict": _cmd_predict,
+    "registry": _cmd_registry,
+    "hash-password": _cmd_hash_password,
+    "phantoms": _cmd_phantoms,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

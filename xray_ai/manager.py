@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .registry import ModelEntry, Registry, RegistryError, default_registry_path, load_registry
 
-__all__ = ["ModelManager", "LoadedModel", "file_sha256"]
+__all__ = ["ModelManager", "LoadedModel", "file_sha256", "check_model_file"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,26 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_model_file(entry: ModelEntry, base_dir: Path) -> str | None:
+    """Why the entry's file cannot serve (missing, unverifiable, sha256 mismatch), or None if it can.
+
+    A cheap check without tensorflow, for `registry validate` and the registry page; a file
+    that passes can still fail to load (corrupt archive, wrong shape), which `get` reports.
+    """
+    path = entry.resolve_path(base_dir)
+    if not path.is_file():
+        return f"model file {entry.path} not found"
+    if entry.sha256 is None:
+        return f"registry entry {entry.id} records no sha256, so {entry.path} cannot be verified"
+    actual = file_sha256(path)
+    if actual != entry.sha256:
+        return (
+            f"sha256 of {entry.path} is {actual[:12]}..., the registry expects {entry.sha256[:12]}... "
+            "(file replaced or damaged)"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -171,16 +191,9 @@ class ModelManager:
     def _load_verified(self, entry: ModelEntry, path: Path):
         import keras
 
-        if not path.is_file():
-            raise _ModelProblem(f"model file {entry.path} not found")
-        if entry.sha256 is None:
-            raise _ModelProblem(f"registry entry {entry.id} records no sha256, so {entry.path} cannot be verified")
-        actual = file_sha256(path)
-        if actual != entry.sha256:
-            raise _ModelProblem(
-                f"sha256 of {entry.path} is {actual[:12]}..., the registry expects {entry.sha256[:12]}... "
-                "(file replaced or damaged)"
-            )
+        problem = check_model_file(entry, self.registry.base_dir)
+        if problem:
+            raise _ModelProblem(problem)
         try:
             model = keras.models.load_model(path, compile=False)
         except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:

@@ -38,6 +38,8 @@ LABELS = {
 }
 _PARTS = {"msk_abnormality": MURA_PARTS, "fracture": MURA_PARTS, "osteoporosis": ("knee",),
           "arthritis": ("knee",), "pneumonia": ("chest",), "cardiomegaly": ("chest",)}
+import os
+_BEAM = tuple(float(v) for v in os.environ.get("PH_BEAM", "1,1").split(","))
 SUBTLE_SHARE = 0.3  # share of abnormal cases drawn with severity below 0.35
 
 
@@ -109,6 +111,9 @@ def generate(condition: str, *, abnormal: bool, seed: int, size: int = 256, body
     rp = np.random.default_rng([int(seed), 11])  # patient
     rf = np.random.default_rng([int(seed), 13])  # finding
     rv = np.random.default_rng([int(seed), 17, int(view_index)])  # exposure
+    # Beam quality (kVp, filtration) scales bone contrast against soft tissue; a stream of
+    # its own so the other exposure draws stay as they were.
+    beam = float(np.random.default_rng([int(seed), 19, int(view_index)]).uniform(*_BEAM))
     part = body_part or parts[int(rp.integers(len(parts)))]
     if part not in parts:
         raise ValueError(f"body part {part!r} does not fit {condition!r}; valid: {', '.join(parts)}")
@@ -144,7 +149,7 @@ def generate(condition: str, *, abnormal: bool, seed: int, size: int = 256, body
             if condition == "osteoporosis":
                 label = "osteoporosis"
                 post = osteoporosis(sc, sev)
-                sparsity = 0.3 + 0.6 * sev
+                sparsity = eval(os.environ.get("PH_SP", "0.3 + 0.6 * sev"))
             elif condition == "arthritis":
                 label = "arthritis"
                 post = apply_finding(sc, "arthritis", sev, rf, canon)
@@ -161,7 +166,7 @@ def generate(condition: str, *, abnormal: bool, seed: int, size: int = 256, body
     cv.med *= texture
     for attempt in range(6):  # re-pose if the pose pushed the whole finding out of the field
         image, mask = _expose(cv, rv, size, upright=part == "chest", mu_soft=4.0 if part == "chest" else 2.2,
-                              tame=attempt > 2)
+                              beam=beam, tame=attempt > 2)
         if mask.any() or not abnormal:
             break
         rv = np.random.default_rng([int(seed), 17, int(view_index), attempt + 1])
@@ -169,7 +174,7 @@ def generate(condition: str, *, abnormal: bool, seed: int, size: int = 256, body
 
 
 def _expose(cv: Canvas, rng: np.random.Generator, size: int, upright: bool,
-            mu_soft: float, tame: bool = False) -> tuple[np.ndarray, np.ndarray]:
+            mu_soft: float, beam: float = 1.0, tame: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Pose (rotation, scale, shift) the canonical maps into the detector frame, then project."""
     c = cv.size / 2
     ang = rng.uniform(-25, 25) if rng.random() < 0.85 else rng.choice([-90, 90]) + rng.uniform(-10, 10)
@@ -184,7 +189,7 @@ def _expose(cv: Canvas, rng: np.random.Generator, size: int, upright: bool,
     out = Canvas(size)
     k = size / cv.size  # path lengths were in canonical pixels
     out.soft, out.cort, out.med, out.metal = (np.ascontiguousarray(w[..., i]) * k for i in range(4))
-    return project(out, rng, mu_soft=mu_soft), m.astype(bool)
+    return project(out, rng, mu_soft=mu_soft, mu_cort=30.0 * beam, mu_med=5.0 * beam), m.astype(bool)
 
 
 from .writers import add_cli_arguments, histogram_shortcut_auc, make_gallery, run_cli, write_dataset  # noqa: E402

@@ -22,11 +22,15 @@ def normal_ctr(rng: np.random.Generator) -> float:
 
 
 def chest_params(rng: np.random.Generator) -> dict:
+    import os
+    W = os.environ.get("PH_CH", "0") == "1"
     return {
-        "tw": rng.uniform(0.33, 0.40), "apex": rng.uniform(0.07, 0.15), "dia": rng.uniform(0.68, 0.84),
-        "body": rng.uniform(0.36, 0.7), "air": rng.uniform(0.28, 0.44), "ctr": normal_ctr(rng), "breast": rng.random() < 0.4,
-        "fatpad": rng.random() < 0.3, "bubble": rng.random() < 0.5, "hh": rng.uniform(0.75, 0.95),
+        "tw": rng.uniform(*((0.30, 0.42) if W else (0.33, 0.40))), "apex": rng.uniform(*((0.05, 0.17) if W else (0.07, 0.15))),
+        "dia": rng.uniform(*((0.62, 0.88) if W else (0.68, 0.84))),
+        "body": rng.uniform(*((0.3, 0.8) if W else (0.36, 0.7))), "air": rng.uniform(*((0.24, 0.48) if W else (0.28, 0.44))), "ctr": normal_ctr(rng), "breast": rng.random() < 0.4,
+        "fatpad": rng.random() < 0.3, "bubble": rng.random() < 0.5, "hh": rng.uniform(*((0.65, 1.0) if W else (0.75, 0.95))),
         "ribw": rng.uniform(0.014, 0.02), "density": rng.uniform(0.85, 1.15),
+        "mw": rng.uniform(*((0.04, 0.085) if W else (0.05, 0.05))),
     }
 
 
@@ -58,13 +62,15 @@ def render_chest(cv: Canvas, p: dict, rng: np.random.Generator, *, ctr: float,
     wt = 2 * p["tw"]
     wh = ctr * wt
     xr, xl = 0.5 - 0.36 * wh, 0.5 + 0.64 * wh
-    hh = wh * 0.5 * p["hh"]
+    import os
+    ka = float(os.environ.get("PH_HK", "1"))
+    hh = wt * (0.44 + ka * (ctr - 0.44)) * 0.5 * p["hh"]
     cy = p["dia"] - hh * 0.55
     heart = np.zeros((S, S), np.uint8)
     cv2.ellipse(heart, (((xr + xl) / 2 * S, cy * S), (wh * S, 2 * hh * S), 0.0), 1, -1)
     cv2.ellipse(heart, ((0.535 * S, (cy - hh * 0.9) * S), (0.07 * S, 0.06 * S), 0.0), 1, -1)  # aortic knob
     med = np.zeros((S, S), np.uint8)
-    cv2.rectangle(med, (int(0.45 * S), 0), (int(0.555 * S), int(cy * S)), 1, -1)
+    cv2.rectangle(med, (int((0.5 - p["mw"]) * S), 0), (int((0.505 + p["mw"]) * S), int(cy * S)), 1, -1)
     hprof = draw_blob(heart | med, 0.5 * S, 0.06 * S)
     if p["fatpad"]:
         fp = np.zeros((S, S), np.uint8)

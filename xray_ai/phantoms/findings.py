@@ -186,7 +186,12 @@ def _arthritis(sc: Scene, sev: float, rng: np.random.Generator, size: int) -> Po
 
 def osteoporosis(sc: Scene, sev: float) -> PostOp:
     """Thin cortex, low density; the texture sparsity is set by the caller. Mask: femur/tibia bone."""
-    sc.bones = [replace(b, cortex=b.cortex * (1 - 0.5 * sev), density=b.density * (1 - 0.2 * sev))
+    import os
+    kc, kd = (float(v) for v in os.environ.get("PH_OST", "0.5,0.2").split(","))
+    kw = float(os.environ.get("PH_WIDEN", "0"))
+    sc.bones = [replace(b, cortex=b.cortex * (1 - kc * sev), density=b.density * (1 - kd * sev),
+                        r0=b.r0 * (1 + kw * sev) if b.name in sc.shafts else b.r0,
+                        r1=b.r1 * (1 + kw * sev) if b.name in sc.shafts else b.r1)
                 if b.cortex < 0.99 else b for b in sc.bones]
 
     def post(cv: Canvas) -> None:

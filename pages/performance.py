@@ -1,0 +1,47 @@
+"""Model performance: each registered model's stored evaluation (ROC, confusion matrix, calibration)."""
+
+import pandas as pd
+import streamlit as st
+
+from ui.common import get_manager, registry_or_stop
+
+SCALARS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "kappa", "ece")
+
+st.title("Model performance")
+st.caption("Figures from the evaluation run that produced each model, on the split named; "
+           "they describe that data only. Models trained on synthetic phantoms say nothing about patients.")
+registry = registry_or_stop(get_manager())
+
+for entry in registry.models.values():
+    metrics = dict(entry.metrics)
+    with st.expander(f"{entry.id} ({registry.conditions[entry.condition].name}, {entry.profile})", expanded=bool(metrics)):
+        st.markdown(f"**Trained on:** {entry.trained_on.describe()}  \n**Threshold:** {entry.threshold:.3f} "
+                    f"({entry.threshold_method})")
+        if not metrics:
+            st.info("No evaluation stored for this model.")
+            continue
+        st.markdown(f"**Split:** {metrics['split']}" + (f", n = {metrics['n']}" if "n" in metrics else ""))
+        ci = metrics.get("ci95", {})
+        st.dataframe(
+            [{"metric": k, "value": metrics[k], "95% CI": " - ".join(f"{v:.3f}" for v in ci[k]) if k in ci else ""}
+             for k in SCALARS if k in metrics],
+            hide_index=True,
+        )
+        left, right = st.columns(2)
+        if "roc" in metrics:
+            left.markdown("ROC curve")
+            left.line_chart(pd.DataFrame(metrics["roc"]), x="fpr", y="tpr")
+        if "calibration" in metrics:
+            right.markdown("Calibration (reliability)")
+            cal = metrics["calibration"]
+            right.line_chart(pd.DataFrame({"mean predicted": cal["mean_predicted"],
+                                           "observed fraction positive": cal["fraction_positive"]}),
+                             x="mean predicted", y="observed fraction positive")
+        if "confusion_matrix" in metrics:
+            cm = metrics["confusion_matrix"]
+            st.markdown(f"Confusion matrix at threshold {entry.threshold:.3f}")
+            st.table(pd.DataFrame({"predicted negative": [cm["tn"], cm["fn"]], "predicted positive": [cm["fp"], cm["tp"]]},
+                                  index=["actual negative", "actual positive"]))
+        if "per_body_part" in metrics:
+            st.markdown("By body part")
+            st.dataframe(pd.DataFrame(metrics["per_body_part"]).T)

@@ -1,0 +1,147 @@
+"""Every page through Streamlit's own AppTest, against a temporary registry with a tiny verified model."""
+
+import json
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import EXAMPLES, REPO, write_tiny_registry
+from xray_ai.auth import hash_password
+
+TIMEOUT = 120
+METRICS = {
+    "split": "test", "n": 200, "auc": 0.91, "accuracy": 0.85, "sensitivity": 0.8, "specificity": 0.9, "kappa": 0.7,
+    "ci95": {"auc": [0.87, 0.95]},
+    "roc": {"fpr": [0.0, 0.1, 0.3, 1.0], "tpr": [0.0, 0.6, 0.9, 1.0]},
+    "confusion_matrix": {"tn": 90, "fp": 10, "fn": 20, "tp": 80},
+    "calibration": {"mean_predicted": [0.1, 0.5, 0.9], "fraction_positive": [0.12, 0.45, 0.88]},
+    "per_body_part": {"wrist": {"n": 100, "auc": 0.93}, "hand": {"n": 100, "auc": 0.88}},
+}
+
+
+@pytest.fixture()
+def app_registry(tiny_registry, monkeypatch):
+    raw = json.loads(tiny_registry.read_text())
+    raw["models"]["tiny-test"]["metrics"] = METRICS
+    tiny_registry.write_text(json.dumps(raw))
+    monkeypatch.setenv("XRAY_AI_REGISTRY", str(tiny_registry))
+    monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tiny_registry.parent / "audit.sqlite3"))
+    monkeypatch.delenv("XRAY_AI_ADMIN_PASSWORD_HASH", raising=False)
+    return tiny_registry
+
+
+def page(name):
+    return AppTest.from_file(str(REPO / "pages" / name), default_timeout=TIMEOUT)
+
+
+def text_of(at):
+    return " ".join(e.value for kind in ("markdown", "caption", "error", "warning", "info", "success")
+                    for e in getattr(at, kind))
+
+
+def test_entry_script_runs_and_shows_the_disclaimer(app_registry):
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "not a diagnosis" in text_of(at)
+
+
+def test_example_gives_probability_and_download(app_registry):
+    at = page("analyse.py").run()
+    assert "Try an example" in [b.label for b in at.button]
+    at.button(key="analyse.example").click().run()
+    assert not at.exception
+    metric = at.metric[0]
+    assert metric.value in ("fracture", "no fracture") and "probability" in metric.delta
+    assert "tiny-test" in text_of(at) and "threshold" in text_of(at)
+    assert at.get("download_button"), "the PDF download button is missing"
+
+
+def test_moving_the_slider_does_not_rerun_the_model(app_registry, monkeypatch):
+    import xray_ai.analysis as analysis
+
+    calls = []
+    real = analysis.analyze
+    monkeypatch.setattr(analysis, "analyze", lambda *a, **k: calls.append(1) or real(*a, **k))
+    at = page("analyse.py").run()
+    at.button(key="analyse.example").click().run()
+    assert len(calls) == 1
+    at.slider(key="analyse.intensity").set_value(0.9).run()
+    at.toggle(key="analyse.annotate").set_value(False).run()
+    at.toggle(key="analyse.heatmap").set_value(False).run()
+    assert not at.exception and len(calls) == 1
+
+
+def test_bad_upload_shows_an_error_and_the_good_one_is_analysed(app_registry):
+    at = page("analyse.py").run()
+    good = (EXAMPLES / "rg3_tibia.png").read_bytes()
+    at.file_uploader(key="analyse.uploads").set_value(
+        [("broken.dcm", b"not a dicom at all", "application/dicom"), ("tibia.png", good, "image/png")]
+    ).run()
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "broken.dcm" in errors
+    assert at.metric, "the readable upload was not analysed"
+
+
+def test_missing_model_file_shows_the_placeholder_banner(tmp_path, monkeypatch):
+    registry = write_tiny_registry(tmp_path, tmp_path / "gone.keras", sha256=None)
+    monkeypatch.setenv("XRAY_AI_REGISTRY", str(registry))
+    at = page("analyse.py").run()
+    at.button(key="analyse.example").click().run()
+    errors = " ".join(e.value for e in at.error)
+    assert "PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT" in errors and "gone.keras not found" in errors
+
+
+def test_invalid_registry_is_an_error_not_a_traceback(tmp_path, monkeypatch):
+    bad = tmp_path / "registry.json"
+    bad.write_text('{"schema_version": 1, "conditions": {}}')
+    monkeypatch.setenv("XRAY_AI_REGISTRY", str(bad))
+    for name in ("analyse.py", "registry.py", "performance.py", "about.py"):
+        at = page(name).run()
+        assert not at.exception, name
+        assert "registry is invalid" in " ".join(e.value for e in at.error), name
+
+
+def test_registry_page_is_read_only_without_a_password(app_registry):
+    at = page("registry.py").run()
+    assert not at.exception
+    assert "Read-only" in " ".join(i.value for i in at.info)
+    assert "registry.activate" not in [b.key for b in at.button]
+    assert "tiny-test" in str(at.dataframe[0].value)
+
+
+def test_registry_page_edits_with_the_password_and_audits(app_registry, monkeypatch):
+    monkeypatch.setenv("XRAY_AI_ADMIN_PASSWORD_HASH", hash_password("s3cret", iterations=1000))
+    at = page("registry.py").run()
+    at.text_input(key="admin.name_input").set_value("Dr Admin")
+    at.text_input(key="admin.password").set_value("wrong")
+    at.button[0].click().run()
+    assert "Wrong administrator password" in " ".join(e.value for e in at.error)
+    at.text_input(key="admin.password").set_value("s3cret")
+    at.button[0].click().run()
+    assert not at.exception
+    at.number_input(key="registry.t.tiny-test").set_value(0.3)
+    at.text_input(key="registry.m.tiny-test").set_value("chosen by test")
+    at.button(key="registry.save").click().run()
+    assert not at.exception
+    assert "0.5 -> 0.3" in " ".join(s.value for s in at.success)
+    saved = json.loads(app_registry.read_text())["models"]["tiny-test"]
+    assert saved["threshold"] == 0.3 and saved["threshold_method"] == "chosen by test"
+    from xray_ai.registry import read_audit_log
+
+    assert read_audit_log(app_registry)[0]["user"] == "Dr Admin"
+
+
+def test_performance_page_plots_stored_metrics(app_registry):
+    at = page("performance.py").run()
+    assert not at.exception
+    assert len(at.get("vega_lite_chart")) == 2  # ROC and calibration
+    table = at.table[0].value
+    assert table.loc["actual positive", "predicted positive"] == 80
+    assert "0.870 - 0.950" in str(at.dataframe[0].value)
+
+
+def test_about_page_lists_models_and_their_data(app_registry):
+    at = page("about.py").run()
+    assert not at.exception
+    assert "test fixture" in str(at.dataframe[0].value)

@@ -1,0 +1,308 @@
+"""End-to-end: the Streamlit app driven in headless Chromium (Debian's /usr/bin/chromium).
+
+Starts `streamlit run app.py` on a free loopback port, uploads a DICOM through the Analyse
+page's file uploader, waits for the result, checks the provenance (model id, threshold),
+downloads the PDF report and checks it, takes a full-page screenshot and records the
+upload-to-result time of a first (cold: imports TensorFlow, loads the model) and a second
+(warm) analysis in test-artifacts/browser_timings.json. No timing assertions.
+
+CI installs the browser with .ci/install-browser.sh and the Python package `playwright`
+(requirements-dev.txt); Playwright's own browser download is not used.
+Run: python -m pytest tests/test_browser.py -q -s
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+# ---------------------------------------------------------------------------------------
+# Selectors and page texts: the one place to update when the Analyse page changes.
+# ---------------------------------------------------------------------------------------
+UPLOADER_LABEL = re.compile(r"Radiographs", re.I)          # st.file_uploader label
+CONDITION_LABEL = "Condition"                               # st.selectbox (combobox) label
+MODEL_LABEL = "Model"                                       # st.selectbox (combobox) label
+DOWNLOAD_LABEL = re.compile(r"Download PDF report", re.I)   # st.download_button
+HEATMAP_LABEL = re.compile(r"Heatmap intensity", re.I)      # st.slider
+THRESHOLD_WORD = re.compile(r"\bthreshold\b", re.I)
+PDF_DISCLAIMER = "not a diagnosis"
+
+
+def _uploader(page):
+    return page.get_by_test_id("stFileUploader").filter(has_text=UPLOADER_LABEL)
+
+
+def _file_input(page):
+    return _uploader(page).locator("input[type=file]")
+
+
+def _remove_file_button(page, filename):
+    return _uploader(page).get_by_role("button", name=re.compile(rf"Remove {re.escape(filename)}", re.I))
+
+
+def _file_chip(page, filename):
+    return _uploader(page).get_by_test_id("stFileChip").filter(has_text=filename)
+
+
+def _result_image(page, filename):
+    return page.get_by_test_id("stMain").get_by_test_id("stImage").filter(has_text=filename)
+
+
+def _running_indicator(page):
+    return page.get_by_test_id("stStatusWidget")  # shown while the script reruns
+
+
+def _decision_metric(page):
+    return page.get_by_test_id("stMetric")
+
+
+def _download_button(page):
+    return page.get_by_role("button", name=DOWNLOAD_LABEL)
+
+
+# ---------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+FIRST_FILE = REPO / "examples" / "rg3_tibia.dcm"
+SECOND_FILE = REPO / "examples" / "rg1_chest.dcm"
+SERVER_START_TIMEOUT_S = 90
+RESULT_TIMEOUT_MS = 150_000  # the first analysis imports TensorFlow and loads a model
+UI_TIMEOUT_MS = 30_000
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.browser
+
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is missing (install it with .ci/install-browser.sh)", allow_module_level=True)
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    pytest.skip("the Python package 'playwright' is not installed (see requirements-dev.txt)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200 and resp.read().strip() == b"ok"
+    except OSError:
+        return False
+
+
+class _Server:
+    def __init__(self, url: str, proc: subprocess.Popen, log_path: Path):
+        self.url = url
+        self.proc = proc
+        self.log_path = log_path
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+
+
+@pytest.fixture(scope="module")
+def streamlit_server():
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = _free_port()
+    log_path = ARTIFACTS / "browser_streamlit.log"
+    log_file = open(log_path, "w")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", "app.py",
+        "--server.headless", "true",
+        "--server.port", str(port),
+        "--server.address", "127.0.0.1",
+        "--browser.gatherUsageStats", "false",
+        # Others edit pages/ while tests run: a file watcher would rerun the app mid-test.
+        "--server.fileWatcherType", "none",
+        "--server.runOnSave", "false",
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    server = _Server(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not _healthy(f"{server.url}/_stcore/health"):
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode} before answering:\n{server.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not answer /_stcore/health within {SERVER_START_TIMEOUT_S} s:\n{server.log()}")
+            time.sleep(0.25)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
+        log_file.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    profile = tempfile.mkdtemp(prefix="xray_ai-chromium-")
+    try:
+        with sync_playwright() as p:
+            # launch_persistent_context: a fresh --user-data-dir of our own for every run.
+            context = p.chromium.launch_persistent_context(
+                profile,
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=CHROMIUM_ARGS,
+                accept_downloads=True,
+                viewport={"width": 1400, "height": 1000},
+            )
+            try:
+                yield context
+            finally:
+                context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait_until_idle(page):
+    expect(_running_indicator(page)).to_have_count(0, timeout=RESULT_TIMEOUT_MS)
+
+
+def _wait_for_result(page, timeout_ms=RESULT_TIMEOUT_MS):
+    """The decision metric and the download button are rendered only after an analysis."""
+    expect(_decision_metric(page).first).to_be_visible(timeout=timeout_ms)
+    expect(_download_button(page)).to_be_enabled(timeout=timeout_ms)
+
+
+def _full_page_screenshot(page, path: Path, max_height: int = 8000) -> None:
+    """Streamlit scrolls inside its main container, so full_page=True alone captures only the
+    viewport: grow the viewport to the content's height, screenshot, restore it."""
+    original = page.viewport_size
+    height = page.evaluate(
+        """() => Math.max(document.documentElement.scrollHeight,
+            ...[...document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppViewContainer"]')]
+                .map(e => e.scrollHeight))"""
+    )
+    try:
+        page.set_viewport_size({"width": original["width"], "height": min(max(height + 40, original["height"]), max_height)})
+        page.get_by_test_id("stMain").evaluate("e => e.scrollTo(0, 0)")
+        page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=UI_TIMEOUT_MS)
+        page.screenshot(path=str(path), full_page=True)
+    finally:
+        page.set_viewport_size(original)
+
+
+def _active_model_for(condition_name: str) -> str:
+    registry = json.loads((REPO / "model_registry.json").read_text())
+    by_name = {c["name"]: key for key, c in registry["conditions"].items()}
+    assert condition_name in by_name, f"condition {condition_name!r} shown by the page is not in the registry"
+    return registry["active_models"][by_name[condition_name]]
+
+
+def _pdf_text(data: bytes) -> str:
+    from pypdf import PdfReader
+
+    return "\n".join(p.extract_text() or "" for p in PdfReader(io.BytesIO(data)).pages)
+
+
+def test_analyse_page_end_to_end(browser, streamlit_server):
+    server = streamlit_server
+    page = browser.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    console = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+    timings = {}
+    try:
+        page.goto(server.url, wait_until="domcontentloaded", timeout=60_000)
+        expect(_uploader(page)).to_be_visible(timeout=60_000)
+
+        # The active model of the condition selected on the page, from the registry.
+        condition_name = page.get_by_role("combobox", name=CONDITION_LABEL).input_value()
+        model_id = _active_model_for(condition_name)
+        expect(page.get_by_role("combobox", name=MODEL_LABEL)).to_have_value(re.compile(re.escape(model_id)))
+
+        # 1st analysis (cold: TensorFlow import + model load).
+        t0 = time.perf_counter()
+        _file_input(page).set_input_files(str(FIRST_FILE))
+        expect(_result_image(page, FIRST_FILE.name).first).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+        _wait_for_result(page)
+        timings["first_analysis_s"] = round(time.perf_counter() - t0, 2)
+
+        main = page.get_by_test_id("stMain")
+        expect(main).to_contain_text(model_id)
+        expect(main).to_contain_text(THRESHOLD_WORD)
+        expect(page.get_by_text(HEATMAP_LABEL).first).to_be_visible()
+        expect(main.get_by_test_id("stImage").first).to_be_visible()
+
+        # PDF report.
+        with page.expect_download(timeout=60_000) as dl_info:
+            _download_button(page).click()
+        download = dl_info.value
+        pdf_path = ARTIFACTS / "browser_report.pdf"
+        download.save_as(pdf_path)
+        data = pdf_path.read_bytes()
+        assert data.startswith(b"%PDF"), f"download is not a PDF: {data[:20]!r} ({download.suggested_filename})"
+        text = _pdf_text(data)
+        flat = " ".join(text.split())  # pypdf may break lines inside phrases
+        assert model_id in flat.replace(" ", "") or model_id in flat, f"model id {model_id} not in the PDF text"
+        assert PDF_DISCLAIMER in flat.lower(), f"disclaimer {PDF_DISCLAIMER!r} not in the PDF text"
+
+        # The download button reruns the script; wait until the page is settled again.
+        _wait_until_idle(page)
+        _wait_for_result(page)
+        _full_page_screenshot(page, ARTIFACTS / "browser_analyse.png")
+
+        # 2nd analysis (warm): replace the study by another file.
+        _remove_file_button(page, FIRST_FILE.name).click()
+        expect(_file_chip(page, FIRST_FILE.name)).to_have_count(0)
+        _wait_until_idle(page)
+        t0 = time.perf_counter()
+        _file_input(page).set_input_files(str(SECOND_FILE))
+        # The new images (captioned with the file name) exist only once the analysis is done.
+        expect(_result_image(page, SECOND_FILE.name).first).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+        _wait_for_result(page)
+        timings["second_analysis_s"] = round(time.perf_counter() - t0, 2)
+        expect(main).to_contain_text(model_id)
+        _full_page_screenshot(page, ARTIFACTS / "browser_analyse_second.png")
+    except BaseException:
+        try:
+            page.screenshot(path=str(ARTIFACTS / "browser_failure.png"), full_page=True)
+        except Exception:
+            pass
+        if console:
+            print("\n----- browser console errors -----\n" + "\n".join(console))
+        print(f"\n----- streamlit log ({server.log_path}) -----\n{server.log()}\n----- end of streamlit log -----")
+        raise
+    finally:
+        timings.update(model_id=locals().get("model_id"), first_file=FIRST_FILE.name, second_file=SECOND_FILE.name)
+        (ARTIFACTS / "browser_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+        print(f"\nupload-to-result: first analysis {timings.get('first_analysis_s')} s, "
+              f"second analysis {timings.get('second_analysis_s')} s")
+        page.close()
