@@ -145,3 +145,18 @@ def test_about_page_lists_models_and_their_data(app_registry):
     at = page("about.py").run()
     assert not at.exception
     assert "test fixture" in str(at.dataframe[0].value)
+
+
+def test_first_paint_does_not_import_tensorflow():
+    """The landing page renders before any model (and tensorflow) is loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({str(REPO / 'app.py')!r}, default_timeout=60).run()\n"
+        "assert not at.exception\nprint('tensorflow' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"

@@ -38,8 +38,6 @@ LABELS = {
 }
 _PARTS = {"msk_abnormality": MURA_PARTS, "fracture": MURA_PARTS, "osteoporosis": ("knee",),
           "arthritis": ("knee",), "pneumonia": ("chest",), "cardiomegaly": ("chest",)}
-import os
-_BEAM = tuple(float(v) for v in os.environ.get("PH_BEAM", "1,1").split(","))
 SUBTLE_SHARE = 0.3  # share of abnormal cases drawn with severity below 0.35
 
 
@@ -113,7 +111,7 @@ def generate(condition: str, *, abnormal: bool, seed: int, size: int = 256, body
     rv = np.random.default_rng([int(seed), 17, int(view_index)])  # exposure
     # Beam quality (kVp, filtration) scales bone contrast against soft tissue; a stream of
     # its own so the other exposure draws stay as they were.
-    beam = float(np.random.default_rng([int(seed), 19, int(view_index)]).uniform(*_BEAM))
+    beam = float(np.random.default_rng([int(seed), 19, int(view_index)]).uniform(0.75, 1.25))
     part = body_part or parts[int(rp.integers(len(parts)))]
     if part not in parts:
         raise ValueError(f"body part {part!r} does not fit {condition!r}; valid: {', '.join(parts)}")
@@ -149,7 +147,7 @@ def generate(condition: str, *, abnormal: bool, seed: int, size: int = 256, body
             if condition == "osteoporosis":
                 label = "osteoporosis"
                 post = osteoporosis(sc, sev)
-                sparsity = eval(os.environ.get("PH_SP", "0.3 + 0.6 * sev"))
+                sparsity = 0.3 + 0.6 * sev
             elif condition == "arthritis":
                 label = "arthritis"
                 post = apply_finding(sc, "arthritis", sev, rf, canon)
@@ -175,7 +173,10 @@ def generate(condition: str, *, abnormal: bool, seed: int, size: int = 256, body
 
 def _expose(cv: Canvas, rng: np.random.Generator, size: int, upright: bool,
             mu_soft: float, beam: float = 1.0, tame: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Pose (rotation, scale, shift) the canonical maps into the detector frame, then project."""
+    """Pose (rotation, scale, shift) the canonical maps into the detector frame, then project.
+
+    ``beam`` scales the bone attenuation coefficients (beam quality), 1 = nominal.
+    """
     c = cv.size / 2
     ang = rng.uniform(-25, 25) if rng.random() < 0.85 else rng.choice([-90, 90]) + rng.uniform(-10, 10)
     if upright:  # chest films are taken upright and displayed so

@@ -185,14 +185,18 @@ def _arthritis(sc: Scene, sev: float, rng: np.random.Generator, size: int) -> Po
 
 
 def osteoporosis(sc: Scene, sev: float) -> PostOp:
-    """Thin cortex, low density; the texture sparsity is set by the caller. Mask: femur/tibia bone."""
-    import os
-    kc, kd = (float(v) for v in os.environ.get("PH_OST", "0.5,0.2").split(","))
-    kw = float(os.environ.get("PH_WIDEN", "0"))
-    sc.bones = [replace(b, cortex=b.cortex * (1 - kc * sev), density=b.density * (1 - kd * sev),
-                        r0=b.r0 * (1 + kw * sev) if b.name in sc.shafts else b.r0,
-                        r1=b.r1 * (1 + kw * sev) if b.name in sc.shafts else b.r1)
-                if b.cortex < 0.99 else b for b in sc.bones]
+    """Thin cortex in a wider shaft, slightly lower density; the caller sets the texture
+    sparsity (sparse, coarse trabeculae). Mask: the bones.
+
+    The shafts widen as the cortex thins (endosteal resorption, periosteal apposition), so
+    the cortical index (cortex over shaft width) falls while the bone's overall mass, hence
+    the image's global histogram, stays within the normal range (see ``patient_params``).
+    """
+    def edit(b: Bone) -> Bone:
+        k = 1 + 0.15 * sev if b.name in sc.shafts else 1.0
+        return replace(b, cortex=b.cortex * (1 - 0.5 * sev), density=b.density * (1 - 0.1 * sev),
+                       r0=b.r0 * k, r1=b.r1 * k)
+    sc.bones = [edit(b) if b.cortex < 0.99 else b for b in sc.bones]
 
     def post(cv: Canvas) -> None:
         cv.mask |= ((cv.cort + cv.med) > 0.5).astype(np.uint8)

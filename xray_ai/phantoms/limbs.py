@@ -25,11 +25,6 @@ PART_VIEWS = {
     "shoulder": ("AP", "axial"),
     "knee": ("AP", "lateral"),
 }
-import os
-_DENS = tuple(float(v) for v in os.environ.get("PH_DENS", "0.8,1.2").split(","))
-_SOFT = tuple(float(v) for v in os.environ.get("PH_SOFT", "0.7,1.5").split(","))
-_CORT = tuple(float(v) for v in os.environ.get("PH_CORT", "0.26,0.38").split(","))
-_RAD = tuple(float(v) for v in os.environ.get("PH_RAD", "0.85,1.15").split(","))
 _SPREAD = {"PA": 1.0, "AP": 1.0, "oblique": 0.6, "lateral": 0.25, "axial": 0.8}
 
 
@@ -56,11 +51,16 @@ class Scene:
 
 
 def patient_params(rng: np.random.Generator) -> dict:
-    """Per-patient proportions (normal variation)."""
+    """Per-patient proportions (normal variation).
+
+    Bone density spans 0.65-1.35 so that it overlaps what osteoporosis does to it: global
+    brightness must not tell osteoporotic knees from normal ones, cortical thickness
+    relative to shaft width and the trabecular pattern must.
+    """
     return {
-        "rad": rng.uniform(*_RAD), "len": rng.uniform(0.92, 1.08),
-        "soft": rng.uniform(*_SOFT), "density": rng.uniform(*_DENS),
-        "cortex": rng.uniform(*_CORT), "sparsity": rng.uniform(0.0, 0.3),
+        "rad": rng.uniform(0.85, 1.15), "len": rng.uniform(0.92, 1.08),
+        "soft": rng.uniform(0.7, 1.5), "density": rng.uniform(0.65, 1.35),
+        "cortex": rng.uniform(0.24, 0.42), "sparsity": rng.uniform(0.0, 0.3),
         "gap": rng.uniform(0.85, 1.25), "finger": int(rng.integers(0, 5)),
         "bend": rng.uniform(-0.08, 0.08, 20), "nutrient": rng.random() < 0.35,
         "nutrient_t": rng.uniform(0.3, 0.7), "nutrient_side": rng.choice([-1, 1]),
