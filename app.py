@@ -8,15 +8,15 @@ import streamlit as st
 
 from ui.common import DISCLAIMER
 
-st.set_page_config(page_title="xray_ai: radiograph decision support", page_icon="🩻", layout="wide")
+st.set_page_config(page_title="xray_ai: radiograph decision support", page_icon=":material/radiology:", layout="wide")
 st.caption(DISCLAIMER)
 
 navigation = st.navigation(
     [
-        st.Page("pages/analyse.py", title="Analyse", icon="🔍", default=True),
-        st.Page("pages/registry.py", title="Model registry", icon="🗂️"),
-        st.Page("pages/performance.py", title="Model performance", icon="📈"),
-        st.Page("pages/about.py", title="About", icon="ℹ️"),
+        st.Page("pages/analyse.py", title="Analyse", icon=":material/search:", default=True),
+        st.Page("pages/registry.py", title="Model registry", icon=":material/inventory_2:"),
+        st.Page("pages/performance.py", title="Model performance", icon=":material/monitoring:"),
+        st.Page("pages/about.py", title="About", icon=":material/info:"),
     ]
 )
 navigation.run()

@@ -49,7 +49,8 @@ if st.session_state.get("analyse.key") != key:  # the model runs only when the s
     st.session_state["analyse.markers"] = []
 result = st.session_state["analyse.result"]
 
-st.metric(result.condition_name, result.decision, f"probability {result.probability:.1%}", delta_color="off")
+st.metric(result.condition_name, result.decision, f"probability {result.probability:.1%}", delta_color="off",
+          delta_arrow="off", border=True)
 show_provenance(result)
 if len(result.views) > 1:
     st.table({"view": [v.filename for v in result.views], "probability": [f"{v.probability:.1%}" for v in result.views]})

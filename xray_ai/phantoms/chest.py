@@ -64,7 +64,7 @@ def render_chest(cv: Canvas, p: dict, rng: np.random.Generator, *, ctr: float,
     wh = ctr * wt
     xr, xl = 0.5 - 0.36 * wh, 0.5 + 0.64 * wh
     # An enlarged heart widens (the CTR) more than it grows in height.
-    hh = wt * (0.44 + 0.4 * (ctr - 0.44)) * 0.5 * p["hh"]
+    hh = wt * (0.44 + 0.3 * (ctr - 0.44)) * 0.5 * p["hh"]
     cy = p["dia"] - hh * 0.55
     heart = np.zeros((S, S), np.uint8)
     cv2.ellipse(heart, (((xr + xl) / 2 * S, cy * S), (wh * S, 2 * hh * S), 0.0), 1, -1)
