@@ -307,7 +307,8 @@ def test_energy_inside_on_hand_made_maps():
     h[0, 0], h[3, 3] = 3.0, 1.0
     lesion = _mask(4, slice(0, 2), slice(0, 2))
     # 3/4 inside; a uniform map (upsampled 2x2 -> 4x4) has 4/16 inside; no energy -> 0
-    assert ev.energy_inside([h, np.ones((2, 2)), np.zeros((4, 4))], [lesion] * 3) == pytest.approx((0.75 + 0.25 + 0) / 3)
+    got = ev.energy_inside([h, np.ones((2, 2)), np.zeros((4, 4))], [lesion] * 3)
+    assert got == pytest.approx((0.75 + 0.25 + 0) / 3)
 
 
 def test_localisation_needs_an_abnormal_image():
@@ -316,7 +317,8 @@ def test_localisation_needs_an_abnormal_image():
 
 
 def test_evaluation_module_does_not_import_tensorflow():
-    code = "import sys, xray_ai.evaluation; print([m for m in ('tensorflow', 'keras', 'streamlit') if m in sys.modules])"
+    code = ("import sys, xray_ai.evaluation; "
+            "print([m for m in ('tensorflow', 'keras', 'streamlit') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -531,7 +531,8 @@ def evaluation_report(y_true: Any, prob: Any, threshold: float, *, split: str, s
 # --------------------------------------------------------------------------- localisation
 
 
-def _localisation_pairs(heatmaps: Sequence[Any], masks: Sequence[Any]):
+def _localisation_pairs(heatmaps: Sequence[Any], masks: Sequence[Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    # Yields (heatmap resized to the mask, mask) for each abnormal image.
     import cv2
 
     if len(heatmaps) != len(masks):
