@@ -79,6 +79,34 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument("--user", help="who makes the change (for the audit log; default: login name)")
     _add_registry_arg(ra)
 
+    t = sub.add_parser("train", help="train, evaluate and optionally register a model")
+    t.add_argument("--protocol", choices=["quick", "intensive"], default="quick")
+    t.add_argument("--condition", required=True)
+    t.add_argument("--arch", required=True, help="densenet121, mobilenetv2 (or another backbone of architectures.py)")
+    t.add_argument("--data", type=Path, required=True, help="dataset root")
+    t.add_argument("--layout", choices=["mura", "folders"], default="folders")
+    t.add_argument("--out", type=Path, default=Path("models"))
+    t.add_argument("--register", action="store_true", help="add the model to the registry with its sha256")
+    t.add_argument("--activate", action="store_true", help="make it the condition's active model (with --register)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--image-size", type=int, default=224)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--weights", default="none", help="imagenet | none | PATH to backbone weights")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--oversample", action="store_true", help="duplicate minority-class images")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--model-id", help="registry id (default: CONDITION-ARCH-PROFILE-YYYYMMDDHHMM)")
+    _add_registry_arg(t)
+
+    e = sub.add_parser("evaluate", help="evaluate a registered model on a dataset")
+    e.add_argument("--model", dest="model_id", required=True)
+    e.add_argument("--data", type=Path, required=True)
+    e.add_argument("--layout", choices=["mura", "folders"], default="folders")
+    e.add_argument("--split", default=None, help="evaluate only this split (default: all images)")
+    e.add_argument("--output", type=Path, help="write the metrics JSON here")
+    e.add_argument("--json", action="store_true")
+    _add_registry_arg(e)
+
     hp = sub.add_parser("hash-password", help="hash an administrator password for the app's registry page")
     hp.add_argument("--stdin", action="store_true", help="read the password from standard input (no prompt)")
 
@@ -216,6 +244,83 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     raise AssertionError(args.registry_command)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .architectures import BACKBONES, WeightsUnavailableError
+    from .registry import RegistryError
+    from .training import TrainConfig, train
+
+    if args.arch not in BACKBONES:
+        raise BadInput(f"--arch {args.arch}: unknown; valid: {', '.join(sorted(BACKBONES))}")
+    if not args.data.is_dir():
+        raise BadInput(f"{args.data}: no such dataset folder")
+    if args.activate and not args.register:
+        raise BadInput("--activate needs --register")
+    config = TrainConfig(
+        condition=args.condition, architecture=args.arch, data=args.data, protocol=args.protocol,
+        layout=args.layout, out=args.out, registry=args.registry, register=args.register,
+        activate=args.activate, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
+        weights=args.weights, seed=args.seed, oversample=args.oversample, augment=not args.no_augment,
+        model_id=args.model_id,
+    )
+    try:
+        outcome = train(config)
+    except (RegistryError, WeightsUnavailableError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    print(json.dumps({"model_id": outcome.model_id, "path": str(outcome.path), "sha256": outcome.sha256,
+                      "threshold": outcome.threshold, "threshold_method": outcome.threshold_method,
+                      "epochs_run": outcome.epochs_run, "seconds": round(outcome.seconds, 1),
+                      "auc": outcome.metrics.get("auc"), "kappa": outcome.metrics.get("kappa"),
+                      "split": outcome.metrics.get("split")}, indent=2))
+    return EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import data as datamod
+    from .evaluation import evaluation_report
+    from .manager import ModelManager
+    from .preprocessing import prepare_batch
+    from .imaging import load_image
+    from .registry import RegistryError
+
+    try:
+        manager = ModelManager(args.registry)
+        loaded = manager.get(model_id=args.model_id)
+        condition = manager.registry.condition(loaded.entry.condition)
+        df = (datamod.read_mura(args.data) if args.layout == "mura"
+              else datamod.read_folders(args.data, condition.negative_label, condition.positive_label))
+    except (RegistryError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    if loaded.placeholder:
+        raise BadInput(f"{args.model_id}: cannot evaluate, the model file is unusable ({loaded.placeholder_reason})")
+    if args.split:
+        df = df[df["split"] == args.split].reset_index(drop=True)
+    if df.empty:
+        raise BadInput(f"{args.data}: no images{' in split ' + args.split if args.split else ''}")
+    probs = []
+    for start in range(0, len(df), 32):
+        paths = df["path"].iloc[start : start + 32]
+        batch = prepare_batch([load_image(p).pixels for p in paths], loaded.entry.input, loaded.entry.preprocessing)
+        probs.extend(loaded.analyzer(batch).probabilities)
+    metrics = evaluation_report(
+        df["label"].to_numpy(), probs, loaded.entry.threshold, split=args.split or f"all of {args.data}",
+        study_ids=df["study_id"].to_numpy(),
+        body_parts=df["body_part"].to_numpy() if df["body_part"].notna().any() else None,
+    )
+    metrics["model_id"] = args.model_id
+    if args.output:
+        args.output.write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        ci = metrics.get("ci95", {})
+        print(f"{args.model_id} on {args.data} ({metrics['n']} images, threshold {loaded.entry.threshold:.3f})")
+        for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "kappa"):
+            value = metrics.get(name)
+            interval = f"  95% CI {ci[name][0]:.3f}-{ci[name][1]:.3f}" if name in ci else ""
+            print(f"  {name:12s} {value if value is None else f'{value:.3f}'}{interval}")
+    return EXIT_OK
+
+
 def _cmd_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
@@ -245,6 +350,8 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "predict": _cmd_predict,
     "registry": _cmd_registry,
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
     "hash-password": _cmd_hash_password,
     "phantoms": _cmd_phantoms,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import numpy as np
 
 from . import CONDITIONS, GENERATOR_VERSION, LABELS, MURA_PARTS, check_condition, generate, views_for
 
-__all__ = ["write_dataset", "make_gallery", "histogram_shortcut_auc", "add_cli_arguments", "run_cli"]
+MANIFEST = "phantoms.json"  # written at the dataset root
+
+__all__ = ["MANIFEST", "write_dataset", "make_gallery", "histogram_shortcut_auc", "add_cli_arguments", "run_cli"]
 
 DEFAULT_SPLITS = (("train", 0.7), ("valid", 0.15), ("test", 0.15))
 
@@ -167,6 +170,8 @@ def write_dataset(out_dir, condition: str, count: int, *, layout: str = "mura", 
                 csv.writer(f, lineterminator="\n").writerows(study_rows)
         summary["splits"][split] = stats
     summary["images"] = sum(v["images"] for v in summary["splits"].values())
+    # The manifest lets training state honestly what the data is (registry `trained_on`).
+    (out / MANIFEST).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

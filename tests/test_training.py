@@ -1,0 +1,94 @@
+"""Training end to end on tiny phantoms (phantoms -> quick protocol -> evaluate -> register -> predict)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from xray_ai import phantoms
+from xray_ai.cli import main
+from xray_ai.training import PROTOCOLS, _set_trainable_fraction, _stage_epochs
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantoms")
+    phantoms.write_dataset(root, "fracture", 24, layout="mura", seed=3, size=48)
+    return root
+
+
+def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
+    registry = tmp_path / "registry.json"
+    shutil.copy(REPO / "model_registry.json", registry)
+    import xray_ai.evaluation as evaluation
+
+    seen = []
+    real_choose = evaluation.choose_threshold
+    monkeypatch.setattr(evaluation, "choose_threshold",
+                        lambda y, p, *a, **k: seen.append(np.asarray(y).copy()) or real_choose(y, p, *a, **k))
+    code = main([
+        "train", "--protocol", "quick", "--condition", "fracture", "--arch", "mobilenetv2", "--data", str(tiny_dataset),
+        "--layout", "mura", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "models"),
+        "--registry", str(registry), "--register", "--activate", "--model-id", "fracture-tiny",
+    ])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    summary = json.loads(out.out)
+    assert summary["split"] == "test" and summary["epochs_run"] == 1
+    assert "epoch 1/1" in out.err  # progress a person can follow
+
+    # The operating point was chosen on the validation split only.
+    from xray_ai.data import read_mura
+
+    df = read_mura(tiny_dataset)
+    valid = df[df["split"] == "valid"]["label"].to_numpy()
+    assert seen and all(len(y) == len(valid) and (y == valid).all() for y in seen)
+
+    reg = json.loads(registry.read_text())
+    entry = reg["models"]["fracture-tiny"]
+    assert reg["active_models"]["fracture"] == "fracture-tiny"
+    assert entry["trained_on"]["synthetic"] is True and "phantoms-1.0" in entry["trained_on"]["version"]
+    assert entry["metrics"]["split"] == "test" and "ci95" in entry["metrics"]
+    assert "validation split" in entry["threshold_method"]
+    assert (tmp_path / "models" / "fracture-tiny.metrics.json").is_file()
+
+    image = next(tiny_dataset.glob("MURA-v1.1/test/*/*/*/image1.png"))
+    assert main(["predict", str(image), "--condition", "fracture", "--json", "--registry", str(registry)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model_id"] == "fracture-tiny" and result["placeholder"] is False
+    assert result["threshold"] == entry["threshold"]
+
+    assert main(["evaluate", "--model", "fracture-tiny", "--data", str(tiny_dataset), "--layout", "mura",
+                 "--split", "test", "--json", "--registry", str(registry)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n"] == int((df["split"] == "test").sum())
+
+
+def test_stage_epochs_sum_to_the_requested_epochs():
+    assert _stage_epochs(PROTOCOLS["quick"], 5) == [(1.0, 5)]
+    stages = _stage_epochs(PROTOCOLS["intensive"], 50)
+    assert [f for f, _ in stages] == [0.0, 0.3, 1.0] and sum(n for _, n in stages) == 50
+    assert sum(n for _, n in _stage_epochs(PROTOCOLS["intensive"], 2)) == 2
+
+
+def test_gradual_unfreezing_freezes_the_bottom_of_the_backbone():
+    from xray_ai.architectures import build_classifier
+
+    model = build_classifier("mobilenetv2", (32, 32, 3))
+    _set_trainable_fraction(model, 0.3)
+    names = [layer.name for layer in model.layers]
+    backbone = model.layers[names.index("input_norm") + 1 : names.index("gap")]
+    trainable = [layer.trainable for layer in backbone]
+    assert not trainable[0] and trainable[-1]
+    assert sum(trainable) == pytest.approx(0.3 * len(backbone), abs=1)
+    assert all(layer.trainable for layer in model.layers[names.index("gap"):])
+
+
+def test_train_refuses_bad_arguments(tmp_path, capsys):
+    assert main(["train", "--condition", "fracture", "--arch", "alexnet", "--data", str(tmp_path)]) == 2
+    assert "alexnet" in capsys.readouterr().err
+    assert main(["train", "--condition", "fracture", "--arch", "mobilenetv2", "--data", str(tmp_path / "none")]) == 2
+    assert "no such dataset folder" in capsys.readouterr().err

@@ -1,0 +1,337 @@
+"""Training: the quick and intensive protocols, evaluation on held-out data, registration.
+
+One function, `train(config)`, does the whole run that `python -m xray_ai train` starts:
+read the dataset (MURA layout or class folders), split by patient when the dataset has
+no validation split, build the flat classifier, fit with the protocol's optimiser and
+callbacks and class weights, choose the operating point on the *validation* split only,
+evaluate on the test split (falling back to validation, and saying so), save the
+`.keras` file and, when asked, register and activate it.
+
+Protocols (source 004): quick = 5 epochs, batch 25, Adam 1e-3, checkpoint on the
+validation AUC, ReduceLROnPlateau, EarlyStopping. Intensive = up to 50 epochs, batch 16,
+Adam 1e-5, gradual unfreezing of the backbone (head first, then the top of the backbone,
+then all of it).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import data as datamod
+from . import evaluation
+from .registry import InputSpec, ModelEntry, TrainingData, load_registry, save_registry
+
+__all__ = ["Protocol", "PROTOCOLS", "TrainConfig", "TrainOutcome", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Optimisation settings of one protocol.
+
+    unfreeze: (fraction of backbone layers trainable, share of the epochs) stages; the
+        quick protocol trains everything at once, the intensive one unfreezes gradually.
+    """
+
+    name: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    unfreeze: tuple[tuple[float, float], ...]
+    early_stopping_patience: int
+    reduce_lr_patience: int
+    profile: str
+
+
+PROTOCOLS = {
+    "quick": Protocol("quick", 5, 25, 1e-3, ((1.0, 1.0),), 3, 2, "fast"),
+    "intensive": Protocol("intensive", 50, 16, 1e-5, ((0.0, 0.1), (0.3, 0.3), (1.0, 0.6)), 8, 3, "intensive"),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    condition: str
+    architecture: str
+    data: Path
+    protocol: str = "quick"
+    layout: str = "folders"
+    out: Path = Path("models")
+    registry: Path | None = None
+    register: bool = False
+    activate: bool = False
+    epochs: int | None = None
+    image_size: int = 224
+    batch_size: int | None = None
+    weights: str = "none"
+    seed: int = 0
+    oversample: bool = False
+    augment: bool = True
+    model_id: str | None = None
+    dataset_name: str | None = None
+    dataset_version: str = ""
+    synthetic: bool | None = None
+    intended_use: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    model_id: str
+    path: Path
+    sha256: str
+    threshold: float
+    threshold_method: str
+    metrics: dict[str, Any]
+    seconds: float
+    epochs_run: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _progress_callback(total_epochs: int, stream: Any):
+    """A Keras callback printing one line per epoch with elapsed time and time left."""
+    import keras
+
+    class Progress(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = getattr(self, "start", time.perf_counter())  # keeps counting across stages
+
+        def on_epoch_end(self, epoch, logs=None):
+            done = epoch + 1
+            elapsed = time.perf_counter() - self.start
+            shown = " ".join(f"{k}={float(v):.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
+            eta = elapsed / done * max(total_epochs - done, 0)
+            print(f"epoch {done}/{total_epochs}  {shown}  elapsed {elapsed:.0f}s  eta <= {eta:.0f}s",
+                  file=stream, flush=True)
+
+    return Progress()
+
+
+def _read_dataset(config: TrainConfig, negative: str, positive: str):
+    if config.layout == "mura":
+        return datamod.read_mura(config.data)
+    if config.layout == "folders":
+        return datamod.read_folders(config.data, negative, positive)
+    raise ValueError(f"--layout must be mura or folders, got {config.layout!r}")
+
+
+def _splits(df, seed: int):
+    """train / valid / test frames; re-split by patient when the dataset lacks a validation split."""
+    present = set(df["split"])
+    if "train" not in present or "valid" not in present:
+        df = datamod.split_by_patient(df, valid_fraction=0.15, seed=seed, test_fraction=0.15)
+    datamod.assert_no_patient_leakage(df)
+    parts = {name: df[df["split"] == name].reset_index(drop=True) for name in ("train", "valid", "test")}
+    if parts["train"].empty or parts["valid"].empty:
+        raise ValueError("the dataset needs images in both a train and a valid split")
+    return parts
+
+
+def _describe_data(config: TrainConfig) -> TrainingData:
+    """What the model was trained on, stated honestly: phantom datasets carry a manifest."""
+    from .phantoms.writers import MANIFEST
+
+    manifest = Path(config.data) / MANIFEST
+    if config.dataset_name:
+        synthetic = bool(config.synthetic) if config.synthetic is not None else manifest.is_file()
+        return TrainingData(config.dataset_name, config.dataset_version, synthetic)
+    if manifest.is_file():
+        info = json.loads(manifest.read_text())
+        return TrainingData(
+            "synthetic phantoms",
+            f"{info.get('generator_version')} seed {info.get('seed')} size {info.get('size')}",
+            True,
+        )
+    if config.layout == "mura":
+        return TrainingData("MURA v1.1 layout dataset", str(config.data), bool(config.synthetic))
+    return TrainingData(f"class-folder dataset {Path(config.data).name}", config.dataset_version, bool(config.synthetic))
+
+
+def _set_trainable_fraction(model, fraction: float) -> None:
+    """Unfreeze the top `fraction` of the backbone (layers between the input norm and the head)."""
+    names = [layer.name for layer in model.layers]
+    start = names.index("input_norm") + 1
+    end = names.index("gap")
+    backbone = model.layers[start:end]
+    cut = len(backbone) - int(round(fraction * len(backbone)))
+    for i, layer in enumerate(backbone):
+        layer.trainable = i >= cut
+    for layer in model.layers[end:]:
+        layer.trainable = True
+
+
+def _stage_epochs(protocol: Protocol, epochs: int) -> list[tuple[float, int]]:
+    """(trainable fraction, epochs) per stage; at least one epoch each, summing to `epochs`."""
+    stages = [(fraction, max(1, int(round(share * epochs)))) for fraction, share in protocol.unfreeze]
+    stages = stages[-epochs:] if epochs < len(stages) else stages
+    surplus = sum(n for _, n in stages) - epochs
+    fraction, n = stages[-1]
+    stages[-1] = (fraction, max(1, n - surplus))
+    return stages
+
+
+def _strategy():
+    """MirroredStrategy on more than one GPU (tf.distribute), the default strategy otherwise."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def _predict(model, df, spec: InputSpec, batch_size: int) -> np.ndarray:
+    ds = datamod.make_dataset(df, spec, batch_size=batch_size, training=False, cache=False)
+    return model.predict(ds.map(lambda x, y: x), verbose=0).ravel().astype(np.float64)
+
+
+def _localisation(model, df, spec: InputSpec) -> dict[str, Any] | None:
+    """Grad-CAM pointing game and energy inside the lesion mask on abnormal images with masks."""
+    import cv2
+
+    from .gradcam import GradCam
+    from .imaging import load_image
+    from .preprocessing import prepare_batch
+
+    rows = df[(df["label"] == 1) & df["mask_path"].notna()]
+    if rows.empty:
+        return None
+    cam = GradCam(model)
+    heatmaps, masks = [], []
+    for _, row in rows.iterrows():
+        image = load_image(row["path"])
+        heatmaps.append(cam(prepare_batch([image.pixels], spec)).heatmaps[0])
+        masks.append(cv2.imread(str(row["mask_path"]), cv2.IMREAD_GRAYSCALE) > 0)
+    return {
+        "n": len(masks),
+        "pointing_game": evaluation.pointing_game(heatmaps, masks),
+        "energy_inside": evaluation.energy_inside(heatmaps, masks),
+        "target_layer": cam.target_layer,
+    }
+
+
+def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
+    """Train, evaluate, save and (optionally) register one model. See the module docstring.
+
+    Progress goes to `stream` (default: standard error), one line per epoch.
+    """
+    stream = stream or sys.stderr
+    import keras
+
+    from .architectures import build_classifier
+    from .manager import file_sha256
+
+    protocol = PROTOCOLS[config.protocol]
+    epochs = config.epochs or protocol.epochs
+    batch_size = config.batch_size or protocol.batch_size
+    registry = load_registry(config.registry)
+    condition = registry.condition(config.condition)
+    parts = _splits(_read_dataset(config, condition.negative_label, condition.positive_label), config.seed)
+    train_df = datamod.oversample_minority(parts["train"], config.seed) if config.oversample else parts["train"]
+    spec = InputSpec(config.image_size, config.image_size, 3)
+    print(f"data: train {len(train_df)} ({int(train_df['label'].sum())} positive), valid {len(parts['valid'])}, "
+          f"test {len(parts['test'])} images", file=stream, flush=True)
+
+    keras.utils.set_random_seed(config.seed)
+    with _strategy().scope():
+        model = build_classifier(config.architecture, spec.shape, weights=config.weights)
+    weights = datamod.class_weights(train_df["label"])
+    augment = datamod.AugmentConfig() if config.augment else None
+    train_ds = datamod.make_dataset(train_df, spec, batch_size=batch_size, training=True, augment=augment,
+                                    seed=config.seed, class_weight=weights)
+    valid_ds = datamod.make_dataset(parts["valid"], spec, batch_size=batch_size, training=False)
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        best = Path(tmp) / "best.weights.h5"
+        checkpoint = keras.callbacks.ModelCheckpoint(str(best), monitor="val_auc", mode="max",
+                                                     save_best_only=True, save_weights_only=True)
+        progress = _progress_callback(epochs, stream)
+        history: dict[str, list[float]] = {}
+        done = 0
+        for fraction, n in _stage_epochs(protocol, epochs):
+            _set_trainable_fraction(model, fraction)
+            model.compile(optimizer=keras.optimizers.Adam(protocol.learning_rate), loss="binary_crossentropy",
+                          metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
+            print(f"stage: backbone {fraction:.0%} trainable, epochs {done + 1}-{done + n}", file=stream, flush=True)
+            fit = model.fit(
+                train_ds, validation_data=valid_ds, epochs=done + n, initial_epoch=done, verbose=0,
+                callbacks=[
+                    checkpoint, progress,
+                    keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.3,
+                                                      patience=protocol.reduce_lr_patience),
+                    keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", restore_best_weights=True,
+                                                  patience=protocol.early_stopping_patience),
+                ],
+            )
+            for key, values in fit.history.items():
+                history.setdefault(key, []).extend(float(v) for v in values)
+            done += len(fit.history.get("loss", []))
+            if model.stop_training:
+                break
+        if best.exists():
+            model.load_weights(str(best))
+    seconds = time.perf_counter() - start
+
+    # Operating point from the validation split only; figures from the held-out test split.
+    p_valid = _predict(model, parts["valid"], spec, batch_size)
+    threshold, method = evaluation.choose_threshold(parts["valid"]["label"].to_numpy(), p_valid, "youden")
+    high_sens = evaluation.choose_threshold(parts["valid"]["label"].to_numpy(), p_valid, "sensitivity", target=0.9)
+    eval_name = "test" if not parts["test"].empty else "valid"
+    eval_df = parts[eval_name]
+    p_eval = p_valid if eval_name == "valid" else _predict(model, eval_df, spec, batch_size)
+    metrics = evaluation.evaluation_report(
+        eval_df["label"].to_numpy(), p_eval, threshold, split=eval_name,
+        study_ids=eval_df["study_id"].to_numpy(),
+        body_parts=eval_df["body_part"].to_numpy() if eval_df["body_part"].notna().any() else None,
+        seed=config.seed,
+    )
+    if eval_name == "valid":
+        metrics["note"] = "no test split: measured on the validation split that also chose the threshold (optimistic)"
+    metrics["high_sensitivity_operating_point"] = {"threshold": high_sens[0], "method": high_sens[1]}
+    localisation = _localisation(model, eval_df, spec)
+    if localisation:
+        metrics["localisation"] = localisation
+    metrics["training"] = {
+        "protocol": protocol.name, "epochs_run": done, "batch_size": batch_size, "image_size": config.image_size,
+        "weights": str(config.weights), "seconds": round(seconds, 1), "train_images": len(train_df),
+        "valid_images": len(parts["valid"]), "class_weights": weights, "seed": config.seed,
+    }
+
+    created = _dt.date.today().isoformat()
+    model_id = config.model_id or f"{config.condition}-{config.architecture}-{protocol.profile}-{_dt.datetime.now():%Y%m%d%H%M}"
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{model_id}.keras"
+    model.save(path)
+    sha = file_sha256(path)
+    (out / f"{model_id}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"saved {path} (sha256 {sha[:12]}...); threshold {threshold:.3f} ({method}); "
+          f"{eval_name} AUC {metrics.get('auc')}", file=stream, flush=True)
+
+    if config.register:
+        trained_on = _describe_data(config)
+        entry = ModelEntry(
+            id=model_id, condition=config.condition, architecture=config.architecture,
+            path=os.path.relpath(path.resolve(), registry.base_dir.resolve()), sha256=sha,
+            version=created.replace("-", "."), input=spec, threshold=threshold, threshold_method=method,
+            profile=protocol.profile, trained_on=trained_on,
+            intended_use=config.intended_use or (
+                "Demonstration on synthetic data; not for clinical use." if trained_on.synthetic
+                else "Research use; validate locally before any clinical use."),
+            metrics=metrics, created=created,
+        )
+        updated = registry.with_model(entry)
+        if config.activate:
+            updated = updated.with_active(config.condition, model_id)
+        save_registry(updated, registry.path, action="train --register" + (" --activate" if config.activate else ""))
+    return TrainOutcome(model_id, path, sha, threshold, method, metrics, seconds, done, history)
