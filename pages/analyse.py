@@ -19,7 +19,11 @@ left, right = st.columns(2)
 condition = left.selectbox("Condition", list(registry.conditions), format_func=lambda c: registry.conditions[c].name,
                            key="analyse.condition")
 model_ids = [m.id for m in registry.models_for(condition)]
-model_id = right.selectbox("Model", model_ids, index=model_ids.index(registry.active_models[condition]),
+if not model_ids:
+    st.info("No model is registered for this condition yet; an administrator can add one (see the README).")
+    st.stop()
+active = registry.active_models.get(condition)
+model_id = right.selectbox("Model", model_ids, index=model_ids.index(active) if active in model_ids else 0,
                            format_func=lambda i: f"{i} ({registry.models[i].profile})", key=f"analyse.model.{condition}")
 uploads = st.file_uploader("Radiographs (PNG, JPEG or DICOM; several files = the views of one study)",
                            type=["png", "jpg", "jpeg", "dcm", "dicom"], accept_multiple_files=True, key="analyse.uploads")

@@ -33,7 +33,8 @@ if admin:
     condition = st.selectbox("Condition", list(registry.conditions), key="registry.condition",
                              format_func=lambda c: registry.conditions[c].name)
     candidates = [m.id for m in registry.models_for(condition)]
-    chosen = st.selectbox("Model", candidates, index=candidates.index(registry.active_models[condition]),
+    active_id = registry.active_models.get(condition)
+    chosen = st.selectbox("Model", candidates, index=candidates.index(active_id) if active_id in candidates else 0,
                           key=f"registry.model.{condition}")
     if st.button("Activate", key="registry.activate"):
         try:

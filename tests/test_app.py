@@ -160,3 +160,13 @@ def test_first_paint_does_not_import_tensorflow():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_condition_without_models_is_explained(app_registry):
+    raw = json.loads(app_registry.read_text())
+    raw["conditions"]["pneumonia"] = {"name": "Pneumonia", "positive_label": "pneumonia", "negative_label": "normal"}
+    app_registry.write_text(json.dumps(raw))
+    at = page("analyse.py").run()
+    at.selectbox(key="analyse.condition").set_value("pneumonia").run()
+    assert not at.exception
+    assert "No model is registered for this condition" in " ".join(i.value for i in at.info)
