@@ -265,6 +265,7 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
             print(f"stage: backbone {fraction:.0%} trainable, epochs {done + 1}-{done + n}", file=stream, flush=True)
             fit = model.fit(
                 train_ds, validation_data=valid_ds, epochs=done + n, initial_epoch=done, verbose=0,
+                shuffle=False,  # the tf.data pipeline shuffles (seeded, per epoch)
                 callbacks=[
                     checkpoint, progress,
                     keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.3,
