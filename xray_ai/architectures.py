@@ -110,6 +110,7 @@ def build_classifier(
     dense_units: int = 256,
     dropout: float = 0.5,
     name: str | None = None,
+    from_scratch_bn_momentum: float = 0.9,
 ) -> keras.Model:
     """Build a flat binary classifier: [0, 1] images in, probability of the positive label out.
 
@@ -120,6 +121,8 @@ def build_classifier(
             or a path to backbone weights (`.weights.h5` saved from the same application
             with include_top=False).
         dense_units, dropout: the head's hidden width and dropout rate.
+        from_scratch_bn_momentum: batch-norm momentum of the backbone when it starts from
+            random weights (see the comment in the body).
 
     Returns:
         A functional keras.Model, inputs float32 (N, H, W, C) in [0, 1], output (N, 1)
@@ -151,6 +154,14 @@ def build_classifier(
     if local is not None:
         backbone.load_weights(str(local))
         log.info("loaded backbone weights from %s", local)
+    if app_weights is None and local is None:
+        # keras.applications use BN momentum 0.99-0.999, tuned for long ImageNet runs. From
+        # scratch on a few thousand images the moving statistics would not converge in a
+        # short run and inference-mode outputs collapse to a constant; 0.9 converges in
+        # tens of steps.
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = from_scratch_bn_momentum
     x = layers.GlobalAveragePooling2D(name="gap")(backbone.output)
     x = layers.BatchNormalization(name="head_bn")(x)
     x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
