@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from ui.common import get_manager, registry_or_stop
+from xray_ai.explain_eval import explain_json_path, load_report
 
 SCALARS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "kappa", "ece")
 
@@ -45,3 +46,8 @@ for entry in registry.models.values():
         if "per_body_part" in metrics:
             st.markdown("By body part")
             st.dataframe(pd.DataFrame(metrics["per_body_part"]).T)
+        explanations = load_report(explain_json_path(entry.resolve_path(registry.base_dir)))
+        if explanations:
+            st.markdown(f"Heatmap trust on {explanations['n_images']} abnormal images with lesion masks "
+                        "(pointing game, energy inside and insertion: higher is better; deletion: lower is better)")
+            st.dataframe(pd.DataFrame(explanations["methods"]).T)

@@ -133,12 +133,17 @@ def test_registry_page_edits_with_the_password_and_audits(app_registry, monkeypa
 
 
 def test_performance_page_plots_stored_metrics(app_registry):
+    scores = {"pointing_game": 0.8, "energy_inside": 0.4, "deletion_auc": 0.2, "insertion_auc": 0.7,
+              "seconds_per_image": 0.05}
+    (app_registry.parent / "tiny.explain.json").write_text(
+        json.dumps({"model_id": "tiny-test", "n_images": 12, "methods": {"gradcam": scores}}))
     at = page("performance.py").run()
     assert not at.exception
     assert len(at.get("vega_lite_chart")) == 2  # ROC and calibration
     table = at.table[0].value
     assert table.loc["actual positive", "predicted positive"] == 80
     assert "0.870 - 0.950" in str(at.dataframe[0].value)
+    assert at.dataframe[-1].value.loc["gradcam", "pointing_game"] == 0.8  # heatmap-trust table
 
 
 def test_about_page_lists_models_and_their_data(app_registry):

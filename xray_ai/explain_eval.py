@@ -27,7 +27,7 @@ import numpy as np
 
 from .evaluation import energy_inside, pointing_game
 
-__all__ = ["deletion_insertion", "evaluate_explanations", "format_table", "explain_json_path", "STEPS"]
+__all__ = ["deletion_insertion", "evaluate_explanations", "format_table", "explain_json_path", "save", "load_report", "STEPS"]
 
 STEPS = 10  # perturbation steps of the deletion/insertion curves
 
@@ -136,3 +136,12 @@ def format_table(report: dict[str, Any]) -> str:
 
 def save(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def load_report(path: Path) -> dict[str, Any] | None:
+    """A saved report, or None when there is none or it cannot be read (the page says nothing then)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return report if isinstance(report, dict) and isinstance(report.get("methods"), dict) else None
