@@ -1,16 +1,23 @@
 """Per-image analyze() (probability + Grad-CAM) against the bare forward pass, side by side.
 
 For each backbone at 224 x 224, batch 1, in one process and on the same weights:
-  - analyze(): the full pipeline the app and CLI call (preprocessing from a real example
-    radiograph, one compiled pass giving the probability and Grad-CAM, the result object);
+  - analyze() on the TensorFlow backend: the full pipeline the app and CLI call
+    (preprocessing from a real example radiograph, one compiled pass giving the
+    probability and Grad-CAM, the result object);
+  - analyze() on the ONNX Runtime backend: the same pipeline, served from the model's
+    verified export (backbone on ONNX Runtime, exact Grad-CAM from the head in numpy);
   - the compiled TensorFlow forward pass alone (`tf.function(model)`);
-  - ONNX Runtime's forward pass (the model exported with keras' ONNX export);
+  - ONNX Runtime's bare forward pass of the whole model (keras' ONNX export, the same
+    session settings as the backend);
   - `model.predict` for reference.
-The calls are interleaved round-robin and the medians compared, so machine load drifts
-affect all of them alike. Weights are random (speed does not depend on them).
+The calls are interleaved round-robin (each timed call preceded by a 50 ms pause and an
+untimed call of the same kind, so that one runtime's idle-spinning threads do not bill the
+next) and the medians compared, so machine load drifts affect all of them alike. Weights are random (speed does not depend on them); batch-norm
+statistics are set from one random batch so that the heatmaps are not empty.
 
 Run:  python benchmarks/analysis_speed.py [--archs densenet121 mobilenetv2] [--repeats 30]
-Targets (issue 2): analyze() <= 1.3x compiled forward and <= 2.5x ONNX Runtime (DenseNet121).
+Targets: issue 2, analyze() (TensorFlow) <= 1.3x compiled forward and <= 2.5x ONNX Runtime
+(DenseNet121); issue 7, analyze() on ONNX Runtime <= 1.2x the bare ONNX Runtime forward.
 """
 
 from __future__ import annotations
@@ -49,6 +56,19 @@ def _registry(tmp: Path, arch: str, model_file: Path, sha: str) -> Path:
     return path
 
 
+def _calibrate_batch_norm(keras, model) -> None:
+    """Moving statistics from one random batch (momentum 0 for one training-mode call): with
+    keras' initial statistics a random backbone's activations vanish and every heatmap is
+    empty, which would make the heatmap comparison below vacuous."""
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    model(np.random.default_rng(0).uniform(0.0, 1.0, (4, 224, 224, 3)).astype(np.float32), training=True)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+
+
 def _time(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -57,23 +77,34 @@ def _time(fn) -> float:
 
 def bench(arch: str, repeats: int, tmp: Path) -> dict[str, float]:
     import keras
-    import onnxruntime as ort
     import tensorflow as tf
 
     from xray_ai import analyze, load_image
     from xray_ai.architectures import build_classifier
     from xray_ai.manager import ModelManager, file_sha256
+    from xray_ai.onnx_backend import open_session
     from xray_ai.preprocessing import prepare_batch
 
     keras.utils.set_random_seed(0)
     model = build_classifier(arch, (224, 224, 3))
+    _calibrate_batch_norm(keras, model)
     model_file = tmp / f"{arch}.keras"
     model.save(model_file)
-    manager = ModelManager(_registry(tmp, arch, model_file, file_sha256(model_file)))
+    registry = _registry(tmp, arch, model_file, file_sha256(model_file))
+    cache = tmp / "onnx_cache"
+    manager = ModelManager(registry, backend="tensorflow")
     t0 = time.perf_counter()
     loaded = manager.get("fracture")
     load_s = time.perf_counter() - t0
     assert not loaded.placeholder, loaded.placeholder_reason
+    ort_manager = ModelManager(registry, backend="auto", onnx_cache=cache)
+    t0 = time.perf_counter()
+    ort_manager.export_onnx("bench")
+    export_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ort_loaded = ort_manager.get("fracture")
+    ort_load_s = time.perf_counter() - t0
+    assert ort_loaded.backend == "onnxruntime", ort_loaded.backend_reason
 
     image = load_image(REPO / "examples" / "rg3_tibia.png")
     x = prepare_batch([image.pixels], loaded.entry.input, loaded.entry.preprocessing)
@@ -83,30 +114,47 @@ def bench(arch: str, repeats: int, tmp: Path) -> dict[str, float]:
 
     onnx_path = tmp / f"{arch}.onnx"
     loaded.model.export(str(onnx_path), format="onnx", verbose=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = open_session(onnx_path)  # the backend's settings: intra-op threads = cores
     feed = {session.get_inputs()[0].name: x}
+    backbone = ort_loaded.analyzer.session  # the export the backend runs: input -> feature map
+    backbone_feed = {backbone.get_inputs()[0].name: x}
 
     runs = {
-        "analyze()": lambda: analyze(image, "fracture", manager=manager),
+        "analyze() (TensorFlow backend)": lambda: analyze(image, "fracture", manager=manager),
+        "analyze() on ONNX Runtime backend": lambda: analyze(image, "fracture", manager=ort_manager),
         "compiled forward (tf.function)": lambda: compiled(xt).numpy(),
         "ONNX Runtime forward": lambda: session.run(None, feed),
+        "ONNX Runtime forward, backbone only": lambda: backbone.run(None, backbone_feed),
         "model.predict": lambda: loaded.model.predict(x, verbose=0),
     }
     # sanity: same weights, same answer
     p_analyze = analyze(image, "fracture", manager=manager).probability
     p_ort = float(session.run(None, feed)[0].ravel()[0])
+    on_ort = analyze(image, "fracture", manager=ort_manager)
+    assert on_ort.backend == "onnxruntime"
+    tf_map, ort_map = analyze(image, "fracture", manager=manager).views[0].heatmap, on_ort.views[0].heatmap
     for fn in runs.values():  # warm-up
         fn()
         fn()
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
+            # A pause, then an untimed call: the thread pools of the function timed just before
+            # (ONNX Runtime's and TensorFlow's workers spin for a while after a run) would
+            # otherwise bill this one for their spinning. In the app one runtime serves at a time.
+            time.sleep(0.05)
+            fn()
             samples[name].append(_time(fn))
     medians = {name: statistics.median(v) for name, v in samples.items()}
     medians["_load_s"] = load_s
+    medians["_export_s"] = export_s
+    medians["_ort_load_s"] = ort_load_s
     medians["_prob_diff"] = abs(p_analyze - p_ort)
+    medians["_backend_prob_diff"] = abs(p_analyze - on_ort.probability)
+    medians["_heatmap_corr"] = (
+        float(np.corrcoef(tf_map.ravel(), ort_map.ravel())[0, 1]) if tf_map.std() > 0 and ort_map.std() > 0
+        else float(np.array_equal(tf_map, ort_map))  # both empty (random weights can do that): 1.0 if equal
+    )
     return medians
 
 
@@ -121,15 +169,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs:
             m = bench(arch, args.repeats, Path(tmp))
-            a, c, o = m["analyze()"], m["compiled forward (tf.function)"], m["ONNX Runtime forward"]
-            print(f"\n{arch}: model load + verify + warm-up {m['_load_s']:.2f} s; "
-                  f"|p(analyze) - p(ONNX)| = {m['_prob_diff']:.1e}")
+            a, c, o = m["analyze() (TensorFlow backend)"], m["compiled forward (tf.function)"], m["ONNX Runtime forward"]
+            b, ob = m["analyze() on ONNX Runtime backend"], m["ONNX Runtime forward, backbone only"]
+            print(f"\n{arch}: model load + verify + warm-up {m['_load_s']:.2f} s (TensorFlow), "
+                  f"{m['_ort_load_s']:.2f} s (ONNX Runtime); export {m['_export_s']:.1f} s (once per model file)")
+            print(f"  |p(analyze TF) - p(ONNX full model)| = {m['_prob_diff']:.1e}; "
+                  f"|p(analyze TF) - p(analyze ONNX backend)| = {m['_backend_prob_diff']:.1e}; "
+                  f"heatmap correlation {m['_heatmap_corr']:.6f}")
             for name, ms in m.items():
                 if not name.startswith("_"):
-                    print(f"  {name:32s} {ms:8.1f} ms (median)")
-            print(f"  analyze() / compiled forward     {a / c:8.2f}x   (target <= 1.3x)")
-            print(f"  analyze() / ONNX Runtime forward {a / o:8.2f}x   (target <= 2.5x for densenet121)")
-
+                    print(f"  {name:34s} {ms:8.1f} ms (median)")
+            print(f"  analyze() TF / compiled forward    {a / c:8.2f}x   (target <= 1.3x)")
+            print(f"  analyze() TF / ONNX Runtime forward {a / o:7.2f}x   (target <= 2.5x for densenet121)")
+            print(f"  analyze() ONNX backend / ONNX Runtime forward {b / o:5.2f}x   (target <= 1.2x)")
+            print(f"  analyze() ONNX backend / backbone-only forward {b / ob:4.2f}x")
 
 if __name__ == "__main__":
     main()

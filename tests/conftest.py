@@ -23,6 +23,18 @@ def _tiny_backbone(keras, name="backbone"):
     return keras.Model(inputs, x, name=name)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_onnx_cache(tmp_path_factory):
+    """Keep tests off the user's ONNX export cache (~/.cache/xray_ai/onnx): a fresh one per run."""
+    old = os.environ.get("XRAY_AI_ONNX_CACHE")
+    os.environ["XRAY_AI_ONNX_CACHE"] = str(tmp_path_factory.mktemp("onnx_cache"))
+    yield
+    if old is None:
+        os.environ.pop("XRAY_AI_ONNX_CACHE", None)
+    else:
+        os.environ["XRAY_AI_ONNX_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def keras_mod():
     import keras

@@ -87,6 +87,8 @@ def analyze(
             f"Model {entry.id} was trained on synthetic data ({entry.trained_on.describe()}); "
             "its output carries no clinical meaning."
         )
+    if manager.backend == "onnx" and loaded.backend != "onnxruntime":
+        warnings.append(f"ONNX Runtime was requested but TensorFlow computed this result: {loaded.backend_reason}")
     for view in views:
         warnings.extend(f"{view.filename or 'image'}: {w}" for w in view.warnings)
     for view, flag in zip(views, flags):
@@ -114,7 +116,7 @@ def analyze(
         target_layer=loaded.target_layer,
         views=tuple(ViewResult(v, p, h, f) for v, p, h, f in zip(views, probabilities, heatmaps, flags)),
         warnings=tuple(warnings),
-        backend="tensorflow",
+        backend=loaded.backend,
         synthetic=entry.trained_on.synthetic,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         metrics=dict(entry.metrics),

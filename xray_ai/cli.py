@@ -1,4 +1,4 @@
-"""`python -m xray_ai ...`: predict, registry administration, phantoms.
+"""`python -m xray_ai ...`: predict, registry administration, ONNX export, training, phantoms.
 
 Exit status (DESIGN.md): 0 success; 2 bad input (unreadable, unsupported or oversized
 image, unknown condition or model id, invalid registry), with one stderr line naming the
@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Sequence
@@ -63,7 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="write the PDF report here")
     p.add_argument("--include-patient", action="store_true", help="put DICOM patient fields in the report")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "onnx", "tensorflow"],
+        default=None,
+        help="auto (default, or $XRAY_AI_BACKEND): ONNX Runtime when the model's export exists, else "
+        "TensorFlow; onnx: export now if needed; tensorflow: never ONNX Runtime",
+    )
     _add_registry_arg(p)
+
+    x = sub.add_parser("export-onnx", help="build the ONNX Runtime exports of registered models ahead of time")
+    x.add_argument("model_ids", nargs="*", metavar="MODEL_ID", help="default: every model whose file verifies")
+    x.add_argument("--force", action="store_true", help="re-export even when a verified export exists")
+    _add_registry_arg(x)
 
     r = sub.add_parser("registry", help="list, validate or switch registered models")
     rsub = r.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
@@ -144,7 +157,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise BadInput("give --condition ID or --model MODEL_ID (see `python -m xray_ai registry list`)")
     images = _load_images(args.images)
     try:
-        manager = ModelManager(args.registry)
+        manager = ModelManager(args.registry, backend=args.backend)
+    except ValueError as exc:  # a bad $XRAY_AI_BACKEND
+        raise BadInput(str(exc)) from None
+    try:
         result = analyze(images, args.condition, manager=manager, model_id=args.model_id)
     except RegistryError as exc:
         raise BadInput(str(exc)) from None
@@ -191,7 +207,7 @@ def _summary(result) -> str:
         f"model {result.model_id} v{result.model_version} ({result.architecture}, {result.profile}); "
         f"trained on {result.trained_on}",
         f"intended use: {result.intended_use}",
-        f"heatmap: {result.heatmap_method} at {result.target_layer}",
+        f"heatmap: {result.heatmap_method} at {result.target_layer}; backend {result.backend}",
     ]
     if len(result.views) > 1:
         lines += [f"  view {v.filename}: {v.probability:.3f}" for v in result.views]
@@ -274,6 +290,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .manager import ModelManager, check_model_file
+    from .registry import RegistryError
+
+    try:
+        manager = ModelManager(args.registry, backend="auto", warm_up=False)
+        registry = manager.registry
+        for model_id in args.model_ids:
+            registry.model(model_id)  # unknown ids are bad input, before any slow export
+    except (RegistryError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    named = bool(args.model_ids)
+    ids = args.model_ids or list(registry.models)
+    failed = []
+    print(f"ONNX export cache: {manager.onnx_cache}")
+    for model_id in ids:
+        problem = check_model_file(registry.model(model_id), registry.base_dir)
+        if problem:
+            print(f"{model_id}: skipped, {problem} (TensorFlow placeholder would serve)")
+            failed.append(model_id)
+            continue
+        start = time.perf_counter()
+        try:
+            path = manager.export_onnx(model_id, force=args.force)
+        except (ValueError, RuntimeError, OSError) as exc:  # UnsupportedHead is a ValueError
+            print(f"{model_id}: not exported, {exc}; TensorFlow serves it")
+            failed.append(model_id)
+            continue
+        print(f"{model_id}: {path} ({time.perf_counter() - start:.1f} s)")
+    if named and failed:
+        raise BadInput(f"not exported: {', '.join(failed)}")
+    return EXIT_OK
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import data as datamod
     from .evaluation import evaluation_report
@@ -352,6 +402,7 @@ _COMMANDS = {
     "registry": _cmd_registry,
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
+    "export-onnx": _cmd_export_onnx,
     "hash-password": _cmd_hash_password,
     "phantoms": _cmd_phantoms,
 }

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from .cam import GradCamOutput, normalise_map  # shared with the ONNX Runtime backend
+
 __all__ = ["find_target_layer", "compute_gradcam", "GradCam", "GradCamOutput", "normalise_map"]
 
 log = logging.getLogger(__name__)
-_EPS = 1e-7
 
 
 def _is_container(layer: Any) -> bool:
@@ -167,27 +167,6 @@ def build_gradcam_model(model: keras.Model, target_layer: str) -> keras.Model:
     if "features" not in captured or "logit" not in captured:
         raise ValueError(f"replaying {model.name!r} did not reach layer {target_layer!r} and the output")
     return keras.Model(inputs, [captured["features"], captured["logit"], prob], name=f"{model.name}_gradcam")
-
-
-def normalise_map(cam: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """Scale a non-negative map to [0, 1] by its max; an all-zero map stays zero and is flagged."""
-    cam = np.nan_to_num(cam.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    cam = np.maximum(cam, 0.0)
-    peak = float(cam.max()) if cam.size else 0.0
-    if peak <= _EPS:
-        return np.zeros_like(cam), "zero gradient: the map is empty"
-    return cam / (peak + _EPS), None
-
-
-@dataclass(frozen=True)
-class GradCamOutput:
-    """probabilities (N,) in [0, 1]; heatmaps (N, h, w) in [0, 1]; flags per image (None = fine)."""
-
-    probabilities: np.ndarray
-    heatmaps: np.ndarray
-    flags: tuple[str | None, ...]
-    method: str
-    target_layer: str | None
 
 
 class GradCam:

@@ -9,6 +9,13 @@ When the active model's file is missing, corrupt, fails its sha256 check or disa
 with its entry (input shape, single sigmoid output), `get` returns an *untrained*
 placeholder CNN of the entry's input shape with `placeholder=True` and the reason;
 every consumer must say so loudly (DESIGN.md, "Placeholder fallback").
+
+Backends: with `backend="auto"` (the default, or `$XRAY_AI_BACKEND`) a model whose head
+has the closed-form Grad-CAM and whose verified ONNX export is in the cache is served by
+ONNX Runtime (xray_ai.onnx_backend); any other model, a placeholder, or a model not yet
+exported is served by TensorFlow, so no analysis ever waits for an export. "onnx" exports
+on first load when needed (and still falls back, with the reason, when it cannot);
+"tensorflow" never uses ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -67,8 +74,11 @@ class LoadedModel:
         entry: the registry entry it serves.
         placeholder: True when the real model could not be used.
         placeholder_reason: why, in words a user can act on; None otherwise.
-        analyzer: the compiled probability + Grad-CAM function (xray_ai.gradcam.GradCam).
+        analyzer: the probability + Grad-CAM function: xray_ai.gradcam.GradCam (TensorFlow)
+            or xray_ai.onnx_backend.OnnxGradCam (ONNX Runtime); same call contract.
         load_seconds: time spent loading, verifying and warming up.
+        backend: "onnxruntime" or "tensorflow": what computes the results.
+        backend_reason: why TensorFlow serves although ONNX Runtime was allowed; else None.
     """
 
     model: object
@@ -77,6 +87,8 @@ class LoadedModel:
     placeholder_reason: str | None
     analyzer: object
     load_seconds: float = 0.0
+    backend: str = "tensorflow"
+    backend_reason: str | None = None
 
     @property
     def target_layer(self) -> str | None:
@@ -99,11 +111,27 @@ class ModelManager:
             `model_registry.json` or `$XRAY_AI_REGISTRY`).
         warm_up: trace and run the compiled analysis once at load, so the first real
             analysis does not pay for graph tracing.
+        backend: "auto", "onnx" or "tensorflow" (see the module docstring); default
+            `$XRAY_AI_BACKEND`, else "auto".
+        onnx_cache: where ONNX exports live; default `onnx_backend.cache_dir()`.
     """
 
-    def __init__(self, registry_path: str | Path | None = None, *, warm_up: bool = True):
+    def __init__(
+        self,
+        registry_path: str | Path | None = None,
+        *,
+        warm_up: bool = True,
+        backend: str | None = None,
+        onnx_cache: str | Path | None = None,
+    ):
+        from .onnx_backend import BACKENDS, cache_dir, default_backend
+
         self.registry_path = Path(registry_path) if registry_path is not None else default_registry_path()
         self.warm_up = warm_up
+        self.backend = default_backend() if backend is None else backend
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        self.onnx_cache = Path(onnx_cache) if onnx_cache is not None else cache_dir()
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._cache: dict[str, tuple[tuple, LoadedModel]] = {}
@@ -144,7 +172,7 @@ class ModelManager:
         """
         entry = self.resolve(condition, model_id)
         path = entry.resolve_path(self.registry.base_dir)
-        key = (entry, _stamp(path))
+        key = (entry, _stamp(path), self._export_stamp(entry))
         with self._lock:
             cached = self._cache.get(entry.id)
             if cached is not None and cached[0] == key:
@@ -156,6 +184,7 @@ class ModelManager:
                 if cached is not None and cached[0] == key:
                     return cached[1]
             loaded = self._load(entry, path)
+            key = (entry, key[1], self._export_stamp(entry))  # as the load left it (backend "onnx" may export)
             with self._lock:
                 self._cache[entry.id] = (key, loaded)
             return loaded
@@ -168,9 +197,15 @@ class ModelManager:
         with self._lock:
             self._cache.clear()
 
-    def _load(self, entry: ModelEntry, path: Path) -> LoadedModel:
-        from .gradcam import GradCam  # tensorflow is imported here, on first load only
+    def _export_stamp(self, entry: ModelEntry) -> tuple | None:
+        # An export written after the model was loaded (`export-onnx`) is picked up on the next get.
+        if self.backend == "tensorflow" or entry.sha256 is None:
+            return None
+        from .onnx_backend import export_stamp
 
+        return export_stamp(entry.sha256, self.onnx_cache)
+
+    def _load(self, entry: ModelEntry, path: Path) -> LoadedModel:
         start = time.perf_counter()
         try:
             model = self._load_verified(entry, path)
@@ -181,12 +216,62 @@ class ModelManager:
             from .architectures import build_placeholder
 
             model, placeholder = build_placeholder(entry.input.shape), True
-        analyzer = GradCam(model)
+        analyzer, backend_reason = None, None
+        if placeholder:
+            backend_reason = "a placeholder is never served by ONNX Runtime"
+        elif self.backend != "tensorflow":
+            analyzer, backend_reason = self._onnx_analyzer(entry, model)
+        if analyzer is None:
+            from .gradcam import GradCam  # tensorflow is imported here, on first load only
+
+            analyzer = GradCam(model)
         if self.warm_up:
             analyzer.warm_up()
+        backend = getattr(analyzer, "backend", "tensorflow")
         seconds = time.perf_counter() - start
-        log.info("loaded %s in %.2f s (placeholder=%s)", entry.id, seconds, placeholder)
-        return LoadedModel(model, entry, placeholder, reason, analyzer, seconds)
+        log.info("loaded %s in %.2f s (placeholder=%s, backend=%s)", entry.id, seconds, placeholder, backend)
+        return LoadedModel(model, entry, placeholder, reason, analyzer, seconds, backend, backend_reason)
+
+    def _onnx_analyzer(self, entry: ModelEntry, model) -> tuple[object | None, str | None]:
+        """(ONNX Runtime analyzer, None), or (None, why TensorFlow serves instead)."""
+        from .onnx_backend import UnsupportedHead, detect_head, export_model, export_paths, load_export
+
+        try:
+            head = detect_head(model)
+        except UnsupportedHead as exc:
+            reason = f"head not supported by the ONNX Runtime backend: {exc}"
+            log.info("model %s: %s; serving TensorFlow", entry.id, reason)
+            return None, reason
+        if self.backend == "onnx" and not export_paths(entry.sha256, self.onnx_cache)[0].is_file():
+            try:  # asked for ONNX Runtime explicitly: export now rather than decline
+                export_model(model, entry.sha256, self.onnx_cache)
+            except (RuntimeError, OSError, ValueError) as exc:
+                return None, f"ONNX export failed ({type(exc).__name__}: {exc})"
+        analyzer, reason = load_export(model, entry.sha256, self.onnx_cache, head=head)
+        if analyzer is None:
+            log.info("model %s: %s; serving TensorFlow", entry.id, reason)
+        return analyzer, reason
+
+    def export_onnx(self, model_id: str, *, force: bool = False) -> Path:
+        """Build (or keep) the verified ONNX export of a registered model; returns its path.
+
+        Raises:
+            RegistryError: unknown id. ValueError: the model file is unusable, or its head
+            has no closed-form Grad-CAM (onnx_backend.UnsupportedHead). RuntimeError: the
+            export failed or disagrees with keras.
+        """
+        from .onnx_backend import export_model, load_export
+
+        entry = self.resolve(model_id=model_id)
+        try:
+            model = self._load_verified(entry, entry.resolve_path(self.registry.base_dir))
+        except _ModelProblem as exc:
+            raise ValueError(str(exc)) from None
+        if not force:
+            analyzer, _ = load_export(model, entry.sha256, self.onnx_cache)
+            if analyzer is not None:
+                return analyzer.onnx_path
+        return export_model(model, entry.sha256, self.onnx_cache)
 
     def _load_verified(self, entry: ModelEntry, path: Path):
         import keras

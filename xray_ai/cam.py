@@ -1,0 +1,36 @@
+"""What every Grad-CAM backend returns, and how a raw map becomes a [0, 1] heatmap.
+
+Kept free of tensorflow so that the ONNX Runtime backend (xray_ai.onnx_backend) and the
+TensorFlow one (xray_ai.gradcam) share one output type and one normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["GradCamOutput", "normalise_map"]
+
+_EPS = 1e-7
+
+
+def normalise_map(cam: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Scale a non-negative map to [0, 1] by its max; an all-zero map stays zero and is flagged."""
+    cam = np.nan_to_num(cam.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    cam = np.maximum(cam, 0.0)
+    peak = float(cam.max()) if cam.size else 0.0
+    if peak <= _EPS:
+        return np.zeros_like(cam), "zero gradient: the map is empty"
+    return cam / (peak + _EPS), None
+
+
+@dataclass(frozen=True)
+class GradCamOutput:
+    """probabilities (N,) in [0, 1]; heatmaps (N, h, w) in [0, 1]; flags per image (None = fine)."""
+
+    probabilities: np.ndarray
+    heatmaps: np.ndarray
+    flags: tuple[str | None, ...]
+    method: str
+    target_layer: str | None
