@@ -25,6 +25,9 @@ if not model_ids:
 active = registry.active_models.get(condition)
 model_id = right.selectbox("Model", model_ids, index=model_ids.index(active) if active in model_ids else 0,
                            format_func=lambda i: f"{i} ({registry.models[i].profile})", key=f"analyse.model.{condition}")
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "saliency": "Gradient saliency",
+                "smoothgrad": "SmoothGrad", "lime": "LIME (slow: hundreds of model runs)"}
+method = st.selectbox("Heatmap method", list(METHOD_NAMES), format_func=METHOD_NAMES.get, key="analyse.method")
 uploads = st.file_uploader("Radiographs (PNG, JPEG or DICOM; several files = the views of one study)",
                            type=["png", "jpg", "jpeg", "dcm", "dicom"], accept_multiple_files=True, key="analyse.uploads")
 if st.button("Try an example", key="analyse.example"):
@@ -45,10 +48,15 @@ for name, data in files:  # in memory: uploads never touch the disk
 if not images:
     st.stop()
 
-key = (condition, model_id, tuple(digest(d) for _, d in files))
-if st.session_state.get("analyse.key") != key:  # the model runs only when the study or model changes
+key = (condition, model_id, method, tuple(digest(d) for _, d in files))
+if st.session_state.get("analyse.key") != key:  # the model runs only when the study, model or method changes
     with st.spinner("Analysing (the first analysis also loads the model)..."):
-        st.session_state["analyse.result"] = analysis.analyze(images, condition, manager=manager, model_id=model_id)
+        bar = st.progress(0.0, text=METHOD_NAMES[method]) if method == "lime" else None
+        st.session_state["analyse.result"] = analysis.analyze(
+            images, condition, manager=manager, model_id=model_id, method=method,
+            progress=(lambda f: bar.progress(min(f, 1.0), text=METHOD_NAMES[method])) if bar else None)
+        if bar:
+            bar.empty()
     st.session_state["analyse.key"] = key
     st.session_state["analyse.markers"] = []
 result = st.session_state["analyse.result"]

@@ -175,3 +175,11 @@ def test_condition_without_models_is_explained(app_registry):
     at.selectbox(key="analyse.condition").set_value("pneumonia").run()
     assert not at.exception
     assert "No model is registered for this condition" in " ".join(i.value for i in at.info)
+
+
+def test_choosing_another_heatmap_method(app_registry):
+    at = page("analyse.py").run()
+    at.button(key="analyse.example").click().run()
+    at.selectbox(key="analyse.method").set_value("saliency").run()
+    assert not at.exception
+    assert "**Heatmap:** saliency (input space)" in text_of(at)

@@ -174,3 +174,12 @@ def test_registry_env_variable_is_the_default(tiny_registry, capsys, monkeypatch
     monkeypatch.setenv("XRAY_AI_REGISTRY", str(tiny_registry))
     assert main(["registry", "list"]) == 0
     assert "tiny-test" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "saliency", "smoothgrad"])
+def test_predict_with_other_heatmap_methods(tiny_registry, capsys, method):
+    assert main(["predict", str(EXAMPLES / "rg3_tibia.png"), "--condition", "fracture", "--json",
+                 "--method", method, "--registry", str(tiny_registry)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["heatmap_method"] == method
+    assert result["target_layer"] == ("conv2" if method == "gradcam++" else None)

@@ -66,6 +66,13 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n"] == int((df["split"] == "test").sum())
 
+    assert main(["explain-eval", "--model", "fracture-tiny", "--data", str(tiny_dataset), "--layout", "mura",
+                 "--methods", "gradcam", "saliency", "--max-images", "3", "--registry", str(registry)]) == 0
+    table = capsys.readouterr().out
+    assert "gradcam" in table and "saliency" in table and "pointing" in table
+    saved = json.loads((tmp_path / "models" / "fracture-tiny.explain.json").read_text())
+    assert set(saved["methods"]) == {"gradcam", "saliency"} and 0 < saved["n_images"] <= 3
+
 
 def test_stage_epochs_sum_to_the_requested_epochs():
     assert _stage_epochs(PROTOCOLS["quick"], 5) == [(1.0, 5)]

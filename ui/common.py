@@ -64,7 +64,8 @@ def show_provenance(result: AnalysisResult) -> None:
         f"**Model** `{result.model_id}` v{result.model_version} ({result.architecture}, {result.profile}) · "
         f"**threshold** {result.threshold:.3f} ({result.threshold_method})  \n"
         f"**Intended use:** {result.intended_use}  \n"
-        f"**Heatmap:** {result.heatmap_method} at `{result.target_layer}` · backend {result.backend}"
+        f"**Heatmap:** {result.heatmap_method} "
+        f"{f'at `{result.target_layer}`' if result.target_layer else '(input space)'} · backend {result.backend}"
     )
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import threading
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from .cam import METHODS
 from .imaging import XRay
 from .manager import ModelManager
 from .preprocessing import prepare_batch
@@ -41,6 +42,8 @@ def analyze(
     condition: str | None,
     manager: ModelManager | None = None,
     model_id: str | None = None,
+    method: str = "gradcam",
+    progress: Callable[[float], None] | None = None,
 ) -> AnalysisResult:
     """Score one study and explain it.
 
@@ -49,6 +52,10 @@ def analyze(
         condition: a registry condition id; may be None when `model_id` is given.
         manager: the ModelManager to use (default: the process-wide one).
         model_id: a specific registered model instead of the condition's active one.
+        method: the heatmap method, one of xray_ai.explain.METHODS. Grad-CAM comes from the
+            same compiled pass as the probability; the others are computed afterwards on the
+            keras model (TensorFlow), view by view.
+        progress: called with 0..1 while a slow method (LIME) runs.
 
     Returns:
         AnalysisResult: study probability (mean of the views), decision at the entry's
@@ -58,6 +65,8 @@ def analyze(
         ValueError: no images or too many; RegistryError (a ValueError): unknown condition
         or model id, or an invalid registry.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown heatmap method {method!r}; valid: {', '.join(METHODS)}")
     views = [images] if isinstance(images, XRay) else list(images)
     if not views:
         raise ValueError("no images to analyse")
@@ -76,8 +85,23 @@ def analyze(
         batch = prepare_batch([v.pixels for v in chunk], entry.input, entry.preprocessing)
         out = loaded.analyzer(batch)
         probabilities.extend(float(p) for p in out.probabilities)
-        heatmaps.extend(out.heatmaps)
-        flags.extend(out.flags)
+        if method == "gradcam":
+            heatmaps.extend(out.heatmaps)
+            flags.extend(out.flags)
+        else:
+            from .explain import explainer_for  # tensorflow; only for the non-default methods
+
+            explainer = explainer_for(loaded.model)
+            for k in range(len(chunk)):
+                done = (start + k) / len(views)
+                step = (lambda f, done=done: progress(done + f / len(views))) if progress else None
+                explanation = explainer.explain(batch[k : k + 1], method, step)
+                heatmaps.append(explanation.heatmap)
+                flags.append(explanation.flag)
+    heatmap_method, target_layer = loaded.heatmap_method, loaded.target_layer
+    if method != "gradcam":
+        heatmap_method = method
+        target_layer = loaded.target_layer if method == "gradcam++" else None  # input-space maps
 
     warnings: list[str] = []
     if loaded.placeholder:
@@ -112,11 +136,12 @@ def analyze(
         probability=float(np.mean(probabilities)),
         placeholder=loaded.placeholder,
         placeholder_reason=loaded.placeholder_reason,
-        heatmap_method=loaded.heatmap_method,
-        target_layer=loaded.target_layer,
+        heatmap_method=heatmap_method,
+        target_layer=target_layer,
         views=tuple(ViewResult(v, p, h, f) for v, p, h, f in zip(views, probabilities, heatmaps, flags)),
         warnings=tuple(warnings),
-        backend=loaded.backend,
+        backend=(loaded.backend if method == "gradcam" or loaded.backend == "tensorflow"
+                 else f"{loaded.backend} (probability), tensorflow ({method})"),
         synthetic=entry.trained_on.synthetic,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         metrics=dict(entry.metrics),

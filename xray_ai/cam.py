@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GradCamOutput", "normalise_map"]
+__all__ = ["METHODS", "GradCamOutput", "normalise_map"]
+
+# Heatmap methods, in the order the app and the CLI offer them (xray_ai.explain computes them).
+METHODS = ("gradcam", "gradcam++", "saliency", "smoothgrad", "lime")
 
 _EPS = 1e-7
 

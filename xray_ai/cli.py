@@ -18,6 +18,8 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
+from .cam import METHODS  # numpy only
+
 __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG, JPEG or DICOM files")
     p.add_argument("--condition", help="condition id (see `registry list`)")
     p.add_argument("--model", dest="model_id", help="a registered model id instead of the active one")
-    p.add_argument("--method", default="gradcam", choices=["gradcam"], help="heatmap method")
+    p.add_argument("--method", default="gradcam", choices=METHODS,
+                   help="heatmap method (default gradcam; the others run on TensorFlow after the scoring pass)")
     p.add_argument("--heatmap", type=Path, help="write the overlay PNG here (one per view: NAME_viewN.png)")
     p.add_argument("--intensity", type=_intensity, default=0.5, help="heatmap intensity 0..1 (default 0.5)")
     p.add_argument("--no-annotations", action="store_true", help="overlay without contour and box")
@@ -120,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     _add_registry_arg(e)
 
+    x = sub.add_parser("explain-eval", help="score every heatmap method on lesion masks (pointing game, deletion/insertion)")
+    x.add_argument("--model", dest="model_id", required=True)
+    x.add_argument("--data", type=Path, required=True, help="a dataset with <stem>_mask.png lesion masks (phantoms)")
+    x.add_argument("--layout", choices=["mura", "folders"], default="folders")
+    x.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    x.add_argument("--max-images", type=int, default=40, help="abnormal images to use (default 40)")
+    x.add_argument("--output", type=Path, help="JSON file (default: <model file>.explain.json beside the model)")
+    _add_registry_arg(x)
+
     hp = sub.add_parser("hash-password", help="hash an administrator password for the app's registry page")
     hp.add_argument("--stdin", action="store_true", help="read the password from standard input (no prompt)")
 
@@ -161,7 +173,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a bad $XRAY_AI_BACKEND
         raise BadInput(str(exc)) from None
     try:
-        result = analyze(images, args.condition, manager=manager, model_id=args.model_id)
+        result = analyze(images, args.condition, manager=manager, model_id=args.model_id, method=args.method)
     except RegistryError as exc:
         raise BadInput(str(exc)) from None
     if result.placeholder:
@@ -371,6 +383,54 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_explain_eval(args: argparse.Namespace) -> int:
+    import cv2
+
+    from . import data as datamod
+    from .explain import explainer_for
+    from .explain_eval import evaluate_explanations, explain_json_path, format_table, save
+    from .imaging import load_image
+    from .manager import ModelManager
+    from .preprocessing import prepare_batch
+    from .registry import RegistryError
+
+    try:
+        manager = ModelManager(args.registry)
+        loaded = manager.get(model_id=args.model_id)
+        condition = manager.registry.condition(loaded.entry.condition)
+        df = (datamod.read_mura(args.data) if args.layout == "mura"
+              else datamod.read_folders(args.data, condition.negative_label, condition.positive_label))
+    except (RegistryError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    if loaded.placeholder:
+        raise BadInput(f"{args.model_id}: cannot evaluate, the model file is unusable ({loaded.placeholder_reason})")
+    split = "test" if (df["split"] == "test").any() else None
+    rows = df[(df["label"] == 1) & df["mask_path"].notna() & ((df["split"] == split) if split else True)]
+    images, masks = [], []
+    for _, row in rows.iterrows():
+        mask = cv2.imread(str(row["mask_path"]), cv2.IMREAD_GRAYSCALE)
+        if mask is None or not mask.any():
+            continue
+        images.append(prepare_batch([load_image(row["path"]).pixels], loaded.entry.input, loaded.entry.preprocessing)[0])
+        masks.append(mask > 0)
+        if len(images) >= args.max_images:
+            break
+    if not images:
+        raise BadInput(f"{args.data}: no abnormal images with a non-empty <stem>_mask.png lesion mask")
+    model = loaded.model
+    report = evaluate_explanations(
+        explainer_for(model), lambda b: model(b, training=False).numpy().reshape(-1), images, masks,
+        args.methods, model_id=args.model_id,
+        progress=lambda method, i: print(f"{method}: {i}/{len(images)}", file=sys.stderr, end="\r", flush=True),
+    )
+    report["split"] = split or "all"
+    output = args.output or explain_json_path(loaded.entry.resolve_path(manager.registry.base_dir))
+    save(report, output)
+    print(format_table(report))
+    print(f"saved {output}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
@@ -402,6 +462,7 @@ _COMMANDS = {
     "registry": _cmd_registry,
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
+    "explain-eval": _cmd_explain_eval,
     "export-onnx": _cmd_export_onnx,
     "hash-password": _cmd_hash_password,
     "phantoms": _cmd_phantoms,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,11 +26,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .gradcam import GradCam, build_gradcam_model, find_target_layer, normalise_map
+from .cam import METHODS, normalise_map
+from .gradcam import GradCam, build_gradcam_model, find_target_layer
 
-__all__ = ["METHODS", "Explanation", "Explainer"]
-
-METHODS = ("gradcam", "gradcam++", "saliency", "smoothgrad", "lime")
+__all__ = ["METHODS", "Explanation", "Explainer", "explainer_for"]
 
 
 @dataclass(frozen=True)
@@ -178,3 +178,16 @@ class Explainer:
         for segment, weight in explanation.local_exp[1]:
             heat[segments == segment] = max(weight, 0.0)  # evidence for the positive label only
         return heat
+
+
+_explainers: "weakref.WeakKeyDictionary[keras.Model, Explainer]" = weakref.WeakKeyDictionary()
+_explainers_lock = threading.Lock()
+
+
+def explainer_for(model: keras.Model) -> Explainer:
+    """The Explainer of a loaded model, built once (its compiled functions are kept with it)."""
+    with _explainers_lock:
+        explainer = _explainers.get(model)
+        if explainer is None:
+            explainer = _explainers[model] = Explainer(model)
+        return explainer
