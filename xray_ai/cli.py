@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--register", action="store_true", help="add the model to the registry with its sha256")
     t.add_argument("--activate", action="store_true", help="make it the condition's active model (with --register)")
     t.add_argument("--epochs", type=int)
+    t.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: the protocol's)")
     t.add_argument("--image-size", type=int, default=224)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--weights", default="none", help="imagenet | none | PATH to backbone weights")
@@ -286,7 +287,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         condition=args.condition, architecture=args.arch, data=args.data, protocol=args.protocol,
         layout=args.layout, out=args.out, registry=args.registry, register=args.register,
-        activate=args.activate, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
+        activate=args.activate, epochs=args.epochs, patience=args.patience, image_size=args.image_size, batch_size=args.batch_size,
         weights=args.weights, seed=args.seed, oversample=args.oversample, augment=not args.no_augment,
         model_id=args.model_id,
     )
@@ -336,12 +337,10 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def _model_and_dataset(args: argparse.Namespace):
+    """(manager, loaded model, dataset frame) for evaluate and explain-eval; BadInput when unusable."""
     from . import data as datamod
-    from .evaluation import evaluation_report
     from .manager import ModelManager
-    from .preprocessing import prepare_batch
-    from .imaging import load_image
     from .registry import RegistryError
 
     try:
@@ -354,6 +353,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise BadInput(str(exc)) from None
     if loaded.placeholder:
         raise BadInput(f"{args.model_id}: cannot evaluate, the model file is unusable ({loaded.placeholder_reason})")
+    return manager, loaded, df
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluation_report
+    from .imaging import load_image
+    from .preprocessing import prepare_batch
+
+    manager, loaded, df = _model_and_dataset(args)
     if args.split:
         df = df[df["split"] == args.split].reset_index(drop=True)
     if df.empty:
@@ -386,24 +394,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_explain_eval(args: argparse.Namespace) -> int:
     import cv2
 
-    from . import data as datamod
     from .explain import explainer_for
     from .explain_eval import evaluate_explanations, explain_json_path, format_table, save
     from .imaging import load_image
-    from .manager import ModelManager
     from .preprocessing import prepare_batch
-    from .registry import RegistryError
 
-    try:
-        manager = ModelManager(args.registry)
-        loaded = manager.get(model_id=args.model_id)
-        condition = manager.registry.condition(loaded.entry.condition)
-        df = (datamod.read_mura(args.data) if args.layout == "mura"
-              else datamod.read_folders(args.data, condition.negative_label, condition.positive_label))
-    except (RegistryError, ValueError) as exc:
-        raise BadInput(str(exc)) from None
-    if loaded.placeholder:
-        raise BadInput(f"{args.model_id}: cannot evaluate, the model file is unusable ({loaded.placeholder_reason})")
+    manager, loaded, df = _model_and_dataset(args)
     split = "test" if (df["split"] == "test").any() else None
     rows = df[(df["label"] == 1) & df["mask_path"].notna() & ((df["split"] == split) if split else True)]
     images, masks = [], []

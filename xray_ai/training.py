@@ -73,6 +73,7 @@ class TrainConfig:
     register: bool = False
     activate: bool = False
     epochs: int | None = None
+    patience: int | None = None  # early-stopping patience; default: the protocol's
     image_size: int = 224
     batch_size: int | None = None
     weights: str = "none"
@@ -271,7 +272,7 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
                     keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.3,
                                                       patience=protocol.reduce_lr_patience),
                     keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", restore_best_weights=True,
-                                                  patience=protocol.early_stopping_patience),
+                                                  patience=config.patience or protocol.early_stopping_patience),
                 ],
             )
             for key, values in fit.history.items():
