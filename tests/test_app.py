@@ -183,3 +183,10 @@ def test_choosing_another_heatmap_method(app_registry):
     at.selectbox(key="analyse.method").set_value("saliency").run()
     assert not at.exception
     assert "**Heatmap:** saliency (input space)" in text_of(at)
+
+
+def test_bad_backend_setting_is_an_error_not_a_traceback(app_registry, monkeypatch):
+    monkeypatch.setenv("XRAY_AI_BACKEND", "cuda-magic")
+    at = page("analyse.py").run()
+    assert not at.exception
+    assert "misconfigured" in " ".join(e.value for e in at.error) and "cuda-magic" in " ".join(e.value for e in at.error)

@@ -38,7 +38,11 @@ def _manager_for(registry_path: str) -> ModelManager:
 
 def get_manager() -> ModelManager:
     """The shared ModelManager for the current registry (thread-safe; re-reads an edited registry)."""
-    return _manager_for(str(default_registry_path()))
+    try:
+        return _manager_for(str(default_registry_path()))
+    except ValueError as exc:  # e.g. an unknown XRAY_AI_BACKEND value
+        st.error(f"The app is misconfigured: {exc}")
+        st.stop()
 
 
 def registry_or_stop(manager: ModelManager) -> Registry:
