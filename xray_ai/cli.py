@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--register", action="store_true", help="add the model to the registry with its sha256")
     t.add_argument("--activate", action="store_true", help="make it the condition's active model (with --register)")
     t.add_argument("--epochs", type=int)
-    t.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: the protocol's)")
+    t.add_argument("--patience", type=int,
+                   help="early-stopping patience in epochs (default: the protocol's); LR decay waits a third of it")
     t.add_argument("--image-size", type=int, default=224)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--weights", default="none", help="imagenet | none | PATH to backbone weights")

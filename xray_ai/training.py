@@ -251,6 +251,8 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
                                     seed=config.seed, class_weight=weights)
     valid_ds = datamod.make_dataset(parts["valid"], spec, batch_size=batch_size, training=False)
 
+    # A longer early-stopping patience (from-scratch runs learn late) also delays LR decay.
+    lr_patience = max(protocol.reduce_lr_patience, (config.patience or 0) // 3)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         best = Path(tmp) / "best.weights.h5"
@@ -270,7 +272,7 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
                 callbacks=[
                     checkpoint, progress,
                     keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.3,
-                                                      patience=protocol.reduce_lr_patience),
+                                                      patience=lr_patience),
                     keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", restore_best_weights=True,
                                                   patience=config.patience or protocol.early_stopping_patience),
                 ],
