@@ -20,6 +20,7 @@ on first load when needed (and still falls back, with the reason, when it cannot
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -45,6 +46,13 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
+def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed by size and mtime, so the registry page (which checks every model on every
+    # rerun) hashes a 28 MB file once per version, not once per click.
+    return file_sha256(path)
+
+
 def check_model_file(entry: ModelEntry, base_dir: Path) -> str | None:
     """Why the entry's file cannot serve (missing, unverifiable, sha256 mismatch), or None if it can.
 
@@ -56,7 +64,8 @@ def check_model_file(entry: ModelEntry, base_dir: Path) -> str | None:
         return f"model file {entry.path} not found"
     if entry.sha256 is None:
         return f"registry entry {entry.id} records no sha256, so {entry.path} cannot be verified"
-    actual = file_sha256(path)
+    st = path.stat()
+    actual = _sha256_of_version(str(path), st.st_size, st.st_mtime_ns)
     if actual != entry.sha256:
         return (
             f"sha256 of {entry.path} is {actual[:12]}..., the registry expects {entry.sha256[:12]}... "
