@@ -46,6 +46,7 @@ def keras_mod():
 @pytest.fixture(scope="session")
 def flat_model(keras_mod):
     keras = keras_mod
+    keras.utils.set_random_seed(1)  # same weights whatever ran before (tests compare maps)
     inputs = keras.Input(TINY_SHAPE)
     x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inputs)
     x = keras.layers.MaxPooling2D(2, name="pool1")(x)
@@ -59,6 +60,7 @@ def flat_model(keras_mod):
 @pytest.fixture(scope="session")
 def nested_model(keras_mod):
     keras = keras_mod
+    keras.utils.set_random_seed(2)  # same weights whatever ran before (tests compare maps)
     backbone = _tiny_backbone(keras)
     inputs = keras.Input(TINY_SHAPE)
     x = keras.layers.Rescaling(2.0, offset=-1.0, name="norm")(inputs)
@@ -72,6 +74,7 @@ def nested_model(keras_mod):
 @pytest.fixture(scope="session")
 def sequential_model(keras_mod):
     keras = keras_mod
+    keras.utils.set_random_seed(3)  # same weights whatever ran before (tests compare maps)
     return keras.Sequential(
         [
             keras.Input(TINY_SHAPE),
