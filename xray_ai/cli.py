@@ -393,25 +393,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain_eval(args: argparse.Namespace) -> int:
-    import cv2
-
     from .explain import explainer_for
-    from .explain_eval import evaluate_explanations, explain_json_path, format_table, save
-    from .imaging import load_image
-    from .preprocessing import prepare_batch
+    from .explain_eval import evaluate_explanations, explain_json_path, format_table, lesion_cases, save
 
     manager, loaded, df = _model_and_dataset(args)
     split = "test" if (df["split"] == "test").any() else None
-    rows = df[(df["label"] == 1) & df["mask_path"].notna() & ((df["split"] == split) if split else True)]
-    images, masks = [], []
-    for _, row in rows.iterrows():
-        mask = cv2.imread(str(row["mask_path"]), cv2.IMREAD_GRAYSCALE)
-        if mask is None or not mask.any():
-            continue
-        images.append(prepare_batch([load_image(row["path"]).pixels], loaded.entry.input, loaded.entry.preprocessing)[0])
-        masks.append(mask > 0)
-        if len(images) >= args.max_images:
-            break
+    rows = df[df["split"] == split] if split else df
+    images, masks = lesion_cases(rows, loaded.entry.input, loaded.entry.preprocessing, limit=args.max_images)
     if not images:
         raise BadInput(f"{args.data}: no abnormal images with a non-empty <stem>_mask.png lesion mask")
     model = loaded.model

@@ -27,7 +27,7 @@ import numpy as np
 
 from .evaluation import energy_inside, pointing_game
 
-__all__ = ["deletion_insertion", "evaluate_explanations", "format_table", "explain_json_path", "save", "load_report", "STEPS"]
+__all__ = ["lesion_cases", "deletion_insertion", "evaluate_explanations", "format_table", "explain_json_path", "save", "load_report", "STEPS"]
 
 STEPS = 10  # perturbation steps of the deletion/insertion curves
 
@@ -35,6 +35,34 @@ STEPS = 10  # perturbation steps of the deletion/insertion curves
 def explain_json_path(model_path: Path) -> Path:
     """Where the explanation scores of a model file are kept."""
     return model_path.with_suffix(".explain.json")
+
+
+def lesion_cases(rows: Any, spec: Any, preprocessing: str = "unit",
+                 limit: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Model-ready images and boolean lesion masks of the abnormal rows that have a non-empty mask.
+
+    Args:
+        rows: a dataset frame (xray_ai.data readers) with `path`, `label` and `mask_path`.
+        spec: the model's InputSpec; preprocessing: its registry `preprocessing`.
+        limit: stop after this many cases.
+
+    Returns:
+        (images, masks): float32 (H, W, C) arrays ready for the model, and bool masks at the
+        mask file's own resolution.
+    """
+    from .imaging import load_image
+    from .preprocessing import prepare_batch
+
+    images, masks = [], []
+    for _, row in rows[(rows["label"] == 1) & rows["mask_path"].notna()].iterrows():
+        mask = cv2.imread(str(row["mask_path"]), cv2.IMREAD_GRAYSCALE)
+        if mask is None or not mask.any():
+            continue
+        images.append(prepare_batch([load_image(row["path"]).pixels], spec, preprocessing)[0])
+        masks.append(mask > 0)
+        if limit is not None and len(images) >= limit:
+            break
+    return images, masks
 
 
 def _blurred(x: np.ndarray) -> np.ndarray:

@@ -197,21 +197,14 @@ def _predict(model, df, spec: InputSpec, batch_size: int) -> np.ndarray:
 
 def _localisation(model, df, spec: InputSpec) -> dict[str, Any] | None:
     """Grad-CAM pointing game and energy inside the lesion mask on abnormal images with masks."""
-    import cv2
-
+    from .explain_eval import lesion_cases
     from .gradcam import GradCam
-    from .imaging import load_image
-    from .preprocessing import prepare_batch
 
-    rows = df[(df["label"] == 1) & df["mask_path"].notna()]
-    if rows.empty:
+    images, masks = lesion_cases(df, spec)
+    if not images:
         return None
     cam = GradCam(model)
-    heatmaps, masks = [], []
-    for _, row in rows.iterrows():
-        image = load_image(row["path"])
-        heatmaps.append(cam(prepare_batch([image.pixels], spec)).heatmaps[0])
-        masks.append(cv2.imread(str(row["mask_path"]), cv2.IMREAD_GRAYSCALE) > 0)
+    heatmaps = [cam(x[None]).heatmaps[0] for x in images]
     return {
         "n": len(masks),
         "pointing_game": evaluation.pointing_game(heatmaps, masks),
