@@ -80,6 +80,7 @@ def analyze(
     probabilities: list[float] = []
     heatmaps: list[np.ndarray] = []
     flags: list[str | None] = []
+    heatmap_method, target_layer = loaded.heatmap_method, loaded.target_layer
     for start in range(0, len(views), _BATCH):
         chunk = views[start : start + _BATCH]
         batch = prepare_batch([v.pixels for v in chunk], entry.input, entry.preprocessing)
@@ -98,10 +99,7 @@ def analyze(
                 explanation = explainer.explain(batch[k : k + 1], method, step)
                 heatmaps.append(explanation.heatmap)
                 flags.append(explanation.flag)
-    heatmap_method, target_layer = loaded.heatmap_method, loaded.target_layer
-    if method != "gradcam":
-        heatmap_method = method
-        target_layer = loaded.target_layer if method == "gradcam++" else None  # input-space maps
+                heatmap_method, target_layer = explanation.method, explanation.target_layer
 
     warnings: list[str] = []
     if loaded.placeholder:
