@@ -23,8 +23,15 @@ if not model_ids:
     st.info("No model is registered for this condition yet; an administrator can add one (see the README).")
     st.stop()
 active = registry.active_models.get(condition)
+
+
+def model_label(model_id: str) -> str:
+    entry = registry.models[model_id]
+    return f"{model_id} ({entry.profile}{f', ensemble of {len(entry.members)}' if entry.is_ensemble else ''})"
+
+
 model_id = right.selectbox("Model", model_ids, index=model_ids.index(active) if active in model_ids else 0,
-                           format_func=lambda i: f"{i} ({registry.models[i].profile})", key=f"analyse.model.{condition}")
+                           format_func=model_label, key=f"analyse.model.{condition}")
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "saliency": "Gradient saliency",
                 "smoothgrad": "SmoothGrad", "lime": "LIME (slow: hundreds of model runs)"}
 method = st.selectbox("Heatmap method", list(METHOD_NAMES), format_func=METHOD_NAMES.get, key="analyse.method")

@@ -17,7 +17,8 @@ for entry in registry.models.values():
     metrics = dict(entry.metrics)
     with st.expander(f"{entry.id} ({registry.conditions[entry.condition].name}, {entry.profile})", expanded=bool(metrics)):
         st.markdown(f"**Trained on:** {entry.trained_on.describe()}  \n**Threshold:** {entry.threshold:.3f} "
-                    f"({entry.threshold_method})")
+                    f"({entry.threshold_method})"
+                    + (f"  \n**Ensemble of:** {', '.join(entry.members)}" if entry.is_ensemble else ""))
         if not metrics:
             st.info("No evaluation stored for this model.")
             continue
@@ -46,7 +47,9 @@ for entry in registry.models.values():
         if "per_body_part" in metrics:
             st.markdown("By body part")
             st.dataframe(pd.DataFrame(metrics["per_body_part"]).T)
-        explanations = load_report(explain_json_path(entry.resolve_path(registry.base_dir)))
+        # an ensemble has no file, so no heatmap-trust report beside one (its members have theirs)
+        explanations = (None if entry.is_ensemble
+                        else load_report(explain_json_path(entry.resolve_path(registry.base_dir))))
         if explanations:
             st.markdown(f"Heatmap trust on {explanations['n_images']} abnormal images with lesion masks "
                         "(pointing game, energy inside and insertion: higher is better; deletion: lower is better)")

@@ -5,7 +5,7 @@ import dataclasses
 import streamlit as st
 
 from ui.common import admin_gate, get_manager, registry_or_stop
-from xray_ai.manager import check_model_file
+from xray_ai.manager import check_entry
 from xray_ai.registry import RegistryError, read_audit_log, save_registry
 
 st.title("Model registry")
@@ -14,12 +14,13 @@ registry = registry_or_stop(manager)
 st.success(f"`{registry.path}` is valid: {len(registry.models)} models, {len(registry.active_models)} conditions served.")
 
 active = set(registry.active_models.values())
-problems = {m.id: check_model_file(m, registry.base_dir) for m in registry.models.values()}
+problems = {m.id: check_entry(m, registry) for m in registry.models.values()}
 st.dataframe(
     [
-        {"model id": m.id, "condition": m.condition, "active": m.id in active, "architecture": m.architecture,
+        {"model id": m.id, "condition": m.condition, "active": m.id in active, "kind": m.kind,
+         "members": ", ".join(m.members), "architecture": m.architecture,
          "profile": m.profile, "version": m.version, "threshold": m.threshold, "trained on": m.trained_on.describe(),
-         "file": problems[m.id] or "verified (sha256)"}
+         "file": problems[m.id] or ("members verified (sha256)" if m.is_ensemble else "verified (sha256)")}
         for m in registry.models.values()
     ],
     hide_index=True,

@@ -64,10 +64,12 @@ def show_provenance(result: AnalysisResult) -> None:
         st.error(f"**{PLACEHOLDER_WATERMARK}**  \n{result.placeholder_reason}. The numbers below mean nothing.")
     elif result.synthetic:
         st.warning(f"Model trained on synthetic data ({result.trained_on}): no clinical meaning.")
+    ensemble = f"**Ensemble:** mean of {', '.join(f'`{m}`' for m in result.members)}  \n" if result.members else ""
     st.markdown(
         f"**Model** `{result.model_id}` v{result.model_version} ({result.architecture}, {result.profile}) · "
         f"**threshold** {result.threshold:.3f} ({result.threshold_method})  \n"
         f"**Intended use:** {result.intended_use}  \n"
+        f"{ensemble}"
         f"**Heatmap:** {result.heatmap_method} "
         f"{f'at `{result.target_layer}`' if result.target_layer else '(input space)'} · backend {result.backend}"
     )

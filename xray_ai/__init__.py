@@ -17,6 +17,7 @@ __all__ = [
     "ImageLoadError",
     "ModelManager",
     "LoadedModel",
+    "LoadedEnsemble",
     "analyze",
     "AnalysisResult",
     "ViewResult",
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ModelManager": ("manager", "ModelManager"),
     "LoadedModel": ("manager", "LoadedModel"),
+    "LoadedEnsemble": ("manager", "LoadedEnsemble"),
     "analyze": ("analysis", "analyze"),
     "build_report": ("report", "build_report"),
 }

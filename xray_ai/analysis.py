@@ -3,23 +3,28 @@
 images (the views of one study) -> model-ready batch -> one compiled pass giving each
 view's probability and Grad-CAM -> the study probability (mean of the views, as the MURA
 paper scores studies) -> an AnalysisResult that carries its own provenance.
+
+For an ensemble entry every member runs that same path with its own input size and
+preprocessing (and its own backend); per view, the result is the mean of the members'
+probabilities and of their heatmaps (resized to a common size), then the study mean.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import threading
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .cam import METHODS
 from .imaging import XRay
-from .manager import ModelManager
-from .preprocessing import prepare_batch
+from .manager import LoadedEnsemble, LoadedModel, ModelManager
+from .preprocessing import prepare_batch, resize_image
 from .result import AnalysisResult, ViewResult
 
-__all__ = ["analyze", "default_manager", "MAX_VIEWS"]
+__all__ = ["analyze", "predict_probabilities", "default_manager", "MAX_VIEWS"]
 
 MAX_VIEWS = 16  # views per study; more is almost certainly a wrong upload
 _BATCH = 8  # views per compiled call: bounds memory for large studies
@@ -51,7 +56,9 @@ def analyze(
         images: one XRay, or several: the views of one study.
         condition: a registry condition id; may be None when `model_id` is given.
         manager: the ModelManager to use (default: the process-wide one).
-        model_id: a specific registered model instead of the condition's active one.
+        model_id: a specific registered model instead of the condition's active one. For an
+            ensemble entry every member is run and the result is their mean (module docstring);
+            every method works, member by member.
         method: the heatmap method, one of xray_ai.explain.METHODS. Grad-CAM comes from the
             same compiled pass as the probability; the others are computed afterwards on the
             keras model (TensorFlow), view by view.
@@ -77,6 +84,109 @@ def analyze(
     entry = loaded.entry
     registry_condition = manager.registry.condition(entry.condition)
 
+    if isinstance(loaded, LoadedEnsemble):
+        models = list(loaded.members)
+        members = tuple(m.entry.id for m in models)
+        runs = []
+        for i, member in enumerate(models):  # each member with its own input size and preprocessing
+            step = (lambda f, i=i: progress((i + f) / len(models))) if progress else None
+            runs.append(_run_model(member, views, method, step))
+        run = _mean_of_members(list(members), runs)
+    else:
+        models, members = [loaded], ()
+        run = _run_model(loaded, views, method, progress)
+
+    warnings: list[str] = []
+    if loaded.placeholder:
+        warnings.append(f"PLACEHOLDER MODEL: {loaded.placeholder_reason}. The result has no meaning.")
+    if entry.trained_on.synthetic:
+        warnings.append(
+            f"Model {entry.id} was trained on synthetic data ({entry.trained_on.describe()}); "
+            "its output carries no clinical meaning."
+        )
+    for model in models:
+        if manager.backend == "onnx" and model.backend != "onnxruntime":
+            which = "this result" if model is loaded else f"ensemble member {model.entry.id}"
+            warnings.append(f"ONNX Runtime was requested but TensorFlow computed {which}: {model.backend_reason}")
+    for view in views:
+        warnings.extend(f"{view.filename or 'image'}: {w}" for w in view.warnings)
+    for view, flag in zip(views, run.flags):
+        if flag:
+            warnings.append(f"{view.filename or 'image'}: heatmap {flag}")
+
+    architecture, trained_on = _describe_models(loaded, models)
+    return AnalysisResult(
+        condition=entry.condition,
+        condition_name=registry_condition.name,
+        positive_label=registry_condition.positive_label,
+        negative_label=registry_condition.negative_label,
+        model_id=entry.id,
+        model_version=entry.version,
+        architecture=architecture,
+        profile=entry.profile,
+        sha256=None if loaded.placeholder else entry.sha256,
+        trained_on=trained_on,
+        intended_use=entry.intended_use,
+        threshold=entry.threshold,
+        threshold_method=entry.threshold_method,
+        probability=float(np.mean(run.probabilities)),
+        placeholder=loaded.placeholder,
+        placeholder_reason=loaded.placeholder_reason,
+        heatmap_method=run.method,
+        target_layer=run.target_layer,
+        views=tuple(
+            ViewResult(v, p, h, f, mp)
+            for v, p, h, f, mp in zip(views, run.probabilities, run.heatmaps, run.flags, run.member_probabilities)
+        ),
+        warnings=tuple(warnings),
+        backend=run.backend,
+        synthetic=entry.trained_on.synthetic,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        metrics=dict(entry.metrics),
+        members=members,
+    )
+
+
+def predict_probabilities(loaded: LoadedModel | LoadedEnsemble, images: Sequence[np.ndarray]) -> np.ndarray:
+    """Each image's own probability (images are not views of one study): what evaluation needs.
+
+    Args:
+        loaded: from ModelManager.get; for an ensemble, the mean of its members, each fed
+            its own input size and preprocessing.
+        images: float32 2-D arrays in [0, 1] (XRay.pixels), any sizes.
+
+    Returns:
+        float64 array (N,) in [0, 1].
+    """
+    models = loaded.members if isinstance(loaded, LoadedEnsemble) else (loaded,)
+    per_model = [
+        np.asarray(m.analyzer(prepare_batch(images, m.entry.input, m.entry.preprocessing)).probabilities, np.float64)
+        for m in models
+    ]
+    return np.mean(per_model, axis=0)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one model (or the mean of an ensemble's members) said about the views of a study.
+
+    probabilities, heatmaps (float32 2-D in [0, 1]), flags and member_probabilities hold one
+    item per view; member_probabilities[k] is empty for a single model.
+    """
+
+    probabilities: list[float]
+    heatmaps: list[np.ndarray]
+    flags: list[str | None]
+    method: str
+    target_layer: str | None
+    backend: str
+    member_probabilities: list[tuple[float, ...]]
+
+
+def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
+               progress: Callable[[float], None] | None) -> _Run:
+    """Probability and heatmap of every view from one model, prepared as its entry says."""
+    entry = loaded.entry
     probabilities: list[float] = []
     heatmaps: list[np.ndarray] = []
     flags: list[str | None] = []
@@ -100,47 +210,63 @@ def analyze(
                 heatmaps.append(explanation.heatmap)
                 flags.append(explanation.flag)
                 heatmap_method, target_layer = explanation.method, explanation.target_layer
+    backend = (loaded.backend if method == "gradcam" or loaded.backend == "tensorflow"
+               else f"{loaded.backend} (probability), tensorflow ({method})")
+    return _Run(probabilities, heatmaps, flags, heatmap_method, target_layer, backend, [()] * len(views))
 
-    warnings: list[str] = []
-    if loaded.placeholder:
-        warnings.append(f"PLACEHOLDER MODEL: {loaded.placeholder_reason}. The result has no meaning.")
-    if entry.trained_on.synthetic:
-        warnings.append(
-            f"Model {entry.id} was trained on synthetic data ({entry.trained_on.describe()}); "
-            "its output carries no clinical meaning."
-        )
-    if manager.backend == "onnx" and loaded.backend != "onnxruntime":
-        warnings.append(f"ONNX Runtime was requested but TensorFlow computed this result: {loaded.backend_reason}")
-    for view in views:
-        warnings.extend(f"{view.filename or 'image'}: {w}" for w in view.warnings)
-    for view, flag in zip(views, flags):
-        if flag:
-            warnings.append(f"{view.filename or 'image'}: heatmap {flag}")
 
-    return AnalysisResult(
-        condition=entry.condition,
-        condition_name=registry_condition.name,
-        positive_label=registry_condition.positive_label,
-        negative_label=registry_condition.negative_label,
-        model_id=entry.id,
-        model_version=entry.version,
-        architecture="placeholder CNN (untrained)" if loaded.placeholder else entry.architecture,
-        profile=entry.profile,
-        sha256=None if loaded.placeholder else entry.sha256,
-        trained_on="nothing (untrained placeholder)" if loaded.placeholder else entry.trained_on.describe(),
-        intended_use=entry.intended_use,
-        threshold=entry.threshold,
-        threshold_method=entry.threshold_method,
-        probability=float(np.mean(probabilities)),
-        placeholder=loaded.placeholder,
-        placeholder_reason=loaded.placeholder_reason,
-        heatmap_method=heatmap_method,
+def _mean_of_members(ids: list[str], runs: list[_Run]) -> _Run:
+    """The ensemble's run: per view, the mean of the members' probabilities and of their heatmaps.
+
+    Members' maps differ in size (feature-map or input resolution of each model); each one
+    covers the whole image, so each is resized (bilinear) to the largest height and width
+    among them and the mean taken there. A mean of maps in [0, 1] stays in [0, 1]; it is not
+    re-scaled, so a region that only some members mark shows fainter than one they all mark.
+    """
+    n_views = len(runs[0].probabilities)
+    heatmaps, flags = [], []
+    for k in range(n_views):
+        maps = [r.heatmaps[k] for r in runs]
+        height, width = max(m.shape[0] for m in maps), max(m.shape[1] for m in maps)
+        heatmaps.append(np.mean([resize_image(m, height, width) for m in maps], axis=0).astype(np.float32))
+        flags.append("; ".join(f"member {i}: {r.flags[k]}" for i, r in zip(ids, runs) if r.flags[k]) or None)
+    methods = [r.method for r in runs]
+    method = (f"{methods[0]} (mean of {len(runs)} members)" if len(set(methods)) == 1
+              else f"mean of {len(runs)} members ({_per_member(ids, methods)})")
+    layers = [r.target_layer for r in runs]
+    if all(layer is None for layer in layers):  # input-space methods (saliency, LIME, ...)
+        target_layer = None
+    else:
+        target_layer = _per_member(ids, [layer or "input space" for layer in layers])
+    per_view = [tuple(r.probabilities[k] for r in runs) for k in range(n_views)]
+    return _Run(
+        probabilities=[float(np.mean(p)) for p in per_view],
+        heatmaps=heatmaps,
+        flags=flags,
+        method=method,
         target_layer=target_layer,
-        views=tuple(ViewResult(v, p, h, f) for v, p, h, f in zip(views, probabilities, heatmaps, flags)),
-        warnings=tuple(warnings),
-        backend=(loaded.backend if method == "gradcam" or loaded.backend == "tensorflow"
-                 else f"{loaded.backend} (probability), tensorflow ({method})"),
-        synthetic=entry.trained_on.synthetic,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        metrics=dict(entry.metrics),
+        backend=_per_member(ids, [r.backend for r in runs]),
+        member_probabilities=per_view,
     )
+
+
+def _per_member(ids: list[str], values: list[str]) -> str:
+    """One value when the members agree, else `id: value` for each member."""
+    if len(set(values)) == 1:
+        return values[0]
+    return "; ".join(f"{i}: {v}" for i, v in zip(ids, values))
+
+
+def _describe_models(loaded: LoadedModel | LoadedEnsemble, models: list[LoadedModel]) -> tuple[str, str]:
+    """(architecture, trained_on) as the result states them; a placeholder says it is untrained."""
+    untrained = "placeholder CNN (untrained)"
+    if not isinstance(loaded, LoadedEnsemble):
+        if loaded.placeholder:
+            return untrained, "nothing (untrained placeholder)"
+        return loaded.entry.architecture, loaded.entry.trained_on.describe()
+    archs = " + ".join(untrained if m.placeholder else m.entry.architecture for m in models)
+    trained_on = loaded.entry.trained_on.describe()
+    if not loaded.placeholder:
+        return f"ensemble: {archs}", trained_on
+    broken = ", ".join(m.entry.id for m in models if m.placeholder)
+    return f"placeholder ensemble: {archs}", f"{trained_on}, except {broken}: nothing (untrained placeholder)"

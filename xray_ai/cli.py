@@ -223,6 +223,8 @@ def _summary(result) -> str:
         f"intended use: {result.intended_use}",
         f"heatmap: {result.heatmap_method} at {result.target_layer}; backend {result.backend}",
     ]
+    if result.members:
+        lines.append(f"ensemble: mean of {', '.join(result.members)}")
     if len(result.views) > 1:
         lines += [f"  view {v.filename}: {v.probability:.3f}" for v in result.views]
     lines += [f"warning: {w}" for w in result.warnings]
@@ -234,7 +236,7 @@ def _summary(result) -> str:
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
-    from .manager import check_model_file
+    from .manager import check_entry
     from .registry import RegistryError, load_registry, save_registry
 
     try:
@@ -250,12 +252,14 @@ def _cmd_registry(args: argparse.Namespace) -> int:
         for m in registry.models.values():
             mark = "* " if m.id in active else "  "
             print(f"{mark}{m.id:44} {m.condition:16} {m.architecture:12} {m.profile:9} {m.version:8} {m.threshold:.3f}")
+            if m.is_ensemble:
+                print(f"{'':4}mean of: {', '.join(m.members)}")
         print("* = active for its condition")
         return EXIT_OK
     if args.registry_command == "validate":
         failing_active = []
         for m in registry.models.values():
-            problem = check_model_file(m, registry.base_dir)
+            problem = check_entry(m, registry)
             if problem and m.id in registry.active_models.values():
                 failing_active.append(m.id)
             print(f"{m.id}: {'ok' if problem is None else problem + ' (placeholder would serve)'}")
@@ -316,9 +320,14 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     except (RegistryError, ValueError) as exc:
         raise BadInput(str(exc)) from None
     named = bool(args.model_ids)
-    ids = args.model_ids or list(registry.models)
     failed = []
     print(f"ONNX export cache: {manager.onnx_cache}")
+    ids: list[str] = []
+    for model_id in args.model_ids or list(registry.models):  # an ensemble has no file: export its members
+        entry = registry.model(model_id)
+        if entry.is_ensemble:
+            print(f"{model_id}: an ensemble has no file of its own; exporting its members {', '.join(entry.members)}")
+        ids += [m for m in (entry.members if entry.is_ensemble else (model_id,)) if m not in ids]
     for model_id in ids:
         problem = check_model_file(registry.model(model_id), registry.base_dir)
         if problem:
@@ -353,14 +362,15 @@ def _model_and_dataset(args: argparse.Namespace):
     except (RegistryError, ValueError) as exc:
         raise BadInput(str(exc)) from None
     if loaded.placeholder:
-        raise BadInput(f"{args.model_id}: cannot evaluate, the model file is unusable ({loaded.placeholder_reason})")
+        which = "a member's model file" if loaded.entry.is_ensemble else "the model file"
+        raise BadInput(f"{args.model_id}: cannot evaluate, {which} is unusable ({loaded.placeholder_reason})")
     return manager, loaded, df
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .analysis import predict_probabilities
     from .evaluation import evaluation_report
     from .imaging import load_image
-    from .preprocessing import prepare_batch
 
     manager, loaded, df = _model_and_dataset(args)
     if args.split:
@@ -370,14 +380,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     probs = []
     for start in range(0, len(df), 32):
         paths = df["path"].iloc[start : start + 32]
-        batch = prepare_batch([load_image(p).pixels for p in paths], loaded.entry.input, loaded.entry.preprocessing)
-        probs.extend(loaded.analyzer(batch).probabilities)
+        probs.extend(predict_probabilities(loaded, [load_image(p).pixels for p in paths]))  # an ensemble: members' mean
     metrics = evaluation_report(
         df["label"].to_numpy(), probs, loaded.entry.threshold, split=args.split or f"all of {args.data}",
         study_ids=df["study_id"].to_numpy(),
         body_parts=df["body_part"].to_numpy() if df["body_part"].notna().any() else None,
     )
     metrics["model_id"] = args.model_id
+    if loaded.entry.is_ensemble:
+        metrics["members"] = list(loaded.entry.members)
     if args.output:
         args.output.write_text(json.dumps(metrics, indent=2) + "\n")
     if args.json:
@@ -397,6 +408,9 @@ def _cmd_explain_eval(args: argparse.Namespace) -> int:
     from .explain_eval import evaluate_explanations, explain_json_path, format_table, lesion_cases, save
 
     manager, loaded, df = _model_and_dataset(args)
+    if loaded.entry.is_ensemble:
+        raise BadInput(f"{args.model_id}: explain-eval scores one model's heatmaps; run it on each ensemble member "
+                       f"({', '.join(loaded.entry.members)})")
     split = "test" if (df["split"] == "test").any() else None
     rows = df[df["split"] == split] if split else df
     images, masks = lesion_cases(rows, loaded.entry.input, loaded.entry.preprocessing, limit=args.max_images)

@@ -10,6 +10,10 @@ with its entry (input shape, single sigmoid output), `get` returns an *untrained
 placeholder CNN of the entry's input shape with `placeholder=True` and the reason;
 every consumer must say so loudly (DESIGN.md, "Placeholder fallback").
 
+An ensemble entry (`kind: "ensemble"`) has no file: `get` loads each member as above
+(each cached, verified and, where it applies, served by ONNX Runtime on its own) and
+returns a LoadedEnsemble. If any member is a placeholder, so is the ensemble.
+
 Backends: with `backend="auto"` (the default, or `$XRAY_AI_BACKEND`) a model whose head
 has the closed-form Grad-CAM and whose verified ONNX export is in the cache is served by
 ONNX Runtime (xray_ai.onnx_backend); any other model, a placeholder, or a model not yet
@@ -32,7 +36,7 @@ from pathlib import Path
 
 from .registry import ModelEntry, Registry, RegistryError, default_registry_path, load_registry
 
-__all__ = ["ModelManager", "LoadedModel", "file_sha256", "check_model_file"]
+__all__ = ["ModelManager", "LoadedModel", "LoadedEnsemble", "file_sha256", "check_model_file", "check_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,14 @@ def check_model_file(entry: ModelEntry, base_dir: Path) -> str | None:
     return None
 
 
+def check_entry(entry: ModelEntry, registry: Registry) -> str | None:
+    """`check_model_file` for any entry: for an ensemble, the problems of its members, by id."""
+    if not entry.is_ensemble:
+        return check_model_file(entry, registry.base_dir)
+    problems = [(m, check_model_file(registry.model(m), registry.base_dir)) for m in entry.members]
+    return "; ".join(f"member {m}: {p}" for m, p in problems if p) or None
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready to analyse.
@@ -106,6 +118,39 @@ class LoadedModel:
     @property
     def heatmap_method(self) -> str:
         return self.analyzer.method
+
+
+@dataclass(frozen=True)
+class LoadedEnsemble:
+    """An ensemble entry, ready to analyse: its members, each a LoadedModel.
+
+    There is no model or analyzer of its own: xray_ai.analysis runs every member with its
+    own input size and preprocessing and averages their probabilities and heatmaps.
+
+    Attributes:
+        entry: the ensemble's registry entry (its id, version, threshold, intended use).
+        members: the loaded members, in the entry's order.
+        placeholder: True when any member is a placeholder: the mean of a real model and
+            an untrained one is no result either.
+        placeholder_reason: which members, and why; None otherwise.
+    """
+
+    entry: ModelEntry
+    members: tuple[LoadedModel, ...]
+
+    @property
+    def placeholder(self) -> bool:
+        return any(m.placeholder for m in self.members)
+
+    @property
+    def placeholder_reason(self) -> str | None:
+        reasons = [f"ensemble member {m.entry.id} is a placeholder ({m.placeholder_reason})"
+                   for m in self.members if m.placeholder]
+        return "; ".join(reasons) or None
+
+    @property
+    def load_seconds(self) -> float:
+        return sum(m.load_seconds for m in self.members)
 
 
 class _ModelProblem(Exception):
@@ -173,13 +218,16 @@ class ModelManager:
 
     # ------------------------------------------------------------------ loading
 
-    def get(self, condition: str | None = None, model_id: str | None = None) -> LoadedModel:
+    def get(self, condition: str | None = None, model_id: str | None = None) -> LoadedModel | LoadedEnsemble:
         """The loaded model for `model_id`, or the active model of `condition`.
 
+        A LoadedEnsemble for an ensemble entry (its members loaded and cached one by one).
         Never raises for a bad model file: that yields the placeholder. Raises
         RegistryError for an unknown condition or model id, or an invalid registry.
         """
         entry = self.resolve(condition, model_id)
+        if entry.is_ensemble:  # the registry guarantees members are single models of this condition
+            return LoadedEnsemble(entry, tuple(self.get(model_id=m) for m in entry.members))
         path = entry.resolve_path(self.registry.base_dir)
         key = (entry, _stamp(path), self._export_stamp(entry))
         with self._lock:

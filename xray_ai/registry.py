@@ -7,6 +7,10 @@ wrong field; saving is atomic (temporary file + rename) and keeps the previous v
 as `<name>.bak`; every change made through the app or the CLI is appended to an audit
 log (SQLite, beside the registry unless `XRAY_AI_AUDIT_DB` says otherwise).
 
+An entry is a single model (a file) or, with `"kind": "ensemble"`, the mean of two or more
+registered single models of the same condition (`members`); an ensemble has no file, so
+no `path`, `sha256` or `preprocessing` (each member prepares its own input).
+
 No tensorflow here: the app's registry page and the CLI's `registry` commands use it.
 """
 
@@ -29,6 +33,7 @@ __all__ = [
     "ARCHITECTURES",
     "PREPROCESSING",
     "PROFILES",
+    "KINDS",
     "RegistryError",
     "Condition",
     "InputSpec",
@@ -61,6 +66,9 @@ ARCHITECTURES = (
 # How a model wants its input; preprocessing.py implements each.
 PREPROCESSING = ("unit", "imagenet_tf", "imagenet_torch", "imagenet_caffe", "raw255")
 PROFILES = ("fast", "intensive")
+# "single": one model file; "ensemble": the mean of its members' outputs (no file of its own).
+KINDS = ("single", "ensemble")
+ENSEMBLE_ARCHITECTURE = "ensemble"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -114,12 +122,17 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registered model. `path` is relative to the registry file's folder."""
+    """One registered model. `path` is relative to the registry file's folder.
+
+    An ensemble (`kind == "ensemble"`) has `path` and `sha256` None, `architecture`
+    "ensemble" and two or more `members` (ids of single models of the same condition);
+    its `input` is informational, as each member uses its own.
+    """
 
     id: str
     condition: str
     architecture: str
-    path: str
+    path: str | None
     sha256: str | None
     version: str
     input: InputSpec
@@ -132,22 +145,37 @@ class ModelEntry:
     created: str
     preprocessing: str = "unit"
     notes: str = ""
+    kind: str = "single"
+    members: tuple[str, ...] = ()
     # Fields this version does not model, kept so that a save never drops them.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def is_ensemble(self) -> bool:
+        return self.kind == "ensemble"
+
     def resolve_path(self, base: Path) -> Path:
+        """The model file. RegistryError for an ensemble, which has none (see `members`)."""
+        if self.path is None:
+            raise RegistryError(
+                f"model {self.id!r} is an ensemble of {', '.join(self.members)}; it has no file of its own"
+            )
         p = Path(self.path)
         return p if p.is_absolute() else base / p
 
     def to_dict(self) -> dict[str, Any]:
+        if self.is_ensemble:  # no file, no preprocessing of its own: each member has them
+            file_keys: dict[str, Any] = {"kind": self.kind, "members": list(self.members)}
+            input_keys: dict[str, Any] = {"input": dataclasses.asdict(self.input)}
+        else:  # a single model writes exactly the keys it always did (no "kind")
+            file_keys = {"path": self.path, "sha256": self.sha256}
+            input_keys = {"input": dataclasses.asdict(self.input), "preprocessing": self.preprocessing}
         out: dict[str, Any] = {
             "condition": self.condition,
             "architecture": self.architecture,
-            "path": self.path,
-            "sha256": self.sha256,
+            **file_keys,
             "version": self.version,
-            "input": dataclasses.asdict(self.input),
-            "preprocessing": self.preprocessing,
+            **input_keys,
             "threshold": self.threshold,
             "threshold_method": self.threshold_method,
             "profile": self.profile,
@@ -290,8 +318,10 @@ class _Fields:
 _ENTRY_KEYS = {
     "condition", "architecture", "path", "sha256", "version", "input", "preprocessing",
     "threshold", "threshold_method", "profile", "trained_on", "intended_use", "metrics",
-    "created", "notes",
+    "created", "notes", "kind", "members",
 }
+# Keys that belong to a file, so to an ensemble's members and never to the ensemble.
+_FILE_KEYS = ("path", "sha256", "preprocessing")
 
 
 def _channels(inp: _Fields) -> int:
@@ -311,21 +341,17 @@ def _parse_entry(model_id: str, raw: Any, conditions: Mapping[str, Condition]) -
         raise RegistryError(
             f"{where}.condition: unknown condition {condition!r}; valid: {', '.join(sorted(conditions))}"
         )
-    sha = f._get("sha256")
-    if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
-        raise RegistryError(f"{where}.sha256: must be 64 lowercase hex digits or null, got {sha!r}")
+    kind = f.text("kind", "single", choices=KINDS)
+    architecture, path, sha, members = (_ensemble_fields if kind == "ensemble" else _single_fields)(f)
     inp = _Fields(f.obj_("input"), f"{where}.input")
     tr = _Fields(f.obj_("trained_on"), f"{where}.trained_on")
     metrics = f.obj_("metrics")
     if metrics and not isinstance(metrics.get("split"), str):
         raise RegistryError(f"{where}.metrics.split: metrics must name the split they were measured on")
-    path = f.text("path")
-    if "\\" in path:
-        raise RegistryError(f"{where}.path: use '/' separators, got {path!r}")
     return ModelEntry(
         id=model_id,
         condition=condition,
-        architecture=f.text("architecture", choices=ARCHITECTURES),
+        architecture=architecture,
         path=path,
         sha256=sha,
         version=f.text("version"),
@@ -334,7 +360,8 @@ def _parse_entry(model_id: str, raw: Any, conditions: Mapping[str, Condition]) -
             width=inp.integer("width", 8, 4096),
             channels=_channels(inp),
         ),
-        preprocessing=f.text("preprocessing", "unit", choices=PREPROCESSING),
+        # an ensemble has none of its own: each member prepares its input as its entry says
+        preprocessing="unit" if members else f.text("preprocessing", "unit", choices=PREPROCESSING),
         threshold=f.number("threshold", 0.0, 1.0),
         threshold_method=f.text("threshold_method"),
         profile=f.text("profile", choices=PROFILES),
@@ -347,8 +374,70 @@ def _parse_entry(model_id: str, raw: Any, conditions: Mapping[str, Condition]) -
         metrics=metrics,
         created=f.text("created", pattern=_DATE),
         notes=f.text("notes", "", empty_ok=True),
+        kind=kind,
+        members=members,
         extra={k: v for k, v in raw.items() if k not in _ENTRY_KEYS},
     )
+
+
+def _single_fields(f: _Fields) -> tuple[str, str, str | None, tuple[str, ...]]:
+    """(architecture, path, sha256, members) of a single model: a file, checked by its sha256."""
+    if "members" in f.obj:
+        raise RegistryError(f'{f.where}.members: only an entry with "kind": "ensemble" has members')
+    sha = f._get("sha256")
+    if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
+        raise RegistryError(f"{f.where}.sha256: must be 64 lowercase hex digits or null, got {sha!r}")
+    path = f.text("path")
+    if "\\" in path:
+        raise RegistryError(f"{f.where}.path: use '/' separators, got {path!r}")
+    return f.text("architecture", choices=ARCHITECTURES), path, sha, ()
+
+
+def _ensemble_fields(f: _Fields) -> tuple[str, None, None, tuple[str, ...]]:
+    """(architecture, path, sha256, members) of an ensemble: no file, two or more distinct members.
+
+    The members themselves are checked against the other entries by `_check_members`.
+    """
+    for key in _FILE_KEYS:
+        if f.obj.get(key) is not None:
+            raise RegistryError(
+                f"{f.where}.{key}: an ensemble has no file of its own ({key} belongs to each member); "
+                f"leave it out, got {f.obj[key]!r}"
+            )
+    members = f._get("members")
+    if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
+        raise RegistryError(f"{f.where}.members: must be a list of model ids, got {members!r}")
+    if len(members) < 2:
+        raise RegistryError(f"{f.where}.members: an ensemble needs at least 2 models, got {len(members)}")
+    if len(set(members)) != len(members):
+        raise RegistryError(f"{f.where}.members: lists a model twice: {members!r}")
+    architecture = f.text("architecture", ENSEMBLE_ARCHITECTURE, choices=(ENSEMBLE_ARCHITECTURE,))
+    return architecture, None, None, tuple(members)
+
+
+def _check_members(models: Mapping[str, ModelEntry]) -> None:
+    """Every ensemble's members exist, are single models, and serve the ensemble's condition."""
+    for entry in models.values():
+        where = f"models.{entry.id}.members"
+        for member_id in entry.members:
+            member = models.get(member_id)
+            if member is None:
+                valid = sorted(m.id for m in models.values() if m.condition == entry.condition and not m.is_ensemble)
+                raise RegistryError(
+                    f"{where}: unknown model id {member_id!r}; valid: {', '.join(valid) or 'none registered'}"
+                )
+            if member.is_ensemble:
+                raise RegistryError(f"{where}: {member_id!r} is itself an ensemble; members must be single models")
+            if member.condition != entry.condition:
+                raise RegistryError(
+                    f"{where}: {member_id!r} serves {member.condition!r}, not {entry.condition!r}"
+                )
+            if member.trained_on.synthetic and not entry.trained_on.synthetic:
+                # an ensemble of demonstration models is a demonstration model too
+                raise RegistryError(
+                    f"models.{entry.id}.trained_on.synthetic: member {member_id!r} was trained on "
+                    "synthetic data, so the ensemble must say true"
+                )
 
 
 def parse_registry(raw: Any, path: Path | None = None) -> Registry:
@@ -367,6 +456,7 @@ def parse_registry(raw: Any, path: Path | None = None) -> Registry:
         if not conditions:
             raise RegistryError("conditions: at least one condition is needed")
         models = {mid: _parse_entry(mid, mraw, conditions) for mid, mraw in top.obj_("models").items()}
+        _check_members(models)
         active = top.obj_("active_models")
         for cid, mid in active.items():
             if cid not in conditions:

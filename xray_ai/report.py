@@ -194,6 +194,13 @@ def _model_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
         ("Trained on", result.trained_on),
         ("Intended use", result.intended_use),
     ]
+    if result.members:  # an ensemble: which models it averaged, and what each said
+        rows.insert(1, ("Ensemble of", ", ".join(result.members)))
+        if all(len(v.member_probabilities) == len(result.members) for v in result.views):
+            means = [sum(v.member_probabilities[i] for v in result.views) / len(result.views)
+                     for i in range(len(result.members))]
+            said = "; ".join(f"{m}: {_percent(p)}" for m, p in zip(result.members, means))
+            rows.insert(2, ("Member probabilities", f"{said} (the result is their mean)"))
     if result.metrics:
         rows.append(("Validation metrics", _format_metrics(result.metrics)))
     return [Paragraph("Model", styles["Heading2"]), _table(rows, styles)]

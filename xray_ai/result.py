@@ -32,12 +32,15 @@ class ViewResult:
         heatmap: float32 2-D map in [0, 1] at the model's feature-map resolution
             (resize to the image for display; `overlay.render_overlay` does).
         heatmap_flag: None, or why the map is a fallback (e.g. "zero gradient").
+        member_probabilities: for an ensemble, each member's probability in the order of
+            `AnalysisResult.members` (`probability` is their mean); empty for a single model.
     """
 
     image: XRay
     probability: float
     heatmap: np.ndarray
     heatmap_flag: str | None = None
+    member_probabilities: tuple[float, ...] = ()
 
     @property
     def filename(self) -> str | None:
@@ -46,7 +49,12 @@ class ViewResult:
 
 @dataclass(frozen=True)
 class AnalysisResult:
-    """Everything one analysis produced, with the provenance a clinician needs to weigh it."""
+    """Everything one analysis produced, with the provenance a clinician needs to weigh it.
+
+    For an ensemble, `model_id`, `model_version`, `threshold` and `intended_use` are the
+    ensemble entry's and `members` lists the ids of the models it averaged; `members` is
+    empty for a single model.
+    """
 
     condition: str
     condition_name: str
@@ -72,6 +80,7 @@ class AnalysisResult:
     synthetic: bool = False
     created: str = ""  # ISO 8601 time of the analysis (UTC)
     metrics: dict[str, Any] = field(default_factory=dict)
+    members: tuple[str, ...] = ()
 
     @property
     def decision(self) -> str:
@@ -83,7 +92,11 @@ class AnalysisResult:
         return self.probability >= self.threshold
 
     def to_json(self) -> dict[str, Any]:
-        """The `predict --json` object of DESIGN.md (no arrays, no patient identifiers)."""
+        """The `predict --json` object of DESIGN.md (no arrays, no patient identifiers).
+
+        On top of its keys: `members` (an ensemble's member ids; [] for a single model) and,
+        for an ensemble, each view's `member_probabilities` (member id -> probability).
+        """
         return {
             "condition": self.condition,
             "condition_name": self.condition_name,
@@ -104,14 +117,20 @@ class AnalysisResult:
             "heatmap_method": self.heatmap_method,
             "target_layer": self.target_layer,
             "backend": self.backend,
-            "views": [
-                {
-                    "file": v.filename,
-                    "probability": round(float(v.probability), 6),
-                    "heatmap_flag": v.heatmap_flag,
-                }
-                for v in self.views
-            ],
+            "members": list(self.members),
+            "views": [self._view_json(v) for v in self.views],
             "warnings": list(self.warnings),
             "created": self.created,
         }
+
+    def _view_json(self, view: ViewResult) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "file": view.filename,
+            "probability": round(float(view.probability), 6),
+            "heatmap_flag": view.heatmap_flag,
+        }
+        if self.members:  # an ensemble: what each member said about this view
+            out["member_probabilities"] = {
+                m: round(float(p), 6) for m, p in zip(self.members, view.member_probabilities)
+            }
+        return out
