@@ -5,15 +5,16 @@ from xray_ai.architectures import WeightsUnavailableError, build_classifier, bui
 from xray_ai.gradcam import GradCam, find_target_layer
 
 
-@pytest.mark.parametrize("arch, layer", [("mobilenetv2", "out_relu"), ("densenet121", "relu")])
-def test_shipped_backbones_are_flat_with_the_seed_head(arch, layer):
+@pytest.mark.parametrize("arch, layer, grid", [("mobilenetv2", "out_relu", 2), ("densenet121", "relu", 2),
+                                               ("compactcnn", "stage5_relu2", 4)])  # output stride 32, 32, 16
+def test_shipped_backbones_are_flat_with_the_seed_head(arch, layer, grid):
     model = build_classifier(arch, (64, 64, 3))
     assert find_target_layer(model) == layer  # flat: no '/' in the path
     names = [layer.name for layer in model.layers]
     assert names[-6:] == ["gap", "head_bn", "head_dense", "head_dropout", "logit", "probability"]
     x = np.random.default_rng(0).random((2, 64, 64, 3), np.float32)
     out = GradCam(model)(x)
-    assert out.probabilities.shape == (2,) and out.heatmaps.shape == (2, 2, 2)
+    assert out.probabilities.shape == (2,) and out.heatmaps.shape == (2, grid, grid)
     assert not np.isnan(out.heatmaps).any()
 
 
@@ -30,6 +31,11 @@ def test_local_backbone_weights_are_loaded(tmp_path):
     donor.save_weights(path)
     model = build_classifier("mobilenetv2", (64, 64, 3), weights=path)
     np.testing.assert_array_equal(model.get_layer("Conv1").get_weights()[0], donor.get_layer("Conv1").get_weights()[0])
+
+
+def test_compactcnn_has_no_imagenet_weights_and_says_so():
+    with pytest.raises(WeightsUnavailableError, match="no pretrained imagenet weights"):
+        build_classifier("compactcnn", (64, 64, 3), weights="imagenet")
 
 
 def test_unknown_architecture_lists_valid_ones():

@@ -292,6 +292,62 @@ def test_training_labels_stay_aligned_with_their_images(tf_mod, tmp_path):
         assert np.allclose(w.numpy(), np.where(y.numpy() == 1, 2.0, 0.5))
 
 
+def _lesion_rows(folders_root):
+    df = D.read_folders(folders_root, NEG, POS)
+    return df[df["split"] == "train"].reset_index(drop=True)
+
+
+def test_lesion_targets_are_the_mask_share_of_each_grid_cell(tf_mod, folders):
+    rows = _lesion_rows(folders[0])
+    rows.loc[rows.index[rows["label"] == 1][0], "mask_path"] = None  # an abnormal image whose lesion is unknown
+    spec, grid = InputSpec(32, 32, 1), (4, 4)
+    ds = D.make_dataset(rows, spec, batch_size=len(rows), training=False, lesion_grid=grid,
+                        class_weight={0: 0.75, 1: 1.5})
+    (x, targets, weights), = list(ds)
+    cells, lesion_w = targets["lesion_map"].numpy(), weights["lesion_map"].numpy()
+    assert cells.shape == (len(rows), 16) and 0.0 <= cells.min() and cells.max() <= 1.0
+    assert np.allclose(weights["probability"].numpy(), np.where(rows["label"] == 1, 1.5, 0.75))
+    for i, row in rows.iterrows():
+        if row["label"] == 0:
+            assert cells[i].max() == 0 and lesion_w[i] == 1  # a normal image: an empty map is the target
+        elif row["mask_path"] is None:
+            assert lesion_w[i] == 0  # unknown lesion: no lesion loss at all
+        else:
+            mask = cv2.imread(row["mask_path"], cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+            at_input = cv2.resize(mask, (32, 32), interpolation=cv2.INTER_AREA)
+            expected = at_input.reshape(4, 8, 4, 8).mean(axis=(1, 3)).ravel()
+            assert lesion_w[i] == 1 and np.allclose(cells[i], expected, atol=1e-5)
+    assert any(cells[i].max() > 0 for i in range(len(rows)) if rows["mask_path"][i] is not None)
+
+
+def test_augmentation_warps_the_lesion_mask_with_its_image(tf_mod, folders):
+    """Feed each mask as its own image: with only geometric augmentation, the warped image
+    pooled to the grid must equal the lesion targets (same warp, same place)."""
+    rows = _lesion_rows(folders[0])
+    rows = rows[rows["mask_path"].notna() & (rows["label"] == 1)].copy()
+    rows["path"] = rows["mask_path"]
+    cfg = D.AugmentConfig(brightness=0.0, contrast=0.0, fill_mode="constant")
+    ds = D.make_dataset(rows, InputSpec(32, 32, 1), batch_size=4, training=True, augment=cfg, seed=3,
+                        lesion_grid=(4, 4))
+    for x, targets, _ in ds:
+        pooled = x.numpy()[..., 0].reshape(-1, 4, 8, 4, 8).mean(axis=(2, 4)).reshape(-1, 16)
+        assert np.allclose(pooled, targets["lesion_map"].numpy(), atol=1e-5)
+
+
+def test_training_batches_mix_classes_even_with_a_small_shuffle_buffer(tf_mod, tmp_path):
+    """Readers list images class by class; batches must not follow that order (a model could
+    track the drifting label mix through its bias and look as if it learned)."""
+    paths = []
+    for i in range(120):
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), np.full((8, 8), i, np.uint8))
+        paths.append(str(path))
+    df = pd.DataFrame({"path": paths, "label": [0] * 60 + [1] * 60})
+    ds = D.make_dataset(df, InputSpec(8, 8, 1), batch_size=20, training=True, shuffle_buffer=4, seed=0)
+    first_half = np.concatenate([y.numpy() for _, y in ds.take(3)])
+    assert 0.25 < first_half.mean() < 0.75
+
+
 def test_file_cache_and_throughput(tf_mod, mura_df, tmp_path):
     ds = D.make_dataset(mura_df, InputSpec(32, 32, 1), batch_size=4, training=True,
                         augment=D.AugmentConfig(), cache=str(tmp_path / "cache" / "mura"))

@@ -39,6 +39,7 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     summary = json.loads(out.out)
     assert summary["split"] == "test" and summary["epochs_run"] == 1
     assert "epoch 1/1" in out.err  # progress a person can follow
+    assert "lesion-mask supervision: weight 5" in out.err  # phantoms carry masks: on by default
 
     # The operating point was chosen on the validation split only.
     from xray_ai.data import read_mura
@@ -54,6 +55,13 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     assert entry["metrics"]["split"] == "test" and "ci95" in entry["metrics"]
     assert "validation split" in entry["threshold_method"]
     assert (tmp_path / "models" / "fracture-tiny.metrics.json").is_file()
+    assert entry["metrics"]["training"]["lesion_mask_weight"] == 5.0
+    import keras
+
+    saved_model = keras.models.load_model(tmp_path / "models" / "fracture-tiny.keras")
+    assert saved_model.layers[-1].name == "probability" and len(saved_model.outputs) == 1
+    assert not any("lesion" in layer.name for layer in saved_model.layers)  # the training-only head is gone
+    assert getattr(saved_model, "optimizer", None) is None  # no optimizer state in the shipped file
 
     image = next(tiny_dataset.glob("MURA-v1.1/test/*/*/*/image1.png"))
     assert main(["predict", str(image), "--condition", "fracture", "--json", "--registry", str(registry)]) == 0

@@ -53,7 +53,38 @@ class Backbone:
     normalisation: str
 
 
+def CompactCNN(include_top: bool = False, weights: str | None = None, input_tensor=None, input_shape=None,
+               widths: tuple[int, ...] = (16, 32, 64, 128, 256)) -> keras.Model:
+    """A small VGG-style backbone (two 3x3 conv + BN + ReLU per stage, max-pooling between
+    stages; about 1.2 M parameters, output stride 16), with keras.applications' signature.
+
+    Why it exists: trained from random weights on a few thousand images (all we can train
+    on CPU without ImageNet weights), MobileNetV2 and DenseNet121 memorised their training
+    phantoms and stayed at chance on validation, lesion-mask supervision or not, while this
+    plain stack found the lesions within a few epochs (README, "Shipped models"). Full
+    resolution in its first stage and max-pooling suit small, local findings.
+    """
+    if include_top:
+        raise ValueError("CompactCNN is a backbone only (include_top=False)")
+    if weights not in (None, "none"):
+        raise WeightsUnavailableError(f"CompactCNN has no pretrained {weights} weights; use --weights none "
+                                      "or a weights file saved from a CompactCNN backbone")
+    inputs = input_tensor if input_tensor is not None else keras.Input(shape=input_shape)
+    x = inputs
+    for stage, width in enumerate(widths, start=1):
+        if stage > 1:
+            x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+        for k in (1, 2):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"stage{stage}_conv{k}")(x)
+            x = layers.BatchNormalization(name=f"stage{stage}_bn{k}")(x)
+            x = layers.ReLU(name=f"stage{stage}_relu{k}")(x)
+    # Like keras.applications: given an input_tensor, the model starts at its source Input.
+    source = keras.utils.get_source_inputs(inputs) if input_tensor is not None else inputs
+    return keras.Model(source, x, name="compactcnn")
+
+
 BACKBONES: dict[str, Backbone] = {
+    "compactcnn": Backbone(CompactCNN, "tf"),
     "densenet121": Backbone(keras.applications.DenseNet121, "torch"),
     "densenet169": Backbone(keras.applications.DenseNet169, "torch"),
     "mobilenetv2": Backbone(keras.applications.MobileNetV2, "tf"),
@@ -143,6 +174,8 @@ def build_classifier(
         # input_tensor= makes keras add the backbone's layers to *this* graph: a flat model,
         # so Grad-CAM never needs the nested-model path for models we train.
         backbone = spec.constructor(include_top=False, weights=app_weights, input_tensor=x)
+    except WeightsUnavailableError:
+        raise
     except Exception as exc:  # keras raises several types for a failed download
         if app_weights == "imagenet":
             raise WeightsUnavailableError(

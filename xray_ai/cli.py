@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--oversample", action="store_true", help="duplicate minority-class images")
     t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--lesion-weight", type=float,
+                   help="weight of the lesion-mask loss (default: 5 where the training images have "
+                        "<stem>_mask.png lesion masks, else off; 0 turns it off)")
     t.add_argument("--model-id", help="registry id (default: CONDITION-ARCH-PROFILE-YYYYMMDDHHMM)")
     _add_registry_arg(t)
 
@@ -294,7 +297,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         layout=args.layout, out=args.out, registry=args.registry, register=args.register,
         activate=args.activate, epochs=args.epochs, patience=args.patience, image_size=args.image_size, batch_size=args.batch_size,
         weights=args.weights, seed=args.seed, oversample=args.oversample, augment=not args.no_augment,
-        model_id=args.model_id,
+        lesion_weight=args.lesion_weight, model_id=args.model_id,
     )
     try:
         outcome = train(config)

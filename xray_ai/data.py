@@ -439,8 +439,13 @@ class AugmentConfig:
                     or self.horizontal_flip or (self.shear and self.shear_degrees))
 
 
-def _augment_batch(x: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
-    """x: float32 (B, H, W, 1) in [0, 1]; seed: int64 shape (2,). Per-image random, stateless."""
+def _augment_batch(x: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig,
+                   mask: tf.Tensor | None = None) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+    """x: float32 (B, H, W, 1) in [0, 1]; seed: int64 shape (2,). Per-image random, stateless.
+
+    `mask` (B, H, W, 1), when given, gets the same geometric warp (filled with 0 outside the
+    image) and no photometric change; then (x, mask) is returned.
+    """
     import tensorflow as tf
 
     b, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
@@ -471,6 +476,10 @@ def _augment_batch(x: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tens
         x = tf.raw_ops.ImageProjectiveTransformV3(
             images=x, transforms=transforms, output_shape=[h, w], fill_value=0.0,
             interpolation="BILINEAR", fill_mode=cfg.fill_mode.upper())
+        if mask is not None:
+            mask = tf.raw_ops.ImageProjectiveTransformV3(
+                images=mask, transforms=transforms, output_shape=[h, w], fill_value=0.0,
+                interpolation="BILINEAR", fill_mode="CONSTANT")
     if cfg.blur:
         radius = int(math.ceil(3 * cfg.blur_sigma))
         k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / cfg.blur_sigma) ** 2)
@@ -488,7 +497,8 @@ def _augment_batch(x: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tens
     if cfg.noise:
         std = draw(9, 0, cfg.noise_std)[:, None, None, None]
         x = x + std * tf.random.stateless_normal(tf.shape(x), tf.random.experimental.stateless_fold_in(seed, 99))
-    return tf.clip_by_value(x, 0.0, 1.0)
+    x = tf.clip_by_value(x, 0.0, 1.0)
+    return x if mask is None else (x, mask)
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -585,7 +595,7 @@ def _cache_file(prefix: str, paths: Sequence[str], spec: InputSpec) -> str:
 def make_dataset(df: pd.DataFrame, input: InputSpec, *, batch_size: int, training: bool,
                  augment: AugmentConfig | None = None, seed: int = 0, cache: bool | str = True,
                  shuffle_buffer: int | None = None, class_weight: Mapping[int, float] | None = None,
-                 drop_remainder: bool = False) -> tf.data.Dataset:
+                 drop_remainder: bool = False, lesion_grid: tuple[int, int] | None = None) -> tf.data.Dataset:
     """The tf.data pipeline for training (`training=True`) or evaluation.
 
     Stages: read + decode (PNG/JPEG by tf, in parallel and outside the GIL; DICOM and
@@ -617,10 +627,17 @@ def make_dataset(df: pd.DataFrame, input: InputSpec, *, batch_size: int, trainin
             per-sample weight (for `model.fit` with a dataset, which ignores `class_weight=`
             in some Keras versions).
         drop_remainder: drop a last, smaller batch.
+        lesion_grid: (rows, cols) of the feature map that lesion-mask supervision trains
+            (see `xray_ai.training`); then each element also carries the share of every
+            grid cell covered by the lesion mask (`mask_path`, warped with the image), and
+            the targets and weights are dicts keyed "probability" and "lesion_map".
+            Abnormal images without a mask get lesion weight 0 (their lesion is unknown,
+            not absent); normal images train towards an empty map.
 
     Returns:
         A dataset of (images, labels[, weights]): images float32 (B, H, W, C) in [0, 1],
-        labels float32 (B,), weights float32 (B,).
+        labels float32 (B,), weights float32 (B,). With `lesion_grid`: labels
+        {"probability": (B,), "lesion_map": (B, rows * cols)} and weights likewise keyed.
     """
     import tensorflow as tf
 
@@ -635,11 +652,23 @@ def make_dataset(df: pd.DataFrame, input: InputSpec, *, batch_size: int, trainin
     if batch_size < 1:
         raise ValueError(f"make_dataset: batch_size must be >= 1, got {batch_size!r}")
     height, width, channels = int(input.height), int(input.width), int(input.channels)
+    if training:
+        # Readers list images class by class (and MURA by body part); a shuffle buffer
+        # smaller than the dataset would then feed batches whose label mix drifts through
+        # the epoch, which a model can follow through its bias alone. One seeded full
+        # permutation first; the buffer reshuffles on top of it every epoch.
+        df = df.iloc[np.random.default_rng(seed).permutation(len(df))]
+        labels = df["label"].to_numpy()
     paths = [str(p) for p in df["path"]]
     loader = np.array([_needs_loader(p) for p in paths])
     tensors: dict[str, Any] = {"path": paths, "loader": loader, "label": labels.astype(np.float32)}
     if class_weight is not None:
         tensors["weight"] = np.array([class_weight[int(v)] for v in labels], np.float32)
+    if lesion_grid is not None:
+        masks = df["mask_path"] if "mask_path" in df.columns else pd.Series([None] * len(df), index=df.index)
+        has_mask = masks.notna().to_numpy()
+        tensors["mask_path"] = [str(m) if ok else "" for m, ok in zip(masks, has_mask)]
+        tensors["lesion_weight"] = np.where((labels == 1) & ~has_mask, 0.0, 1.0).astype(np.float32)
 
     def decode(el: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         if loader.all():
@@ -648,8 +677,12 @@ def make_dataset(df: pd.DataFrame, input: InputSpec, *, batch_size: int, trainin
             gray = _decode_tf(el["path"])
         else:
             gray = tf.cond(el["loader"], lambda: _decode_loader(el["path"]), lambda: _decode_tf(el["path"]))
-        out = {k: v for k, v in el.items() if k not in ("path", "loader")}
+        out = {k: v for k, v in el.items() if k not in ("path", "loader", "mask_path")}
         out["image"] = _resize(gray, height, width)
+        if lesion_grid is not None:
+            out["mask"] = tf.cond(tf.equal(el["mask_path"], ""),
+                                  lambda: tf.zeros([height, width, 1], tf.float32),
+                                  lambda: _resize(_decode_tf(el["mask_path"]), height, width))
         return out
 
     ds = tf.data.Dataset.from_tensor_slices(tensors)
@@ -672,13 +705,24 @@ def make_dataset(df: pd.DataFrame, input: InputSpec, *, batch_size: int, trainin
         ds = tf.data.Dataset.zip((ds, noise.batch(2)))
 
         def augment_batch(el: dict[str, tf.Tensor], r: tf.Tensor) -> dict[str, tf.Tensor]:
+            if "mask" in el:
+                image, mask = _augment_batch(el["image"], r, cfg, el["mask"])
+                return {**el, "image": image, "mask": mask}
             return {**el, "image": _augment_batch(el["image"], r, cfg)}
 
         ds = ds.map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    def finish(el: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
+    def finish(el: dict[str, tf.Tensor]) -> tuple[Any, ...]:
         image = el["image"] if channels == 1 else tf.repeat(el["image"], channels, axis=-1)
-        return (image, el["label"]) + ((el["weight"],) if "weight" in el else ())
+        if lesion_grid is None:
+            return (image, el["label"]) + ((el["weight"],) if "weight" in el else ())
+        # Area resize = the share of each cell the (soft, warped) mask covers; flat, so the
+        # loss reduces to one value per image and per-image weights apply.
+        cells = tf.image.resize(el["mask"], lesion_grid, method="area")
+        targets = {"probability": el["label"],
+                   "lesion_map": tf.reshape(tf.clip_by_value(cells, 0.0, 1.0), [-1, lesion_grid[0] * lesion_grid[1]])}
+        weights = {"probability": el.get("weight", tf.ones_like(el["label"])), "lesion_map": el["lesion_weight"]}
+        return image, targets, weights
 
     return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 

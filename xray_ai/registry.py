@@ -53,6 +53,7 @@ SCHEMA_VERSION = 1
 ARCHITECTURES = (
     "densenet121",
     "mobilenetv2",
+    "compactcnn",
     "densenet169",
     "resnet50",
     "resnet101",
