@@ -133,6 +133,15 @@ def test_read_folders_counts_masks_and_flat_root(folders, tmp_path):
 # --------------------------------------------------------------------------- splits
 
 
+def test_read_folders_matches_class_folders_spelled_otherwise(tmp_path):
+    for split in ("train", "valid"):
+        for folder in ("NO_FRACTURE", "Fracture"):
+            (tmp_path / split / folder).mkdir(parents=True)
+            cv2.imwrite(str(tmp_path / split / folder / "1.png"), np.zeros((4, 4), np.uint8))
+    df = D.read_folders(tmp_path, "no fracture", "fracture")
+    assert sorted(zip(df["split"], df["label"])) == [("train", 0), ("train", 1), ("valid", 0), ("valid", 1)]
+
+
 def test_split_by_patient_has_no_leakage_and_is_deterministic(mura_df):
     df = mura_df
     a = D.split_by_patient(df, valid_fraction=0.25, seed=3, test_fraction=0.2)

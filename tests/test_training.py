@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import REPO
@@ -107,3 +108,12 @@ def test_train_refuses_bad_arguments(tmp_path, capsys):
     assert "alexnet" in capsys.readouterr().err
     assert main(["train", "--condition", "fracture", "--arch", "mobilenetv2", "--data", str(tmp_path / "none")]) == 2
     assert "no such dataset folder" in capsys.readouterr().err
+
+
+def test_train_refuses_a_split_with_one_class(tmp_path):
+    from xray_ai.training import _splits
+
+    df = pd.DataFrame({"path": ["a", "b", "c", "d"], "label": [1, 1, 0, 1], "split": ["train", "train", "valid", "valid"],
+                       "study_id": list("abcd"), "patient_id": list("abcd")})
+    with pytest.raises(ValueError, match="train split holds only positive images"):
+        _splits(df, seed=0)

@@ -219,15 +219,15 @@ def read_folders(root: str | Path, negative_label: str, positive_label: str,
     absent = []
     for split, sdir in layout:
         for label, name in ((0, negative_label), (1, positive_label)):
-            cdir = sdir / name
-            if not cdir.is_dir():
-                absent.append(cdir)
+            cdir = _class_folder(sdir, name)
+            if cdir is None:
+                absent.append(sdir / name)
                 continue
             for path in sorted(cdir.rglob("*")):
                 low = path.name.lower()
                 if not path.is_file() or low.endswith(MASK_SUFFIX) or path.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
-                rel = path.relative_to(sdir / name).parts
+                rel = path.relative_to(cdir).parts
                 patient = next((p for p in rel[:-1] if _PATIENT.match(p)), None)
                 if patient is None:
                     study = path.stem
@@ -252,6 +252,20 @@ def read_folders(root: str | Path, negative_label: str, positive_label: str,
         for r in clashes:
             r["patient_id"] = r["study_id"] = r["_rel"].as_posix()
     return _frame(rows)
+
+
+def _class_folder(split_dir: Path, label: str) -> Path | None:
+    """The folder of one class: named as the label, or the same up to case and with '_' or
+    '-' for spaces ('no fracture' -> 'no_fracture', 'NORMAL' -> 'normal'), as public sets
+    and file systems spell them."""
+    exact = split_dir / label
+    if exact.is_dir():
+        return exact
+    key = re.sub(r"[\s_-]+", "_", label.strip().lower())
+    matches = [d for d in sorted(split_dir.iterdir()) if d.is_dir() and re.sub(r"[\s_-]+", "_", d.name.lower()) == key]
+    if len(matches) > 1:
+        raise ValueError(f"{split_dir}: folders {[d.name for d in matches]} all match the label {label!r}")
+    return matches[0] if matches else None
 
 
 def _folder_part(rel: tuple[str, ...]) -> str | None:

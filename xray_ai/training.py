@@ -149,6 +149,11 @@ def _splits(df, seed: int):
     parts = {name: df[df["split"] == name].reset_index(drop=True) for name in ("train", "valid", "test")}
     if parts["train"].empty or parts["valid"].empty:
         raise ValueError("the dataset needs images in both a train and a valid split")
+    for name in ("train", "valid"):
+        if parts[name]["label"].nunique() < 2:  # e.g. a class folder named unlike the label
+            only = "positive" if parts[name]["label"].iloc[0] == 1 else "negative"
+            raise ValueError(f"the {name} split holds only {only} images; both classes are needed "
+                             "(check that the class folders are named as the registry's labels)")
     return parts
 
 
