@@ -66,6 +66,9 @@ COLUMNS = ("path", "label", "split", "study_id", "patient_id", "body_part", "mas
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 MURA_SPLITS = ("train", "valid", "test")  # MURA ships train and valid; test is ours
 MASK_SUFFIX = "_mask.png"
+# A grid cell counts as holding the lesion above this share of lesion pixels (the share of
+# a 16 x 16 cell that one pixel covers is 0.004; this ignores interpolation dust of the warp).
+LESION_PRESENCE = 1e-3
 _PATIENT = re.compile(r"^patient\d+$")
 _STUDY_LABEL = re.compile(r"_(positive|negative)$")
 # Memory caches above this size get a warning: MURA at 320 px is ~15 GB of float32 gray.
@@ -642,8 +645,8 @@ def make_dataset(df: pd.DataFrame, input: InputSpec, *, batch_size: int, trainin
             in some Keras versions).
         drop_remainder: drop a last, smaller batch.
         lesion_grid: (rows, cols) of the feature map that lesion-mask supervision trains
-            (see `xray_ai.training`); then each element also carries the share of every
-            grid cell covered by the lesion mask (`mask_path`, warped with the image), and
+            (see `xray_ai.training`); then each element also carries, for every grid cell,
+            1 if the lesion mask (`mask_path`, warped with the image) touches it, else 0, and
             the targets and weights are dicts keyed "probability" and "lesion_map".
             Abnormal images without a mask get lesion weight 0 (their lesion is unknown,
             not absent); normal images train towards an empty map.
@@ -730,11 +733,12 @@ def make_dataset(df: pd.DataFrame, input: InputSpec, *, batch_size: int, trainin
         image = el["image"] if channels == 1 else tf.repeat(el["image"], channels, axis=-1)
         if lesion_grid is None:
             return (image, el["label"]) + ((el["weight"],) if "weight" in el else ())
-        # Area resize = the share of each cell the (soft, warped) mask covers; flat, so the
-        # loss reduces to one value per image and per-image weights apply.
-        cells = tf.image.resize(el["mask"], lesion_grid, method="area")
-        targets = {"probability": el["label"],
-                   "lesion_map": tf.reshape(tf.clip_by_value(cells, 0.0, 1.0), [-1, lesion_grid[0] * lesion_grid[1]])}
+        # 1 where the (warped) lesion touches a cell, else 0. Presence, not the covered share:
+        # a hairline fracture covers ~1% of its cells, and a share that small teaches nothing.
+        # Flat, so the loss reduces to one value per image and per-image weights apply.
+        share = tf.image.resize(el["mask"], lesion_grid, method="area")
+        cells = tf.cast(share > LESION_PRESENCE, tf.float32)
+        targets = {"probability": el["label"], "lesion_map": tf.reshape(cells, [-1, lesion_grid[0] * lesion_grid[1]])}
         weights = {"probability": el.get("weight", tf.ones_like(el["label"])), "lesion_map": el["lesion_weight"]}
         return image, targets, weights
 
