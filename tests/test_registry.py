@@ -116,3 +116,20 @@ def test_registry_module_does_not_import_tensorflow():
     code = "import sys, xray_ai.registry, xray_ai.preprocessing, xray_ai.result; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_replacing_an_entry_whose_metrics_have_int_keys_saves_and_audits(tmp_path, monkeypatch):
+    """Metrics computed in Python may carry int keys (class weights {0: .., 1: ..}); the file
+    holds them as strings. Re-registering such an entry once crashed the audit diff."""
+    import dataclasses
+
+    monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
+    path = write_tiny_registry(tmp_path, None, sha256=None)
+    reg = load_registry(path)
+    entry = next(iter(reg.models.values()))
+    first = dataclasses.replace(entry, metrics={"split": "test", "training": {"class_weights": {0: 0.5, 1: 2.0}}})
+    save_registry(reg.with_model(first), path)
+    second = dataclasses.replace(first, metrics={"split": "test", "training": {"class_weights": {0: 0.75, 1: 1.5}}})
+    changes = save_registry(load_registry(path).with_model(second), path)
+    assert any("class_weights.0" in c for c in changes)
+    assert load_registry(path).models[entry.id].metrics["training"]["class_weights"] == {"0": 0.75, "1": 1.5}

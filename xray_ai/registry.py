@@ -522,7 +522,8 @@ def save_registry(registry: Registry, path: str | Path | None = None, *, user: s
     Returns the list of changes written to the audit log (empty when nothing changed).
     """
     path = Path(path) if path is not None else (registry.path or default_registry_path())
-    new = registry.to_dict()
+    # As JSON will hold it (int dict keys become strings), so the diff compares like with like.
+    new = json.loads(json.dumps(registry.to_dict(), ensure_ascii=False))
     parse_registry(new, path)  # never write an invalid registry
     old: dict = {}
     if path.exists():
