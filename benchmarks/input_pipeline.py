@@ -9,7 +9,8 @@ pipeline also resizes), then in one process measures:
   targets), first epoch (decoding) and cached epochs, in images per second;
 - the training step alone (`train_on_batch` on batches taken from that pipeline and held in
   memory, lesion head included, as `python -m xray_ai train` runs it);
-- `fit` over the pipeline for one epoch, for what a user sees end to end.
+- `fit` over the pipeline for one epoch, for what a user sees end to end (on a short
+  epoch this includes tracing fit's own training function).
 
 The pipeline should outrun the step by a wide margin (the ratio printed last); tf.data
 prefetches, so a pipeline faster than the step costs the step nothing.
@@ -75,7 +76,8 @@ def main() -> None:
     print(f"  input pipeline, first epoch (decode + cache): {pipeline.first_epoch:8.1f} images/s")
     print(f"  input pipeline, cached epochs (augment):      {pipeline.cached:8.1f} images/s")
     print(f"  training step alone (held batches):           {step:8.1f} images/s")
-    print(f"  fit() over the pipeline, one epoch:           {fit_rate:8.1f} images/s")
+    print(f"  fit() over the pipeline, one epoch:           {fit_rate:8.1f} images/s "
+          "(includes tracing fit's own step, and the pipeline's threads share the cores)")
     print(f"  pipeline / step: first epoch {pipeline.first_epoch / step:.1f}x, cached {pipeline.cached / step:.1f}x")
 
 
