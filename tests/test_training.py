@@ -57,6 +57,9 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     assert "validation split" in entry["threshold_method"]
     assert (tmp_path / "models" / "fracture-tiny.metrics.json").is_file()
     assert entry["metrics"]["training"]["lesion_mask_weight"] == 5.0
+    scaling = entry["metrics"]["temperature_scaling"]
+    assert scaling["fitted_on"] == "valid" and scaling["temperature"] > 0 and scaling["applied_at_inference"] is False
+    assert scaling["valid_ece_after"] <= scaling["valid_ece_before"] and 0 <= scaling["test_ece_after"] <= 1
     import keras
 
     saved_model = keras.models.load_model(tmp_path / "models" / "fracture-tiny.keras")

@@ -358,6 +358,15 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     if eval_name == "valid":
         metrics["note"] = "no test split: measured on the validation split that also chose the threshold (optimistic)"
     metrics["high_sensitivity_operating_point"] = {"threshold": high_sens[0], "method": high_sens[1]}
+    # Temperature scaling, fitted on validation and kept only where it helps there; reported,
+    # not applied: the served probability and the threshold stay those of the model itself.
+    temperature, ece_before, ece_after = evaluation.calibrate_if_helpful(parts["valid"]["label"].to_numpy(), p_valid)
+    metrics["temperature_scaling"] = {
+        "temperature": temperature, "fitted_on": "valid", "valid_ece_before": ece_before, "valid_ece_after": ece_after,
+        f"{eval_name}_ece_after": evaluation.reliability(
+            eval_df["label"].to_numpy(), evaluation.apply_temperature(p_eval, temperature))["ece"],
+        "applied_at_inference": False,
+    }
     localisation = _localisation(model, eval_df, spec)
     if localisation:
         metrics["localisation"] = localisation
