@@ -663,19 +663,18 @@ def make_dataset(df: pd.DataFrame, input: InputSpec, *, batch_size: int, trainin
     missing = {"path", "label"} - set(df.columns)
     if missing:
         raise ValueError(f"make_dataset: DataFrame lacks column(s) {sorted(missing)}")
-    labels = df["label"].to_numpy()
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError(f"make_dataset: labels must be 0 or 1, got {sorted(set(labels.tolist()) - {0, 1})}")
-    if batch_size < 1:
-        raise ValueError(f"make_dataset: batch_size must be >= 1, got {batch_size!r}")
-    height, width, channels = int(input.height), int(input.width), int(input.channels)
     if training:
         # Readers list images class by class (and MURA by body part); a shuffle buffer
         # smaller than the dataset would then feed batches whose label mix drifts through
         # the epoch, which a model can follow through its bias alone. One seeded full
         # permutation first; the buffer reshuffles on top of it every epoch.
         df = df.iloc[np.random.default_rng(seed).permutation(len(df))]
-        labels = df["label"].to_numpy()
+    labels = df["label"].to_numpy()
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"make_dataset: labels must be 0 or 1, got {sorted(set(labels.tolist()) - {0, 1})}")
+    if batch_size < 1:
+        raise ValueError(f"make_dataset: batch_size must be >= 1, got {batch_size!r}")
+    height, width, channels = int(input.height), int(input.width), int(input.channels)
     paths = [str(p) for p in df["path"]]
     loader = np.array([_needs_loader(p) for p in paths])
     tensors: dict[str, Any] = {"path": paths, "loader": loader, "label": labels.astype(np.float32)}

@@ -343,14 +343,15 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     seconds = time.perf_counter() - start
 
     # Operating point from the validation split only; figures from the held-out test split.
-    p_valid = _predict(model, parts["valid"], spec, batch_size)
-    threshold, method = evaluation.choose_threshold(parts["valid"]["label"].to_numpy(), p_valid, "youden")
-    high_sens = evaluation.choose_threshold(parts["valid"]["label"].to_numpy(), p_valid, "sensitivity", target=0.9)
+    y_valid, p_valid = parts["valid"]["label"].to_numpy(), _predict(model, parts["valid"], spec, batch_size)
+    threshold, method = evaluation.choose_threshold(y_valid, p_valid, "youden")
+    high_sens = evaluation.choose_threshold(y_valid, p_valid, "sensitivity", target=0.9)
     eval_name = "test" if not parts["test"].empty else "valid"
     eval_df = parts[eval_name]
+    y_eval = eval_df["label"].to_numpy()
     p_eval = p_valid if eval_name == "valid" else _predict(model, eval_df, spec, batch_size)
     metrics = evaluation.evaluation_report(
-        eval_df["label"].to_numpy(), p_eval, threshold, split=eval_name,
+        y_eval, p_eval, threshold, split=eval_name,
         study_ids=eval_df["study_id"].to_numpy(),
         body_parts=eval_df["body_part"].to_numpy() if eval_df["body_part"].notna().any() else None,
         seed=config.seed,
@@ -360,11 +361,10 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     metrics["high_sensitivity_operating_point"] = {"threshold": high_sens[0], "method": high_sens[1]}
     # Temperature scaling, fitted on validation and kept only where it helps there; reported,
     # not applied: the served probability and the threshold stay those of the model itself.
-    temperature, ece_before, ece_after = evaluation.calibrate_if_helpful(parts["valid"]["label"].to_numpy(), p_valid)
+    temperature, ece_before, ece_after = evaluation.calibrate_if_helpful(y_valid, p_valid)
     metrics["temperature_scaling"] = {
         "temperature": temperature, "fitted_on": "valid", "valid_ece_before": ece_before, "valid_ece_after": ece_after,
-        f"{eval_name}_ece_after": evaluation.reliability(
-            eval_df["label"].to_numpy(), evaluation.apply_temperature(p_eval, temperature))["ece"],
+        f"{eval_name}_ece_after": evaluation.reliability(y_eval, evaluation.apply_temperature(p_eval, temperature))["ece"],
         "applied_at_inference": False,
     }
     localisation = _localisation(model, eval_df, spec)
