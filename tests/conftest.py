@@ -86,6 +86,18 @@ def sequential_model(keras_mod):
     )
 
 
+def assert_registry_refused(tmp_path: Path, raw: dict, message: str) -> None:
+    """Write `raw` as a registry file; loading it must fail with an error naming `message` and the file."""
+    from xray_ai.registry import RegistryError, load_registry
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(RegistryError) as info:
+        load_registry(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
 def write_tiny_registry(tmp_path: Path, model_file: Path | None, *, sha256: str | None, height=32, width=32, channels=1) -> Path:
     """A registry with one condition ('fracture') whose active model is `model_file`."""
     entry = {

@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, REPO, write_tiny_registry
+from conftest import EXAMPLES, REPO, assert_registry_refused, write_tiny_registry
 from xray_ai.registry import RegistryError, load_registry, parse_registry, save_registry
 
 CONTRACT_FIELDS = {  # DESIGN.md, predict --json (as tests/test_cli.py checks for single models)
@@ -110,11 +110,7 @@ ENS = "models.tiny-ens"
 def test_validation_names_the_wrong_ensemble_field(tmp_path, mutate, message):
     raw = _raw_registry(tmp_path)
     mutate(raw)
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps(raw))
-    with pytest.raises(RegistryError) as info:
-        load_registry(path)
-    assert message in str(info.value) and str(path) in str(info.value)
+    assert_registry_refused(tmp_path, raw, message)
 
 
 def test_ensemble_entry_parses_and_round_trips_losslessly(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ from xray_ai.registry import (
     read_audit_log,
     save_registry,
 )
-from conftest import REPO, write_tiny_registry
+from conftest import REPO, assert_registry_refused, write_tiny_registry
 
 
 def test_repo_registry_is_valid_and_covers_all_six_conditions():
@@ -48,12 +48,7 @@ def _raw(tmp_path):
 def test_validation_names_the_first_wrong_field(tmp_path, mutate, field):
     raw = _raw(tmp_path)
     mutate(raw)
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps(raw))
-    with pytest.raises(RegistryError) as info:
-        load_registry(path)
-    assert field in str(info.value)
-    assert str(path) in str(info.value)
+    assert_registry_refused(tmp_path, raw, field)
 
 
 def test_invalid_json_names_line(tmp_path):
