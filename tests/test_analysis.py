@@ -3,7 +3,7 @@ import pytest
 
 from xray_ai import XRay, analyze, load_image
 from xray_ai.manager import ModelManager
-from xray_ai.preprocessing import prepare_batch
+from xray_ai.preprocessing import prepare_batch, resize_image
 from xray_ai.registry import InputSpec
 from conftest import EXAMPLES, write_tiny_registry
 
@@ -77,6 +77,38 @@ def test_prepare_batch_modes(mode, expected):
     batch = prepare_batch([np.full((10, 20), 0.5, np.float32)], InputSpec(8, 8, 3), mode)
     assert batch.shape == (1, 8, 8, 3) and batch.dtype == np.float32
     assert batch[0, 0, 0, 0] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("shape, size", [((512, 512), (224, 224)), ((300, 250), (96, 96)), ((1000, 700), (224, 160)),
+                                         ((65, 97), (64, 32)), ((40, 40), (8, 8))])
+def test_shrinking_is_exact_area_averaging(shape, size):
+    """The sparse area resize gives what cv2.INTER_AREA (and the training pipeline's
+    tf.image.resize area) gives, at integer and fractional scales, every pixel, C-contiguous."""
+    import cv2
+
+    img = np.random.default_rng(sum(shape)).random(shape, dtype=np.float32)
+    out = resize_image(img, *size)
+    assert out.shape == size and out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_allclose(out, cv2.resize(img, size[::-1], interpolation=cv2.INTER_AREA), atol=1e-6)
+
+
+def test_area_resize_at_integer_scale_is_the_block_mean():
+    img = np.arange(36, dtype=np.float32).reshape(6, 6)
+    expected = img.reshape(2, 3, 2, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(resize_image(img, 2, 2), expected, rtol=1e-6)
+    assert resize_image(np.full((7, 9), 0.25, np.float32), 3, 4) == pytest.approx(np.full((3, 4), 0.25), abs=1e-7)
+
+
+def test_prepare_batch_never_writes_into_the_callers_images():
+    """Clipping happens in place on resized copies only: an image already at the input size
+    (resize returns it as it is) and outside [0, 1] is left untouched."""
+    at_size = np.linspace(-0.5, 1.5, 64, dtype=np.float32).reshape(8, 8)
+    larger = np.linspace(-0.5, 1.5, 256, dtype=np.float32).reshape(16, 16)
+    kept = at_size.copy(), larger.copy()
+    batch = prepare_batch([at_size, larger], InputSpec(8, 8, 3))
+    assert np.array_equal(at_size, kept[0]) and np.array_equal(larger, kept[1])
+    assert batch.min() == 0.0 and batch.max() == 1.0
+    np.testing.assert_array_equal(batch[0], np.repeat(np.clip(at_size, 0, 1)[:, :, None], 3, axis=2))
 
 
 def test_prepare_batch_rejects_colour_arrays():

@@ -127,6 +127,39 @@ def test_channel_weights_equal_the_tape_gradient(keras_mod):
     assert (hidden > 0).any() and (hidden == 0).any()
 
 
+def test_folding_batch_norms_keeps_a_deep_head_exact(keras_mod):
+    """Batch norms folded into the next dense layer or the logit (two in a row, one before a
+    linear dense layer, one last) still give TensorFlow's logits and tape gradients."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(11)
+    inputs = keras_mod.Input(TINY_SHAPE)
+    x = keras_mod.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+    x = keras_mod.layers.GlobalAveragePooling2D()(x)
+    for layer in [keras_mod.layers.BatchNormalization(), keras_mod.layers.BatchNormalization(),
+                  keras_mod.layers.Dense(12, activation="relu"), keras_mod.layers.BatchNormalization(),
+                  keras_mod.layers.Dense(6), keras_mod.layers.BatchNormalization()]:
+        x = layer(x)
+        if isinstance(layer, keras_mod.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 2.0, gamma.shape), rng.normal(0, 0.3, beta.shape),
+                               rng.normal(0, 0.05, mean.shape), rng.uniform(0.01, 0.2, var.shape)])
+    logit = keras_mod.layers.Dense(1, name="logit")(x)
+    model = keras_mod.Model(inputs, keras_mod.layers.Activation("sigmoid")(logit))
+    head = ob.detect_head(model)
+    assert [s[0] for s in head.steps] == ["affine", "affine", "dense", "affine", "dense", "affine"]
+    assert len(head._folded[0]) == 2  # the four batch norms are gone
+    features_model = keras_mod.Model(inputs, [model.get_layer("conv").output, logit])
+    xt = tf.constant(_inputs(model, n=6))
+    with tf.GradientTape() as tape:
+        features, logits = features_model(xt, training=False)
+        score = tf.reduce_sum(logits)
+    grads = tape.gradient(score, features).numpy()
+    ours, weights = head.evaluate(features.numpy())
+    np.testing.assert_allclose(ours, logits.numpy().ravel(), rtol=1e-5, atol=1e-5)  # float32 rounding
+    np.testing.assert_allclose(weights, grads.mean(axis=(1, 2)), rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize(
     "variant",
     ["full_head", "no_batch_norm", "no_hidden_layer", "mobilenetv2_classifier"],

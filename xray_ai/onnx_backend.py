@@ -32,6 +32,7 @@ by the functions that inspect or export a model, onnxruntime when a session is o
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
@@ -164,28 +165,48 @@ class Head:
         The weights are dlogit/dA averaged over space (what the TensorFlow path computes
         with a GradientTape), from the ReLU masks of this forward pass.
         """
+        layers, out_kernel, out_bias = self._folded
         n, h, w, _ = features.shape
         x = features.mean(axis=(1, 2), dtype=np.float32)  # global average pooling
         masks: list[np.ndarray | None] = []
+        for kernel, _, bias, relu in layers:
+            x = x @ kernel + bias
+            mask = x > 0 if relu else None
+            if mask is not None:
+                x = np.where(mask, x, np.float32(0.0))
+            masks.append(mask)
+        logits = x @ out_kernel + out_bias
+        grad = np.broadcast_to(out_kernel, (n, out_kernel.shape[0]))
+        for (_, kernel_t, _, _), mask in zip(reversed(layers), reversed(masks)):
+            grad = (grad if mask is None else grad * mask) @ kernel_t
+        return logits, grad / float(h * w)
+
+    @functools.cached_property
+    def _folded(self) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]], np.ndarray, float]:
+        """The steps with every batch norm folded into the dense layer (or logit) after it.
+
+        ((x * s + t) @ W + b = x @ (s W) + (t W + b), in float64 then float32.) Each dense
+        layer is (kernel, its transpose made contiguous for the backward pass, bias, relu).
+        Done once per head: it saves a pass per batch norm and a strided read of every
+        kernel in the backward pass, about a quarter of the head's time once a forward pass
+        has left the caches cold.
+        """
+        layers = []
+        scale, shift = None, None  # the affine map pending since the last dense layer
         for step in self.steps:
             if step[0] == "affine":
-                x = x * step[1] + step[2]
-                masks.append(None)
-            else:
-                x = x @ step[1] + step[2]
-                if step[3]:
-                    mask = x > 0
-                    x = np.where(mask, x, np.float32(0.0))
-                    masks.append(mask)
-                else:
-                    masks.append(None)
-        logits = x @ self.out_kernel + self.out_bias
-        grad = np.broadcast_to(self.out_kernel, (n, self.out_kernel.shape[0]))
-        for step, mask in zip(reversed(self.steps), reversed(masks)):
-            if mask is not None:
-                grad = grad * mask
-            grad = grad * step[1] if step[0] == "affine" else grad @ step[1].T
-        return logits, grad / float(h * w)
+                s, t = np.asarray(step[1], np.float64), np.asarray(step[2], np.float64)
+                scale, shift = (s, t) if scale is None else (scale * s, shift * s + t)
+                continue
+            kernel, bias = np.asarray(step[1], np.float64), np.asarray(step[2], np.float64)
+            if scale is not None:
+                kernel, bias, scale, shift = scale[:, None] * kernel, shift @ kernel + bias, None, None
+            kernel = _f32(kernel)
+            layers.append((kernel, np.ascontiguousarray(kernel.T), _f32(bias), step[3]))
+        out_kernel, out_bias = np.asarray(self.out_kernel, np.float64), float(self.out_bias)
+        if scale is not None:
+            out_kernel, out_bias = scale * out_kernel, float(shift @ out_kernel) + out_bias
+        return layers, _f32(out_kernel), out_bias
 
 
 def _producer(tensor: Any) -> tuple[Any, list[Any]]:
