@@ -206,7 +206,10 @@ class ModelManager:
 
     def resolve(self, condition: str | None = None, model_id: str | None = None) -> ModelEntry:
         """The entry for a model id, or the active model of a condition. RegistryError if unknown."""
-        registry = self.registry
+        return self._resolve(self.registry, condition, model_id)
+
+    @staticmethod
+    def _resolve(registry: Registry, condition: str | None, model_id: str | None) -> ModelEntry:
         if model_id is not None:
             entry = registry.model(model_id)
             if condition is not None and entry.condition != condition:
@@ -225,10 +228,11 @@ class ModelManager:
         Never raises for a bad model file: that yields the placeholder. Raises
         RegistryError for an unknown condition or model id, or an invalid registry.
         """
-        entry = self.resolve(condition, model_id)
+        registry = self.registry  # once: each read stats the file, and get() runs on every analysis
+        entry = self._resolve(registry, condition, model_id)
         if entry.is_ensemble:  # the registry guarantees members are single models of this condition
             return LoadedEnsemble(entry, tuple(self.get(model_id=m) for m in entry.members))
-        path = entry.resolve_path(self.registry.base_dir)
+        path = entry.resolve_path(registry.base_dir)
         key = (entry, _stamp(path), self._export_stamp(entry))
         with self._lock:
             cached = self._cache.get(entry.id)

@@ -104,20 +104,29 @@ def cache_dir() -> Path:
 
 def export_paths(keras_sha256: str, directory: str | Path | None = None) -> tuple[Path, Path]:
     """(onnx file, JSON sidecar) for the `.keras` file with this sha256."""
-    root = Path(directory) if directory is not None else cache_dir()
+    return _export_paths_in(keras_sha256, Path(directory) if directory is not None else cache_dir())
+
+
+@functools.lru_cache(maxsize=256)
+def _export_paths_in(keras_sha256: str, root: Path) -> tuple[Path, Path]:
+    # Cached: export_stamp asks on every analysis, and pathlib's joins cost more than the stat.
     return root / f"{keras_sha256}.onnx", root / f"{keras_sha256}.json"
 
 
-def export_stamp(keras_sha256: str, directory: str | Path | None = None) -> tuple:
-    """Identity of the export files (size, mtime) for cache keys: a new export is picked up."""
-    stamp = []
-    for path in export_paths(keras_sha256, directory):
-        try:
-            st = os.stat(path)
-            stamp.append((st.st_size, st.st_mtime_ns))
-        except OSError:
-            stamp.append(None)
-    return tuple(stamp)
+def export_stamp(keras_sha256: str, directory: str | Path | None = None) -> tuple | None:
+    """Identity of an export for cache keys, so that a new or removed export is picked up:
+    (size, mtime) of its sidecar, None while there is none.
+
+    The sidecar alone: every export replaces it, after the ONNX file, and this runs on every
+    analysis. An ONNX file replaced by hand with no new sidecar is noticed at the next load,
+    which verifies its sha256; until then the session already open keeps serving the
+    verified model it read.
+    """
+    try:
+        st = os.stat(export_paths(keras_sha256, directory)[1])
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
 
 
 def session_threads() -> int:
