@@ -252,7 +252,8 @@ def test_export_writes_onnx_and_a_verifiable_sidecar(exported, keras_mod):
     meta = json.loads(meta_path.read_text())
     assert meta["keras_sha256"] == sha and meta["onnx_sha256"] == file_sha256(onnx_path)
     assert meta["format"] == ob.EXPORT_FORMAT and meta["target_layer"] == "conv2"
-    assert meta["feature_shape"] == [16, 16, 12] and len(meta["output_names"]) == 1
+    assert meta["feature_shape"] == [16, 16, 12]
+    assert len(meta["output_names"]) == 3  # feature map, the head's ReLU layer, probability
     assert meta["check_max_probability_diff"] <= PROB_TOL
     model = keras_mod.models.load_model(model_file, compile=False)
     analyzer, reason = ob.load_export(model, sha, cache)
@@ -261,7 +262,9 @@ def test_export_writes_onnx_and_a_verifiable_sidecar(exported, keras_mod):
     assert len(inputs) == 1 and list(inputs[0].shape[1:]) == list(TINY_SHAPE)  # only the image goes in
 
 
-@pytest.mark.parametrize("damage", ["tampered_onnx", "missing_sidecar", "other_keras_sha", "old_format", "other_weights"])
+@pytest.mark.parametrize(
+    "damage", ["tampered_onnx", "missing_sidecar", "other_keras_sha", "old_format", "other_weights", "feature_map_only"]
+)
 def test_a_damaged_or_foreign_export_is_ignored_with_a_reason(damage, exported, tmp_path, keras_mod):
     model_file, _, _ = exported
     sha, cache, onnx_path, meta_path = _copy_cache(exported, tmp_path)
@@ -279,12 +282,18 @@ def test_a_damaged_or_foreign_export_is_ignored_with_a_reason(damage, exported, 
     elif damage == "other_weights":
         layer = model.get_layer("logit")
         layer.set_weights([w + 0.1 for w in layer.get_weights()])
-    if damage in ("other_keras_sha", "old_format"):
+    elif damage == "feature_map_only":  # a graph without the ReLU and probability outputs, sidecar made to match
+        features = keras_mod.Model(model.inputs[0], model.get_layer("conv2").output)
+        features(np.zeros((1, *TINY_SHAPE), np.float32))
+        features.export(str(onnx_path), format="onnx", verbose=False)
+        meta["onnx_sha256"] = file_sha256(onnx_path)
+    if damage in ("other_keras_sha", "old_format", "feature_map_only"):
         meta_path.write_text(json.dumps(meta))
     analyzer, reason = ob.load_export(model, sha, cache)
     assert analyzer is None
     expected = {"tampered_onnx": "fails its check", "missing_sidecar": "sidecar", "other_keras_sha": "keras_sha256",
-                "old_format": "format", "other_weights": "head_sha256"}[damage]
+                "old_format": "format", "other_weights": "head_sha256",
+                "feature_map_only": "feature map, each ReLU layer of the head, probability"}[damage]
     assert expected in reason
 
 

@@ -34,6 +34,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .onnx_backend import BACKENDS, cache_dir, default_backend, export_stamp  # numpy only at import
 from .registry import ModelEntry, Registry, RegistryError, default_registry_path, load_registry
 
 __all__ = ["ModelManager", "LoadedModel", "LoadedEnsemble", "file_sha256", "check_model_file", "check_entry"]
@@ -178,8 +179,6 @@ class ModelManager:
         backend: str | None = None,
         onnx_cache: str | Path | None = None,
     ):
-        from .onnx_backend import BACKENDS, cache_dir, default_backend
-
         self.registry_path = Path(registry_path) if registry_path is not None else default_registry_path()
         self.warm_up = warm_up
         self.backend = default_backend() if backend is None else backend
@@ -262,8 +261,6 @@ class ModelManager:
         # An export written after the model was loaded (`export-onnx`) is picked up on the next get.
         if self.backend == "tensorflow" or entry.sha256 is None:
             return None
-        from .onnx_backend import export_stamp
-
         return export_stamp(entry.sha256, self.onnx_cache)
 
     def _load(self, entry: ModelEntry, path: Path) -> LoadedModel:

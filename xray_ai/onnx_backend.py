@@ -12,9 +12,10 @@ where S is batch norm's per-channel scale gamma / sqrt(var + eps), W a dense ker
 the 0/1 mask of that layer's active ReLUs (identity when it has none) and w_out the logit's
 kernel; dropout is the identity at inference. Grad-CAM's channel weights (the spatial mean
 of that gradient) are therefore g / (h w), computed in numpy from the head's weights and
-the masks of this very forward pass. So the backbone is exported to ONNX *up to the
-feature map* (the pooling layer's input), ONNX Runtime computes A, and pooling, head,
-probability and heatmap follow in numpy in microseconds.
+the masks of this very forward pass. So the whole model is exported to ONNX with extra
+outputs: the feature map (the pooling layer's input), the output of every ReLU dense layer
+of the head (its masks) and the probability. One ONNX Runtime pass gives them all; g and
+the heatmap follow in numpy in microseconds.
 
 A head of any other form (max pooling, flatten, a tanh, an attention block...) is not
 detected, and `detect_head` says why: such a model keeps the TensorFlow path.
@@ -75,7 +76,9 @@ BACKEND_NAME = "onnxruntime"
 BACKENDS = ("auto", "onnx", "tensorflow")
 CACHE_ENV = "XRAY_AI_ONNX_CACHE"
 BACKEND_ENV = "XRAY_AI_BACKEND"
-EXPORT_FORMAT = 1  # bump when the export's layout or meaning changes: older exports are then ignored
+# Bump when the export's layout or meaning changes: older exports are then ignored.
+# 1: the feature map only. 2: feature map, each ReLU layer's output, probability.
+EXPORT_FORMAT = 2
 _CHECK_TOLERANCE = 1e-4  # |p_onnx - p_keras| allowed when an export is checked
 
 
@@ -169,26 +172,43 @@ class Head:
         return h.hexdigest()
 
     def evaluate(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(logits (N,), Grad-CAM channel weights (N, K)) for feature maps (N, h, w, K).
-
-        The weights are dlogit/dA averaged over space (what the TensorFlow path computes
-        with a GradientTape), from the ReLU masks of this forward pass.
+        """(logits (N,), Grad-CAM channel weights (N, K)) for feature maps (N, h, w, K), all
+        in numpy: the head's forward pass, then `channel_weights` from its ReLU outputs.
+        (The backend gets those outputs from ONNX Runtime instead; this is its reference.)
         """
         layers, out_kernel, out_bias = self._folded
-        n, h, w, _ = features.shape
         x = features.mean(axis=(1, 2), dtype=np.float32)  # global average pooling
-        masks: list[np.ndarray | None] = []
+        relu_outputs = []
         for kernel, _, bias, relu in layers:
             x = x @ kernel + bias
-            mask = x > 0 if relu else None
-            if mask is not None:
-                x = np.where(mask, x, np.float32(0.0))
-            masks.append(mask)
+            if relu:
+                x = np.maximum(x, np.float32(0.0))
+                relu_outputs.append(x)
         logits = x @ out_kernel + out_bias
+        return logits, self.channel_weights(relu_outputs, features.shape)
+
+    def channel_weights(self, relu_outputs: list[np.ndarray], features_shape: tuple[int, ...]) -> np.ndarray:
+        """Grad-CAM channel weights (N, K): dlogit/dA averaged over the feature map's
+        positions (what the TensorFlow path computes with a GradientTape).
+
+        Args:
+            relu_outputs: the output (N, units) of each ReLU dense layer of the head, in
+                forward order; a unit's ReLU passed the gradient iff its output is > 0.
+            features_shape: (N, h, w, K) of the feature map.
+        """
+        layers, out_kernel, _ = self._folded
+        n, h, w, _ = features_shape
+        outputs = iter(relu_outputs)
+        masks = [next(outputs) > 0 if relu else None for _, _, _, relu in layers]
         grad = np.broadcast_to(out_kernel, (n, out_kernel.shape[0]))
         for (_, kernel_t, _, _), mask in zip(reversed(layers), reversed(masks)):
             grad = (grad if mask is None else grad * mask) @ kernel_t
-        return logits, grad / float(h * w)
+        return grad / float(h * w)
+
+    @property
+    def relu_widths(self) -> tuple[int, ...]:
+        """Units of each ReLU dense layer, in forward order: the export's middle outputs."""
+        return tuple(kernel.shape[1] for kernel, _, _, relu in self._folded[0] if relu)
 
     @functools.cached_property
     def _folded(self) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]], np.ndarray, float]:
@@ -330,14 +350,21 @@ def _check_target(model: Any, tensor: Any, target: str, resolve: Any) -> None:
             producer, _ = _producer(layer.outputs[0])
 
 
-def _feature_tensor(model: Any) -> Any:
-    """The pooling layer's input tensor in `model`'s graph (call after detect_head)."""
+def _export_outputs(model: Any) -> list[Any]:
+    """What the export returns, in `model`'s graph (call after detect_head): the pooling
+    layer's input (the feature map), the output of each ReLU dense layer of the head in
+    forward order, and the model's output (the probability)."""
     import keras
 
+    relu_outputs = []
     layer, inputs = _producer(model.outputs[0])
+    tensor = model.outputs[0]
     while not isinstance(layer, keras.layers.GlobalAveragePooling2D):
-        layer, inputs = _producer(inputs[0])
-    return inputs[0]
+        if isinstance(layer, keras.layers.Dense) and _activation_name(layer) == "relu":
+            relu_outputs.append(tensor)
+        tensor = inputs[0]
+        layer, inputs = _producer(tensor)
+    return [inputs[0], *reversed(relu_outputs), model.outputs[0]]
 
 
 # ---------------------------------------------------------------------------- analyzer
@@ -364,20 +391,21 @@ class OnnxGradCam:
         self._input = session.get_inputs()[0].name
         self._lock = threading.Lock()
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
-        """The feature maps (N, h, w, K) float32 for a model-ready batch."""
+    def forward(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The export's outputs for a model-ready batch: feature maps (N, h, w, K), each
+        ReLU dense layer's output (N, units), probabilities (N, 1); float32."""
         x = np.ascontiguousarray(batch, np.float32)
         with self._lock:
-            return self.session.run(None, {self._input: x})[0]
+            return self.session.run(None, {self._input: x})
 
     def __call__(self, batch: np.ndarray) -> GradCamOutput:
         """batch: float32 (N, H, W, C), model-ready. Returns GradCamOutput."""
-        features = self.forward(batch)
-        logits, weights = self.head.evaluate(features)
+        features, *relu_outputs, probabilities = self.forward(batch)
+        weights = self.head.channel_weights(relu_outputs, features.shape)
         n, h, w, k = features.shape
         # ReLU(sum_k A_k * weight_k), as one (h*w, K) @ (K,) product per image
         cams = np.matmul(features.reshape(n, h * w, k), weights.astype(np.float32, copy=False)[:, :, None]).reshape(n, h, w)
-        prob = np.clip(np.nan_to_num(0.5 + 0.5 * np.tanh(0.5 * logits.astype(np.float64)), nan=0.5), 0.0, 1.0)  # sigmoid, no overflow
+        prob = np.clip(np.nan_to_num(probabilities.reshape(n).astype(np.float64), nan=0.5), 0.0, 1.0)
         maps, flags = zip(*(normalise_map(cam) for cam in cams))
         return GradCamOutput(prob, np.stack(maps), tuple(flags), self.method, self.target_layer)
 
@@ -461,8 +489,10 @@ def _check_session(session: Any, model: Any, head: Head) -> str | None:
         return f"the session takes {len(ins)} inputs ({', '.join(i.name for i in ins)}); only the image is allowed"
     if list(ins[0].shape[1:]) != list(model.inputs[0].shape[1:]):
         return f"the session's input is {ins[0].shape}, the model's {tuple(model.inputs[0].shape)}"
-    if len(outs) != 1 or list(outs[0].shape[1:]) != list(head.feature_shape):
-        return f"the session returns {[o.shape for o in outs]}, expected one (N, {', '.join(map(str, head.feature_shape))})"
+    expected = [list(head.feature_shape), *([units] for units in head.relu_widths), [1]]
+    if [list(o.shape[1:]) for o in outs] != expected:
+        return (f"the session returns {[o.shape for o in outs]}, expected (N, ...) shapes {expected}: "
+                "feature map, each ReLU layer of the head, probability")
     return None
 
 
@@ -470,10 +500,12 @@ def _check_session(session: Any, model: Any, head: Head) -> str | None:
 
 
 def export_model(model: Any, keras_sha256: str, directory: str | Path | None = None) -> Path:
-    """Export `model`'s backbone (input -> feature map) to the cache, checked and atomic.
+    """Export `model` with the outputs the backend reads (`_export_outputs`) to the cache,
+    checked and atomic.
 
-    The export is run once on a fixed random batch against keras itself: the probability
-    from ONNX Runtime + the numpy head must agree within 1e-4, or nothing is written.
+    The export is run once on a fixed random batch against keras itself: ONNX Runtime's
+    probability must agree within 1e-4, and the Grad-CAM weights from its ReLU outputs
+    with those of the numpy head, or nothing is written.
 
     Returns:
         The `.onnx` path. Raises UnsupportedHead (head without the closed form),
@@ -484,10 +516,10 @@ def export_model(model: Any, keras_sha256: str, directory: str | Path | None = N
     head = detect_head(model)
     onnx_path, meta_path = export_paths(keras_sha256, directory)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    backbone = keras.Model(model.inputs[0], _feature_tensor(model), name=f"{model.name}_features")
+    exported = keras.Model(model.inputs[0], _export_outputs(model), name=f"{model.name}_gradcam")
     shape = tuple(model.inputs[0].shape[1:])
     probe = np.random.default_rng(0).uniform(0.0, 1.0, (2, *shape)).astype(np.float32)
-    backbone(probe[:1])  # keras' export needs a model that has been called once
+    exported(probe[:1])  # keras' export needs a model that has been called once
     start = time.perf_counter()
     fd, tmp_name = tempfile.mkstemp(dir=onnx_path.parent, prefix=f".{keras_sha256[:12]}-", suffix=".onnx")
     os.close(fd)
@@ -496,16 +528,22 @@ def export_model(model: Any, keras_sha256: str, directory: str | Path | None = N
     try:
         with warnings.catch_warnings():  # tf2onnx's own deprecation noise, not ours to fix
             warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-            backbone.export(str(tmp), format="onnx", verbose=False)
+            exported.export(str(tmp), format="onnx", verbose=False)
         session = open_session(tmp)
         problem = _check_session(session, model, head)
         if problem:
             raise RuntimeError(f"exported graph is unusable: {problem}")
-        p_onnx = OnnxGradCam(session, head, tmp)(probe).probabilities
+        features, *relu_outputs, p_onnx = OnnxGradCam(session, head, tmp).forward(probe)
         p_keras = np.asarray(model(probe, training=False)).reshape(-1)
-        diff = float(np.max(np.abs(p_onnx - p_keras)))
+        diff = float(np.max(np.abs(p_onnx.reshape(-1) - p_keras)))
         if not diff <= _CHECK_TOLERANCE:
             raise RuntimeError(f"exported model disagrees with keras: |p_onnx - p_keras| = {diff:.2e}")
+        # the ReLU outputs must be the head's: its masks from them give the numpy head's weights
+        reference = head.evaluate(features)[1]
+        weights = head.channel_weights(relu_outputs, features.shape)
+        weights_diff = float(np.linalg.norm(weights - reference) / max(np.linalg.norm(reference), 1e-12))
+        if not weights_diff <= 1e-3:
+            raise RuntimeError(f"exported head disagrees with the model's: Grad-CAM weights differ by {weights_diff:.2e}")
         meta = _sidecar(model, keras_sha256, head, tmp, session, diff, time.perf_counter() - start)
         meta["onnx_file"] = onnx_path.name
         tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
