@@ -18,6 +18,16 @@ def test_shipped_backbones_are_flat_with_the_seed_head(arch, layer, grid):
     assert not np.isnan(out.heatmaps).any()
 
 
+def test_registry_names_exactly_the_backbones_that_can_be_built():
+    """registry.ARCHITECTURES restates the BACKBONES keys so that the registry imports no
+    TensorFlow; "custom" (a model brought from elsewhere) is the one name with no builder."""
+    from xray_ai.architectures import BACKBONES
+    from xray_ai.registry import ARCHITECTURES
+
+    assert set(ARCHITECTURES) == set(BACKBONES) | {"custom"}
+    assert len(ARCHITECTURES) == len(set(ARCHITECTURES))
+
+
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(WeightsUnavailableError, match="no such file"):
         build_classifier("mobilenetv2", (64, 64, 3), weights=tmp_path / "nope.weights.h5")

@@ -160,10 +160,19 @@ def predict_probabilities(loaded: LoadedModel | LoadedEnsemble, images: Sequence
     """
     models = loaded.members if isinstance(loaded, LoadedEnsemble) else (loaded,)
     per_model = [
-        np.asarray(m.analyzer(prepare_batch(images, m.entry.input, m.entry.preprocessing)).probabilities, np.float64)
+        np.concatenate([np.asarray(out.probabilities, np.float64) for _, _, out in _batches(m, list(images))])
         for m in models
     ]
     return np.mean(per_model, axis=0)
+
+
+def _batches(loaded: LoadedModel, images: list[np.ndarray]):
+    """(start, model-ready batch, analyzer output) for each run of up to _BATCH images, each
+    prepared as the model's entry says: the one forward loop of analyze and evaluation."""
+    entry = loaded.entry
+    for start in range(0, len(images), _BATCH):
+        batch = prepare_batch(images[start : start + _BATCH], entry.input, entry.preprocessing)
+        yield start, batch, loaded.analyzer(batch)
 
 
 @dataclass(frozen=True)
@@ -186,15 +195,11 @@ class _Run:
 def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
                progress: Callable[[float], None] | None) -> _Run:
     """Probability and heatmap of every view from one model, prepared as its entry says."""
-    entry = loaded.entry
     probabilities: list[float] = []
     heatmaps: list[np.ndarray] = []
     flags: list[str | None] = []
     heatmap_method, target_layer = loaded.heatmap_method, loaded.target_layer
-    for start in range(0, len(views), _BATCH):
-        chunk = views[start : start + _BATCH]
-        batch = prepare_batch([v.pixels for v in chunk], entry.input, entry.preprocessing)
-        out = loaded.analyzer(batch)
+    for start, batch, out in _batches(loaded, [v.pixels for v in views]):
         probabilities.extend(float(p) for p in out.probabilities)
         if method == "gradcam":
             heatmaps.extend(out.heatmaps)
@@ -203,7 +208,7 @@ def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
             from .explain import explainer_for  # tensorflow; only for the non-default methods
 
             explainer = explainer_for(loaded.model)
-            for k in range(len(chunk)):
+            for k in range(len(batch)):
                 done = (start + k) / len(views)
                 step = (lambda f, done=done: progress(done + f / len(views))) if progress else None
                 explanation = explainer.explain(batch[k : k + 1], method, step)
