@@ -1,10 +1,13 @@
 """End-to-end: the Streamlit app driven in headless Chromium (Debian's /usr/bin/chromium).
 
 Starts `streamlit run app.py` on a free loopback port, uploads a DICOM through the Analyse
-page's file uploader, waits for the result, checks the provenance (model id, threshold),
-downloads the PDF report and checks it, takes a full-page screenshot and records the
-upload-to-result time of a first (cold: imports TensorFlow, loads the model) and a second
-(warm) analysis in test-artifacts/browser_timings.json. No timing assertions.
+page's file uploader, waits for the result, checks the provenance (model id, threshold,
+the placeholder banner exactly when the model is the placeholder, the synthetic-data
+warning), downloads the PDF report and checks it, takes a full-page screenshot, then
+switches to pneumonia (a model that ships trained) and analyses a chest radiograph. It
+records the upload-to-result time of the first analysis (cold: imports TensorFlow, loads
+the model) and of the second (TensorFlow loaded, the pneumonia model loads) in
+test-artifacts/browser_timings.json. No timing assertions.
 
 CI installs the browser with .ci/install-browser.sh and the Python package `playwright`
 (requirements-dev.txt); Playwright's own browser download is not used.
@@ -38,6 +41,9 @@ DOWNLOAD_LABEL = re.compile(r"Download PDF report", re.I)   # st.download_button
 HEATMAP_LABEL = re.compile(r"Heatmap intensity", re.I)      # st.slider
 THRESHOLD_WORD = re.compile(r"\bthreshold\b", re.I)
 PDF_DISCLAIMER = "not a diagnosis"
+PLACEHOLDER_BANNER = "PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT"  # xray_ai.result.PLACEHOLDER_WATERMARK
+SYNTHETIC_WARNING = re.compile(r"trained on synthetic data", re.I)
+SECOND_CONDITION = "Pneumonia (chest)"  # the 2nd analysis: a chest radiograph, a model that ships trained
 
 
 def _uploader(page):
@@ -226,6 +232,35 @@ def _active_model_for(condition_name: str) -> str:
     return registry["active_models"][by_name[condition_name]]
 
 
+def _served_as(model_id: str) -> tuple[bool, bool]:
+    """(placeholder?, trained on synthetic data?) for a registry model, by the check the app's
+    ModelManager makes: the page must show the placeholder banner exactly when it fails."""
+    from xray_ai.manager import check_entry
+    from xray_ai.registry import load_registry
+
+    registry = load_registry(REPO / "model_registry.json")
+    entry = registry.model(model_id)
+    return check_entry(entry, registry) is not None, entry.trained_on.synthetic
+
+
+def _expect_provenance(main, model_id: str) -> None:
+    """The model id, and the placeholder banner or the synthetic-data warning as they apply."""
+    expect(main).to_contain_text(model_id)
+    placeholder, synthetic = _served_as(model_id)
+    banner = main.get_by_text(PLACEHOLDER_BANNER)
+    if placeholder:
+        expect(banner.first).to_be_visible()
+    else:
+        expect(banner).to_have_count(0)
+        if synthetic:
+            expect(main.get_by_text(SYNTHETIC_WARNING).first).to_be_visible()
+
+
+def _choose(page, label: str, option: str) -> None:
+    page.get_by_role("combobox", name=label).click()
+    page.get_by_role("option", name=option).click()
+
+
 def _pdf_text(data: bytes) -> str:
     from pypdf import PdfReader
 
@@ -256,7 +291,7 @@ def test_analyse_page_end_to_end(browser, streamlit_server):
         timings["first_analysis_s"] = round(time.perf_counter() - t0, 2)
 
         main = page.get_by_test_id("stMain")
-        expect(main).to_contain_text(model_id)
+        _expect_provenance(main, model_id)
         expect(main).to_contain_text(THRESHOLD_WORD)
         expect(page.get_by_text(HEATMAP_LABEL).first).to_be_visible()
         expect(main.get_by_test_id("stImage").first).to_be_visible()
@@ -279,17 +314,22 @@ def test_analyse_page_end_to_end(browser, streamlit_server):
         _wait_for_result(page)
         _full_page_screenshot(page, ARTIFACTS / "browser_analyse.png")
 
-        # 2nd analysis (warm): replace the study by another file.
+        # 2nd analysis (warm process, another model): replace the study by a chest radiograph
+        # and switch to a condition whose model ships trained.
         _remove_file_button(page, FIRST_FILE.name).click()
         expect(_file_chip(page, FIRST_FILE.name)).to_have_count(0)
         _wait_until_idle(page)
+        _choose(page, CONDITION_LABEL, SECOND_CONDITION)
+        _wait_until_idle(page)
+        second_model_id = _active_model_for(SECOND_CONDITION)
+        expect(page.get_by_role("combobox", name=MODEL_LABEL)).to_have_value(re.compile(re.escape(second_model_id)))
         t0 = time.perf_counter()
         _file_input(page).set_input_files(str(SECOND_FILE))
         # The new images (captioned with the file name) exist only once the analysis is done.
         expect(_result_image(page, SECOND_FILE.name).first).to_be_visible(timeout=RESULT_TIMEOUT_MS)
         _wait_for_result(page)
         timings["second_analysis_s"] = round(time.perf_counter() - t0, 2)
-        expect(main).to_contain_text(model_id)
+        _expect_provenance(main, second_model_id)
         _full_page_screenshot(page, ARTIFACTS / "browser_analyse_second.png")
     except BaseException:
         try:
@@ -301,7 +341,8 @@ def test_analyse_page_end_to_end(browser, streamlit_server):
         print(f"\n----- streamlit log ({server.log_path}) -----\n{server.log()}\n----- end of streamlit log -----")
         raise
     finally:
-        timings.update(model_id=locals().get("model_id"), first_file=FIRST_FILE.name, second_file=SECOND_FILE.name)
+        timings.update(model_id=locals().get("model_id"), second_model_id=locals().get("second_model_id"),
+                       first_file=FIRST_FILE.name, second_file=SECOND_FILE.name)
         (ARTIFACTS / "browser_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
         print(f"\nupload-to-result: first analysis {timings.get('first_analysis_s')} s, "
               f"second analysis {timings.get('second_analysis_s')} s")
