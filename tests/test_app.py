@@ -56,6 +56,15 @@ def test_example_gives_probability_and_download(app_registry):
     assert at.get("download_button"), "the PDF download button is missing"
 
 
+def test_synthetic_training_data_is_said_once(app_registry):
+    """The tiny model is marked synthetic: one warning says so (not a banner and a repeat)."""
+    at = page("analyse.py").run()
+    at.button(key="analyse.example").click().run()
+    assert not at.exception
+    said = [w.value for w in at.warning if "synthetic data" in w.value]
+    assert len(said) == 1 and "tiny-test" in said[0], said
+
+
 def test_moving_the_slider_does_not_rerun_the_model(app_registry, monkeypatch):
     import xray_ai.analysis as analysis
 

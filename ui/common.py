@@ -60,10 +60,10 @@ def digest(data: bytes) -> str:
 
 def show_provenance(result: AnalysisResult) -> None:
     """What produced the result: always visible beside it."""
+    # A model trained on synthetic data is said once, by the result's own warning (the page
+    # shows result.warnings right after this block).
     if result.placeholder:
         st.error(f"**{PLACEHOLDER_WATERMARK}**  \n{result.placeholder_reason}. The numbers below mean nothing.")
-    elif result.synthetic:
-        st.warning(f"Model trained on synthetic data ({result.trained_on}): no clinical meaning.")
     ensemble = f"**Ensemble:** mean of {', '.join(f'`{m}`' for m in result.members)}  \n" if result.members else ""
     st.markdown(
         f"**Model** `{result.model_id}` v{result.model_version} ({result.architecture}, {result.profile}) · "
