@@ -24,7 +24,7 @@ from .manager import LoadedEnsemble, LoadedModel, ModelManager
 from .preprocessing import prepare_batch, resize_image
 from .result import AnalysisResult, ViewResult
 
-__all__ = ["analyze", "predict_probabilities", "default_manager", "MAX_VIEWS"]
+__all__ = ["analyze", "predict_probabilities", "pooled_features", "default_manager", "MAX_VIEWS"]
 
 MAX_VIEWS = 16  # views per study; more is almost certainly a wrong upload
 _BATCH = 8  # views per compiled call: bounds memory for large studies
@@ -113,6 +113,14 @@ def analyze(
     for view, flag in zip(views, run.flags):
         if flag:
             warnings.append(f"{view.filename or 'image'}: heatmap {flag}")
+    for view, checks in zip(views, run.input_checks):
+        for checked_by, distance, threshold in checks:
+            if distance > threshold:
+                warnings.append(
+                    f"{view.filename or 'image'}: UNLIKE THE IMAGES {checked_by} WAS TRAINED ON (input-check "
+                    f"distance {distance:.2f}, above {threshold:.2f}, which few in-distribution images exceed): "
+                    "its probability is unreliable for this image"
+                )
 
     architecture, trained_on = _describe_models(loaded, models)
     return AnalysisResult(
@@ -135,8 +143,9 @@ def analyze(
         heatmap_method=run.method,
         target_layer=run.target_layer,
         views=tuple(
-            ViewResult(v, p, h, f, mp)
-            for v, p, h, f, mp in zip(views, run.probabilities, run.heatmaps, run.flags, run.member_probabilities)
+            ViewResult(v, p, h, f, mp, c)
+            for v, p, h, f, mp, c in zip(views, run.probabilities, run.heatmaps, run.flags, run.member_probabilities,
+                                         run.input_checks)
         ),
         warnings=tuple(warnings),
         backend=run.backend,
@@ -166,6 +175,25 @@ def predict_probabilities(loaded: LoadedModel | LoadedEnsemble, images: Sequence
     return np.mean(per_model, axis=0)
 
 
+def pooled_features(loaded: LoadedModel, images: Sequence[np.ndarray]) -> np.ndarray:
+    """Each image's Grad-CAM feature map, globally averaged as the head pools it: (N, K) float.
+    What the input check (xray_ai.input_check) is fitted on and measures.
+
+    Raises:
+        ValueError: the model gives no feature map (Grad-CAM is unavailable for it).
+    """
+    pooled = []
+    for _, _, out in _batches(loaded, list(images)):
+        if out.features is None:
+            raise ValueError(f"model {loaded.entry.id} gives no feature map (Grad-CAM is unavailable for it)")
+        pooled.append(_pooled(out.features))
+    return np.concatenate(pooled)
+
+
+def _pooled(features: np.ndarray) -> np.ndarray:
+    return features.mean(axis=(1, 2), dtype=np.float64)
+
+
 def _batches(loaded: LoadedModel, images: list[np.ndarray]):
     """(start, model-ready batch, analyzer output) for each run of up to _BATCH images, each
     prepared as the model's entry says: the one forward loop of analyze and evaluation."""
@@ -179,8 +207,10 @@ def _batches(loaded: LoadedModel, images: list[np.ndarray]):
 class _Run:
     """What one model (or the mean of an ensemble's members) said about the views of a study.
 
-    probabilities, heatmaps (float32 2-D in [0, 1]), flags and member_probabilities hold one
-    item per view; member_probabilities[k] is empty for a single model.
+    probabilities, heatmaps (float32 2-D in [0, 1]), flags, member_probabilities and
+    input_checks hold one item per view; member_probabilities[k] is empty for a single
+    model; input_checks[k] holds (model id, distance, threshold) for each model with an
+    input check (xray_ai.input_check).
     """
 
     probabilities: list[float]
@@ -190,6 +220,7 @@ class _Run:
     target_layer: str | None
     backend: str
     member_probabilities: list[tuple[float, ...]]
+    input_checks: list[tuple[tuple[str, float, float], ...]]
 
 
 def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
@@ -198,9 +229,16 @@ def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
     probabilities: list[float] = []
     heatmaps: list[np.ndarray] = []
     flags: list[str | None] = []
+    checks: list[tuple[tuple[str, float, float], ...]] = []
     heatmap_method, target_layer = loaded.heatmap_method, loaded.target_layer
+    distribution = loaded.input_check
     for start, batch, out in _batches(loaded, [v.pixels for v in views]):
         probabilities.extend(float(p) for p in out.probabilities)
+        if distribution is not None and out.features is not None:
+            distances = distribution.distances(_pooled(out.features))
+            checks.extend(((loaded.entry.id, float(d), distribution.threshold),) for d in distances)
+        else:
+            checks.extend(() for _ in range(len(batch)))
         if method == "gradcam":
             heatmaps.extend(out.heatmaps)
             flags.extend(out.flags)
@@ -217,7 +255,7 @@ def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
                 heatmap_method, target_layer = explanation.method, explanation.target_layer
     backend = (loaded.backend if method == "gradcam" or loaded.backend == "tensorflow"
                else f"{loaded.backend} (probability), tensorflow ({method})")
-    return _Run(probabilities, heatmaps, flags, heatmap_method, target_layer, backend, [()] * len(views))
+    return _Run(probabilities, heatmaps, flags, heatmap_method, target_layer, backend, [()] * len(views), checks)
 
 
 def _mean_of_members(ids: list[str], runs: list[_Run]) -> _Run:
@@ -252,6 +290,7 @@ def _mean_of_members(ids: list[str], runs: list[_Run]) -> _Run:
         target_layer=target_layer,
         backend=_per_member(ids, [r.backend for r in runs]),
         member_probabilities=per_view,
+        input_checks=[tuple(c for r in runs for c in r.input_checks[k]) for k in range(n_views)],
     )
 
 

@@ -30,10 +30,13 @@ def normalise_map(cam: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 @dataclass(frozen=True)
 class GradCamOutput:
-    """probabilities (N,) in [0, 1]; heatmaps (N, h, w) in [0, 1]; flags per image (None = fine)."""
+    """probabilities (N,) in [0, 1]; heatmaps (N, h, w) in [0, 1]; flags per image (None = fine);
+    features: the target layer's feature map (N, h, w, K) the heatmaps came from, for the
+    input check (xray_ai.input_check), or None where Grad-CAM was unavailable."""
 
     probabilities: np.ndarray
     heatmaps: np.ndarray
     flags: tuple[str | None, ...]
     method: str
     target_layer: str | None
+    features: np.ndarray | None = None

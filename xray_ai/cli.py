@@ -128,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     _add_registry_arg(e)
 
+    fi = sub.add_parser("fit-input-check",
+                        help="fit a model's input check (is an image like its training images?) on its data")
+    fi.add_argument("--model", dest="model_id", required=True)
+    fi.add_argument("--data", type=Path, required=True,
+                    help="the model's training data (or data like it): fitted on its train split, "
+                         "the threshold set on its valid split")
+    fi.add_argument("--layout", choices=["mura", "folders"], default="folders")
+    fi.add_argument("--percentile", type=float, default=None,
+                    help="share of valid images (in %%) below the threshold (default 99.5)")
+    _add_registry_arg(fi)
+
     x = sub.add_parser("explain-eval", help="score every heatmap method on lesion masks (pointing game, deletion/insertion)")
     x.add_argument("--model", dest="model_id", required=True)
     x.add_argument("--data", type=Path, required=True, help="a dataset with <stem>_mask.png lesion masks (phantoms)")
@@ -350,6 +361,40 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_fit_input_check(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .analysis import pooled_features
+    from .imaging import load_image
+    from .input_check import DEFAULT_PERCENTILE, fit, save, sidecar_path
+
+    manager, loaded, df = _model_and_dataset(args)
+    if loaded.entry.is_ensemble:
+        raise BadInput(f"{args.model_id} is an ensemble: fit the input check of each member")
+    parts = {split: df[df["split"] == split] for split in ("train", "valid")}
+    if any(part.empty for part in parts.values()):
+        raise BadInput(f"{args.data}: needs a train and a valid split (found: {', '.join(sorted(set(df['split'])))})")
+    percentile = DEFAULT_PERCENTILE if args.percentile is None else args.percentile
+    if not 50.0 <= percentile < 100.0:
+        raise BadInput(f"--percentile {percentile}: expected a value in [50, 100)")
+
+    def features(part):
+        chunks = [pooled_features(loaded, [load_image(p).pixels for p in part["path"].iloc[i : i + 64]])
+                  for i in range(0, len(part), 64)]
+        return np.concatenate(chunks)
+
+    try:
+        distribution = fit(features(parts["train"]), features(parts["valid"]), loaded.entry.sha256,
+                           source=f"{args.data.name} (train {len(parts['train'])}, valid {len(parts['valid'])} images)",
+                           percentile=percentile)
+    except ValueError as exc:
+        raise BadInput(f"{args.model_id}: {exc}") from None
+    path = save(distribution, sidecar_path(loaded.entry.resolve_path(manager.registry.base_dir)))
+    print(f"{args.model_id}: input check fitted on {distribution.n_fit} images, threshold {distribution.threshold:.3f} "
+          f"(the {percentile:g}th percentile of {distribution.n_calibration} valid images) -> {path}")
+    return EXIT_OK
+
+
 def _model_and_dataset(args: argparse.Namespace):
     """(manager, loaded model, dataset frame) for evaluate and explain-eval; BadInput when unusable."""
     from . import data as datamod
@@ -465,6 +510,7 @@ _COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
     "explain-eval": _cmd_explain_eval,
+    "fit-input-check": _cmd_fit_input_check,
     "export-onnx": _cmd_export_onnx,
     "hash-password": _cmd_hash_password,
     "phantoms": _cmd_phantoms,

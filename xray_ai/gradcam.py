@@ -203,16 +203,16 @@ class GradCam:
             grads = tf.zeros_like(features)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # (N, 1, 1, K)
         cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))  # (N, h, w)
-        return tf.reshape(prob, (-1,)), cam
+        return tf.reshape(prob, (-1,)), cam, features
 
-    def _forward_step(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _forward_step(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, None]:
         prob = self.model(x, training=False)
-        return tf.reshape(prob, (-1,)), tf.zeros((tf.shape(x)[0], 1, 1))
+        return tf.reshape(prob, (-1,)), tf.zeros((tf.shape(x)[0], 1, 1)), None
 
     def __call__(self, batch: np.ndarray) -> GradCamOutput:
         """batch: float32 (N, H, W, C), model-ready. Returns GradCamOutput."""
         x = tf.convert_to_tensor(batch, tf.float32)
-        prob, cam = self._fn(x)
+        prob, cam, features = self._fn(x)
         prob = np.clip(np.nan_to_num(prob.numpy().astype(np.float64), nan=0.5), 0.0, 1.0)
         maps, flags = [], []
         for raw in cam.numpy():
@@ -223,7 +223,8 @@ class GradCam:
             norm, flag = normalise_map(raw)
             maps.append(norm)
             flags.append(flag)
-        return GradCamOutput(prob, np.stack(maps), tuple(flags), self.method, self.target_layer)
+        features = None if features is None else features.numpy()
+        return GradCamOutput(prob, np.stack(maps), tuple(flags), self.method, self.target_layer, features)
 
     def warm_up(self) -> None:
         """Trace the compiled function once (batch of one) so the first real call is fast."""

@@ -34,6 +34,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import input_check
 from .onnx_backend import BACKENDS, cache_dir, default_backend, export_stamp  # numpy only at import
 from .registry import ModelEntry, Registry, RegistryError, default_registry_path, load_registry
 
@@ -101,6 +102,9 @@ class LoadedModel:
         load_seconds: time spent loading, verifying and warming up.
         backend: "onnxruntime" or "tensorflow": what computes the results.
         backend_reason: why TensorFlow serves although ONNX Runtime was allowed; else None.
+        input_check: the model's training-feature distribution (xray_ai.input_check), read
+            at load from `<model>.features.npz`; None when it has none (or it is not its own).
+        input_check_reason: why there is no input check; None when there is one.
     """
 
     model: object
@@ -111,6 +115,8 @@ class LoadedModel:
     load_seconds: float = 0.0
     backend: str = "tensorflow"
     backend_reason: str | None = None
+    input_check: object | None = None
+    input_check_reason: str | None = None
 
     @property
     def target_layer(self) -> str | None:
@@ -286,9 +292,16 @@ class ModelManager:
         if self.warm_up:
             analyzer.warm_up()
         backend = getattr(analyzer, "backend", "tensorflow")
+        if placeholder:
+            check, check_reason = None, "a placeholder has no training data"
+        else:
+            check, check_reason = input_check.load(input_check.sidecar_path(path), entry.sha256)
+            if check_reason and input_check.sidecar_path(path).exists():
+                log.warning("model %s: input check not used: %s", entry.id, check_reason)
         seconds = time.perf_counter() - start
         log.info("loaded %s in %.2f s (placeholder=%s, backend=%s)", entry.id, seconds, placeholder, backend)
-        return LoadedModel(model, entry, placeholder, reason, analyzer, seconds, backend, backend_reason)
+        return LoadedModel(model, entry, placeholder, reason, analyzer, seconds, backend, backend_reason,
+                           check, check_reason)
 
     def _onnx_analyzer(self, entry: ModelEntry, model) -> tuple[object | None, str | None]:
         """(ONNX Runtime analyzer, None), or (None, why TensorFlow serves instead)."""

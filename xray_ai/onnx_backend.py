@@ -407,7 +407,7 @@ class OnnxGradCam:
         cams = np.matmul(features.reshape(n, h * w, k), weights.astype(np.float32, copy=False)[:, :, None]).reshape(n, h, w)
         prob = np.clip(np.nan_to_num(probabilities.reshape(n).astype(np.float64), nan=0.5), 0.0, 1.0)
         maps, flags = zip(*(normalise_map(cam) for cam in cams))
-        return GradCamOutput(prob, np.stack(maps), tuple(flags), self.method, self.target_layer)
+        return GradCamOutput(prob, np.stack(maps), tuple(flags), self.method, self.target_layer, features)
 
     def warm_up(self) -> None:
         """One run so that ONNX Runtime's first-call allocations are not paid by a user."""

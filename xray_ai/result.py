@@ -34,6 +34,9 @@ class ViewResult:
         heatmap_flag: None, or why the map is a fallback (e.g. "zero gradient").
         member_probabilities: for an ensemble, each member's probability in the order of
             `AnalysisResult.members` (`probability` is their mean); empty for a single model.
+        input_checks: (model id, distance, threshold) for each model that checked whether
+            this image is like its training images (xray_ai.input_check); the image is
+            unlike them where distance > threshold. Empty when no model has the check.
     """
 
     image: XRay
@@ -41,6 +44,11 @@ class ViewResult:
     heatmap: np.ndarray
     heatmap_flag: str | None = None
     member_probabilities: tuple[float, ...] = ()
+    input_checks: tuple[tuple[str, float, float], ...] = ()
+
+    @property
+    def unlike_training_data(self) -> bool:
+        return any(distance > threshold for _, distance, threshold in self.input_checks)
 
     @property
     def filename(self) -> str | None:
@@ -128,6 +136,11 @@ class AnalysisResult:
             "file": view.filename,
             "probability": round(float(view.probability), 6),
             "heatmap_flag": view.heatmap_flag,
+            # [] when no model checks its input; see xray_ai.input_check
+            "input_check": [
+                {"model_id": m, "distance": round(d, 4), "threshold": round(t, 4), "unlike_training_data": d > t}
+                for m, d, t in view.input_checks
+            ],
         }
         if self.members:  # an ensemble: what each member said about this view
             out["member_probabilities"] = {
