@@ -40,6 +40,9 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     summary = json.loads(out.out)
     assert summary["split"] == "test" and summary["epochs_run"] == 1
     assert "epoch 1/1" in out.err  # progress a person can follow
+    # 6 validation images cannot set a 99.5th percentile: said, and no check is written
+    assert "input check not fitted: need at least 20 calibration images, got 6" in out.err
+    assert not (tmp_path / "models" / "fracture-tiny.features.npz").exists()
     assert "lesion-mask supervision: weight 5" in out.err  # phantoms carry masks: on by default
 
     # The operating point was chosen on the validation split only.
@@ -84,6 +87,28 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     assert "gradcam" in table and "saliency" in table and "pointing" in table
     saved = json.loads((tmp_path / "models" / "fracture-tiny.explain.json").read_text())
     assert set(saved["methods"]) == {"gradcam", "saliency"} and 0 < saved["n_images"] <= 3
+
+
+def test_training_fits_the_input_check_on_the_pipelines_images(tiny_dataset):
+    """`train` fits the check on the training split's pooled Grad-CAM features, read through
+    the training pipeline; the same images measured through analyze() sit at the same
+    distances (pipeline and inference preprocessing agree)."""
+    from xray_ai import data as datamod, load_image
+    from xray_ai.architectures import build_classifier
+    from xray_ai.gradcam import GradCam
+    from xray_ai.preprocessing import prepare_batch
+    from xray_ai.registry import InputSpec
+    from xray_ai.training import _fit_input_check
+
+    df = datamod.read_mura(tiny_dataset)
+    train = df[df["split"] == "train"].reset_index(drop=True)
+    spec = InputSpec(32, 32, 3)
+    model = build_classifier("compactcnn", spec.shape, dense_units=8)
+    check = _fit_input_check(model, {"train": train, "valid": train}, spec, "c" * 64, "tiny phantoms")
+    assert check.n_fit == check.n_calibration == len(train) and check.model_sha256 == "c" * 64
+    features = GradCam(model)(prepare_batch([load_image(p).pixels for p in train["path"]], spec)).features
+    distances = check.distances(features.mean(axis=(1, 2)))
+    assert np.mean(distances <= check.threshold) >= 0.95  # its own fitting images pass
 
 
 def test_stage_epochs_sum_to_the_requested_epochs():

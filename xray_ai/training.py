@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from . import data as datamod
-from . import evaluation
+from . import evaluation, input_check
 from .registry import InputSpec, ModelEntry, TrainingData, load_registry, save_registry
 
 __all__ = ["Protocol", "PROTOCOLS", "TrainConfig", "TrainOutcome", "train"]
@@ -211,6 +211,20 @@ def _strategy():
 def _predict(model, df, spec: InputSpec, batch_size: int) -> np.ndarray:
     ds = datamod.make_dataset(df, spec, batch_size=batch_size, training=False, cache=False)
     return model.predict(ds.map(lambda x, y: x), verbose=0).ravel().astype(np.float64)
+
+
+def _fit_input_check(model, parts: dict, spec: InputSpec, sha256: str, source: str):
+    """The model's input check (xray_ai.input_check): its pooled Grad-CAM features on the
+    training split, the threshold at the 99.5th percentile of the validation split's."""
+    from .gradcam import GradCam
+
+    cam = GradCam(model)
+
+    def pooled(df) -> np.ndarray:
+        ds = datamod.make_dataset(df, spec, batch_size=64, training=False, cache=False)
+        return np.concatenate([cam(x.numpy()).features.mean(axis=(1, 2), dtype=np.float64) for x, _ in ds])
+
+    return input_check.fit(pooled(parts["train"]), pooled(parts["valid"]), sha256, source)
 
 
 def _localisation(model, df, spec: InputSpec) -> dict[str, Any] | None:
@@ -387,6 +401,13 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     (out / f"{model_id}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"saved {path} (sha256 {sha[:12]}...); threshold {threshold:.3f} ({method}); "
           f"{eval_name} AUC {metrics.get('auc')}", file=stream, flush=True)
+    try:
+        check = _fit_input_check(model, parts, spec, sha, f"{Path(config.data).name} (train {len(parts['train'])}, "
+                                                          f"valid {len(parts['valid'])} images)")
+        print(f"input check: threshold {check.threshold:.3f} -> "
+              f"{input_check.save(check, input_check.sidecar_path(path))}", file=stream, flush=True)
+    except ValueError as exc:  # e.g. fewer than 20 validation images
+        print(f"input check not fitted: {exc}", file=stream, flush=True)
 
     if config.register:
         trained_on = _describe_data(config)

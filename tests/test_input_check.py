@@ -1,0 +1,150 @@
+"""The input check: is an image like the ones the model was trained on?"""
+
+import json
+
+import numpy as np
+import pytest
+
+from xray_ai import XRay, analyze, input_check
+from xray_ai.analysis import pooled_features
+from xray_ai.manager import ModelManager
+from conftest import REPO, bright_square_data
+
+
+def _gaussian(n, seed, shift=0.0, k=8):
+    rng = np.random.default_rng(seed)
+    cov = np.diag(np.linspace(0.5, 2.0, k))
+    return rng.multivariate_normal(np.full(k, 1.0 + shift), cov, size=n)
+
+
+def test_distance_is_the_scaled_mahalanobis_distance():
+    precision = np.diag([4.0, 1.0])
+    dist = input_check.FeatureDistribution(np.array([1.0, 2.0]), precision, 1.0, 99.5, 10, 30, "sha", "test")
+    # z = (1, 2): z' P z = 4 + 4 = 8, over K = 2 features: sqrt(4) = 2
+    assert dist.distances(np.array([[2.0, 4.0], [1.0, 2.0]])) == pytest.approx([2.0, 0.0])
+
+
+def test_fit_sets_the_threshold_at_the_calibration_percentile():
+    dist = input_check.fit(_gaussian(2000, 0), _gaussian(1000, 1), "sha", "gaussian", percentile=99.0)
+    calibration = dist.distances(_gaussian(1000, 1))
+    assert np.mean(calibration > dist.threshold) == pytest.approx(0.01, abs=0.002)
+    fresh = dist.distances(_gaussian(2000, 2))  # unseen in-distribution images: about 1% flagged
+    assert np.mean(fresh > dist.threshold) < 0.03
+    shifted = dist.distances(_gaussian(200, 3, shift=3.0))  # every feature 3 (1.2 to 4 sd) off
+    assert np.mean(shifted > dist.threshold) > 0.99
+
+
+def test_fit_refuses_too_few_calibration_images_or_mismatched_widths():
+    with pytest.raises(ValueError, match="at least 20 calibration"):
+        input_check.fit(_gaussian(100, 0), _gaussian(10, 1), "sha", "x")
+    with pytest.raises(ValueError, match="do not match"):
+        input_check.fit(_gaussian(100, 0), _gaussian(50, 1, k=5), "sha", "x")
+
+
+def test_saved_distribution_loads_only_for_its_own_model(tmp_path):
+    dist = input_check.fit(_gaussian(300, 0), _gaussian(100, 1), "a" * 64, "gaussian")
+    path = input_check.save(dist, input_check.sidecar_path(tmp_path / "m.keras"))
+    assert path == tmp_path / "m.features.npz"
+    loaded, reason = input_check.load(path, "a" * 64)
+    assert reason is None and loaded.threshold == pytest.approx(dist.threshold)
+    assert loaded.source == "gaussian" and loaded.n_fit == 300 and loaded.n_calibration == 100
+    x = _gaussian(5, 9)
+    np.testing.assert_allclose(loaded.distances(x), dist.distances(x), rtol=1e-4)  # stored as float32
+    other, reason = input_check.load(path, "b" * 64)
+    assert other is None and "another model file" in reason
+    missing, reason = input_check.load(tmp_path / "nope.features.npz", "a" * 64)
+    assert missing is None and "no input-check file" in reason
+    (tmp_path / "bad.features.npz").write_bytes(b"not an npz")
+    bad, reason = input_check.load(tmp_path / "bad.features.npz", "a" * 64)
+    assert bad is None and "unreadable" in reason
+
+
+def _fit_beside_the_model(manager, images_fit, images_cal):
+    loaded = manager.get("fracture")
+    dist = input_check.fit(pooled_features(loaded, images_fit), pooled_features(loaded, images_cal),
+                           loaded.entry.sha256, "bright-square noise images")
+    input_check.save(dist, input_check.sidecar_path(loaded.entry.resolve_path(manager.registry.base_dir)))
+    manager.clear()  # the check is read when the model loads
+    return dist
+
+
+def test_analysis_flags_an_image_unlike_the_training_images(tiny_registry):
+    x, _, _ = bright_square_data(240, seed=3)
+    images = [img[:, :, 0] for img in x]
+    manager = ModelManager(tiny_registry)
+    assert manager.get("fracture").input_check is None  # nothing fitted yet: no check, no warning
+    assert analyze(XRay(images[0], filename="a.png"), "fracture", manager=manager).views[0].input_checks == ()
+    dist = _fit_beside_the_model(manager, images[:160], images[160:])
+    assert manager.get("fracture").input_check is not None
+
+    like = analyze(XRay(bright_square_data(1, seed=99)[0][0, :, :, 0], filename="like.png"), "fracture", manager=manager)
+    (model_id, distance, threshold), = like.views[0].input_checks
+    assert model_id == "tiny-test" and threshold == pytest.approx(dist.threshold)
+    assert not like.views[0].unlike_training_data and not any("UNLIKE" in w for w in like.warnings)
+
+    blank = analyze(XRay(np.ones((32, 32), np.float32), filename="white.png"), "fracture", manager=manager)
+    assert blank.views[0].unlike_training_data
+    assert any(w.startswith("white.png: UNLIKE THE IMAGES tiny-test WAS TRAINED ON") for w in blank.warnings)
+    check, = blank.to_json()["views"][0]["input_check"]
+    assert check["model_id"] == "tiny-test" and check["unlike_training_data"] is True
+    assert check["distance"] > check["threshold"]
+
+
+def test_cli_fits_the_check_then_predict_reports_it(tiny_registry, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from xray_ai.cli import main
+
+    monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
+    x, y, _ = bright_square_data(120, seed=5)
+    data = tmp_path / "data"
+    for i, (img, label) in enumerate(zip(x, y)):
+        split = "train" if i < 80 else "valid"
+        folder = data / split / ("fracture" if label else "no fracture")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img[:, :, 0] * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    assert main(["fit-input-check", "--model", "tiny-test", "--data", str(data), "--registry", str(tiny_registry)]) == 0
+    out = capsys.readouterr().out
+    assert "fitted on 80 images" in out and "40 valid images" in out
+    assert (tiny_registry.parent / "tiny.features.npz").is_file()
+
+    white = tmp_path / "white.png"
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(white)
+    assert main(["predict", str(white), "--condition", "fracture", "--json", "--registry", str(tiny_registry)]) == 0
+    view = json.loads(capsys.readouterr().out)["views"][0]
+    assert view["input_check"][0]["unlike_training_data"] is True
+
+
+def test_cli_refuses_a_dataset_without_a_valid_split(tiny_registry, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from xray_ai.cli import main
+
+    monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
+    for i, label in enumerate(("fracture", "no fracture")):
+        (tmp_path / "d" / "train" / label).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "d" / "train" / label / f"{i}.png")
+    assert main(["fit-input-check", "--model", "tiny-test", "--data", str(tmp_path / "d"),
+                 "--registry", str(tiny_registry)]) == 2
+    assert "needs a train and a valid split" in capsys.readouterr().err
+
+
+SHIPPED = json.loads((REPO / "model_registry.json").read_text())
+
+
+@pytest.mark.parametrize("model_id", [m for m, e in SHIPPED["models"].items()
+                                      if e.get("path") and (REPO / e["path"]).is_file()])
+def test_every_shipped_model_has_an_input_check_that_knows_its_own_images(model_id):
+    """Fresh phantoms of the model's own condition (seeds it never saw) pass; the real RG3
+    tibia radiograph (no shipped model was trained on a tibia) is flagged."""
+    from xray_ai import load_image, phantoms
+
+    manager = ModelManager(REPO / "model_registry.json", backend="tensorflow")
+    loaded = manager.get(model_id=model_id)
+    assert loaded.input_check is not None, loaded.input_check_reason
+    condition = loaded.entry.condition
+    own = [XRay(phantoms.generate(condition, abnormal=bool(i % 2), seed=900_000 + i, size=224).image) for i in range(12)]
+    flagged = [v.unlike_training_data for v in analyze(own, None, manager=manager, model_id=model_id).views]
+    assert sum(flagged) <= 1, f"{sum(flagged)} of 12 of its own kind of images flagged"
+    tibia = analyze(load_image(REPO / "examples" / "rg3_tibia.png"), None, manager=manager, model_id=model_id)
+    assert tibia.views[0].unlike_training_data, tibia.views[0].input_checks
