@@ -105,6 +105,22 @@ def test_pdf_holds_result_and_provenance():
     assert result.decision == "fracture" and "Decision fracture" in text
 
 
+def test_input_check_is_stated_passed_failed_or_absent():
+    import dataclasses
+
+    result = make_result(n_views=2)
+    text = flat(pdf_text(build_report(result, report_id="abc123", now=NOW)))
+    assert "Input check not available for this model" in text
+    passed = (("fracture-dn121-quick", 0.8, 1.5),)
+    failed = (("fracture-dn121-quick", 3.2, 1.5),)
+    views = (dataclasses.replace(result.views[0], input_checks=passed),
+             dataclasses.replace(result.views[1], input_checks=failed))
+    mixed = dataclasses.replace(result, views=views)
+    assert "1 of 2 views are UNLIKE" in flat(pdf_text(build_report(mixed, report_id="abc123", now=NOW)))
+    both = dataclasses.replace(result, views=(views[0], dataclasses.replace(views[1], input_checks=passed)))
+    assert both.input_check_summary == "all 2 views are like the model's training images (distance 0.80, threshold 1.50)"
+
+
 def test_negative_decision_is_reported():
     result = make_result()
     result = AnalysisResult(**{**result.__dict__, "probability": 0.2})

@@ -71,7 +71,8 @@ def show_provenance(result: AnalysisResult) -> None:
         f"**Intended use:** {result.intended_use}  \n"
         f"{ensemble}"
         f"**Heatmap:** {result.heatmap_method} "
-        f"{f'at `{result.target_layer}`' if result.target_layer else '(input space)'} · backend {result.backend}"
+        f"{f'at `{result.target_layer}`' if result.target_layer else '(input space)'} · backend {result.backend}  \n"
+        f"**Input check:** {result.input_check_summary}"
     )
 
 

@@ -236,6 +236,7 @@ def _summary(result) -> str:
         f"trained on {result.trained_on}",
         f"intended use: {result.intended_use}",
         f"heatmap: {result.heatmap_method} at {result.target_layer}; backend {result.backend}",
+        f"input check: {result.input_check_summary}",
     ]
     if result.members:
         lines.append(f"ensemble: mean of {', '.join(result.members)}")

@@ -172,6 +172,7 @@ def _result_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
         ("Model", f"{result.model_id} version {result.model_version} ({result.architecture})"),
         ("Heatmap", f"{result.heatmap_method}; target layer {result.target_layer or 'none'}; "
                     f"backend {result.backend}"),
+        ("Input check", result.input_check_summary),
     ]
     if len(result.views) > 1:
         rows.insert(2, ("Study score", f"mean of {len(result.views)} views"))

@@ -99,6 +99,21 @@ class AnalysisResult:
     def is_positive(self) -> bool:
         return self.probability >= self.threshold
 
+    @property
+    def input_check_summary(self) -> str:
+        """One line for the app, the report and the CLI: did the images look like the
+        model's training images (xray_ai.input_check)?"""
+        checks = [c for v in self.views for c in v.input_checks]
+        if not checks:
+            return "not available for this model (no training-feature distribution)"
+        unlike = [v for v in self.views if v.unlike_training_data]
+        if unlike:
+            which = "the image is" if len(self.views) == 1 else f"{len(unlike)} of {len(self.views)} views are"
+            return f"{which} UNLIKE the model's training images: the probability is unreliable (see warnings)"
+        _, distance, threshold = max(checks, key=lambda c: c[1] - c[2])
+        which = "the image is" if len(self.views) == 1 else f"all {len(self.views)} views are"
+        return f"{which} like the model's training images (distance {distance:.2f}, threshold {threshold:.2f})"
+
     def to_json(self) -> dict[str, Any]:
         """The `predict --json` object of DESIGN.md (no arrays, no patient identifiers).
 
