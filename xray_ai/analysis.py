@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import input_check
 from .cam import METHODS
 from .imaging import XRay
 from .manager import LoadedEnsemble, LoadedModel, ModelManager
@@ -186,12 +187,8 @@ def pooled_features(loaded: LoadedModel, images: Sequence[np.ndarray]) -> np.nda
     for _, _, out in _batches(loaded, list(images)):
         if out.features is None:
             raise ValueError(f"model {loaded.entry.id} gives no feature map (Grad-CAM is unavailable for it)")
-        pooled.append(_pooled(out.features))
+        pooled.append(input_check.pool(out.features))
     return np.concatenate(pooled)
-
-
-def _pooled(features: np.ndarray) -> np.ndarray:
-    return features.mean(axis=(1, 2), dtype=np.float64)
 
 
 def _batches(loaded: LoadedModel, images: list[np.ndarray]):
@@ -235,7 +232,7 @@ def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
     for start, batch, out in _batches(loaded, [v.pixels for v in views]):
         probabilities.extend(float(p) for p in out.probabilities)
         if distribution is not None and out.features is not None:
-            distances = distribution.distances(_pooled(out.features))
+            distances = distribution.distances(input_check.pool(out.features))
             checks.extend(((loaded.entry.id, float(d), distribution.threshold),) for d in distances)
         else:
             checks.extend(() for _ in range(len(batch)))

@@ -20,6 +20,10 @@ ONNX Runtime (xray_ai.onnx_backend); any other model, a placeholder, or a model 
 exported is served by TensorFlow, so no analysis ever waits for an export. "onnx" exports
 on first load when needed (and still falls back, with the reason, when it cannot);
 "tensorflow" never uses ONNX Runtime.
+
+A model file may carry its input check beside it (`<model>.features.npz`, see
+xray_ai.input_check); it is read when the model loads, and used only if it was fitted on
+that very file (its sha256).
 """
 
 from __future__ import annotations
