@@ -216,9 +216,8 @@ class Head:
 
         ((x * s + t) @ W + b = x @ (s W) + (t W + b), in float64 then float32.) Each dense
         layer is (kernel, its transpose made contiguous for the backward pass, bias, relu).
-        Done once per head: it saves a pass per batch norm and a strided read of every
-        kernel in the backward pass, about a quarter of the head's time once a forward pass
-        has left the caches cold.
+        Done once per head, so that per batch the channel weights cost one product per dense
+        layer, reading each kernel in memory order.
         """
         layers = []
         scale, shift = None, None  # the affine map pending since the last dense layer
