@@ -246,6 +246,7 @@ def _served_as(model_id: str) -> tuple[bool, bool]:
 def _expect_provenance(main, model_id: str) -> None:
     """The model id, and the placeholder banner or the synthetic-data warning as they apply."""
     expect(main).to_contain_text(model_id)
+    expect(main).to_contain_text("Input check:")
     placeholder, synthetic = _served_as(model_id)
     banner = main.get_by_text(PLACEHOLDER_BANNER)
     if placeholder:
@@ -330,6 +331,8 @@ def test_analyse_page_end_to_end(browser, streamlit_server):
         _wait_for_result(page)
         timings["second_analysis_s"] = round(time.perf_counter() - t0, 2)
         _expect_provenance(main, second_model_id)
+        if _served_as(second_model_id) == (False, True):  # a model trained on phantoms, shown a real chest
+            expect(main).to_contain_text(f"{SECOND_FILE.name}: UNLIKE THE IMAGES {second_model_id} WAS TRAINED ON")
         _full_page_screenshot(page, ARTIFACTS / "browser_analyse_second.png")
     except BaseException:
         try:
