@@ -148,3 +148,20 @@ def test_every_shipped_model_has_an_input_check_that_knows_its_own_images(model_
     assert sum(flagged) <= 1, f"{sum(flagged)} of 12 of its own kind of images flagged"
     tibia = analyze(load_image(REPO / "examples" / "rg3_tibia.png"), None, manager=manager, model_id=model_id)
     assert tibia.views[0].unlike_training_data, tibia.views[0].input_checks
+
+
+def test_cli_will_not_fit_the_check_of_a_placeholder(tmp_path, capsys, monkeypatch):
+    from conftest import write_tiny_registry
+    from xray_ai.cli import main
+
+    monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
+    from PIL import Image
+
+    registry = write_tiny_registry(tmp_path, None, sha256=None)  # its model file is missing
+    for i, label in enumerate(("fracture", "no fracture")):
+        (tmp_path / "d" / "train" / label).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "d" / "train" / label / f"{i}.png")
+    assert main(["fit-input-check", "--model", "tiny-test", "--data", str(tmp_path / "d"),
+                 "--registry", str(registry)]) == 2
+    err = capsys.readouterr().err
+    assert "tiny-test: cannot fit its input check" in err and "missing.keras" in err

@@ -369,7 +369,7 @@ def _cmd_fit_input_check(args: argparse.Namespace) -> int:
     from .imaging import load_image
     from .input_check import DEFAULT_PERCENTILE, fit, save, sidecar_path
 
-    manager, loaded, df = _model_and_dataset(args)
+    manager, loaded, df = _model_and_dataset(args, "fit its input check")
     if loaded.entry.is_ensemble:
         raise BadInput(f"{args.model_id} is an ensemble: fit the input check of each member")
     parts = {split: df[df["split"] == split] for split in ("train", "valid")}
@@ -396,8 +396,9 @@ def _cmd_fit_input_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _model_and_dataset(args: argparse.Namespace):
-    """(manager, loaded model, dataset frame) for evaluate and explain-eval; BadInput when unusable."""
+def _model_and_dataset(args: argparse.Namespace, purpose: str = "evaluate"):
+    """(manager, loaded model, dataset frame) for evaluate, explain-eval and fit-input-check;
+    BadInput, naming `purpose`, when unusable."""
     from . import data as datamod
     from .manager import ModelManager
     from .registry import RegistryError
@@ -412,7 +413,7 @@ def _model_and_dataset(args: argparse.Namespace):
         raise BadInput(str(exc)) from None
     if loaded.placeholder:
         which = "a member's model file" if loaded.entry.is_ensemble else "the model file"
-        raise BadInput(f"{args.model_id}: cannot evaluate, {which} is unusable ({loaded.placeholder_reason})")
+        raise BadInput(f"{args.model_id}: cannot {purpose}, {which} is unusable ({loaded.placeholder_reason})")
     return manager, loaded, df
 
 
