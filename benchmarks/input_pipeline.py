@@ -41,10 +41,8 @@ def main() -> None:
     parser.add_argument("--condition", default="pneumonia")
     args = parser.parse_args()
 
-    import keras
-
     from xray_ai.architectures import build_classifier
-    from xray_ai.training import DEFAULT_LESION_WEIGHT, _with_lesion_head
+    from xray_ai.training import DEFAULT_LESION_WEIGHT, _with_lesion_head, compile_for_training
 
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(Path(tmp), args.condition, args.images, layout="folders", size=2 * args.size, seed=0)
@@ -56,9 +54,7 @@ def main() -> None:
                             class_weight=D.class_weights(rows["label"]), lesion_grid=grid)
         pipeline = D.measure_throughput(ds, batches=max(1, len(rows) // args.batch_size))
 
-        fit_model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                          loss={"probability": "binary_crossentropy", "lesion_map": "binary_crossentropy"},
-                          loss_weights={"probability": 1.0, "lesion_map": DEFAULT_LESION_WEIGHT})
+        compile_for_training(fit_model, 1e-3, DEFAULT_LESION_WEIGHT)  # as `python -m xray_ai train` compiles it
         held = list(ds.take(6))
         fit_model.train_on_batch(*held[0])  # compile + warm-up
         start, n = time.perf_counter(), 0

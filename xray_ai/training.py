@@ -40,7 +40,7 @@ from . import data as datamod
 from . import evaluation, input_check
 from .registry import InputSpec, ModelEntry, TrainingData, load_registry, save_registry
 
-__all__ = ["Protocol", "PROTOCOLS", "TrainConfig", "TrainOutcome", "train"]
+__all__ = ["Protocol", "PROTOCOLS", "TrainConfig", "TrainOutcome", "train", "compile_for_training"]
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +276,23 @@ def _with_lesion_head(model):
     return fit_model, (int(features.shape[1]), int(features.shape[2]))
 
 
+def compile_for_training(fit_model, learning_rate: float, lesion_weight: float) -> None:
+    """Compile the model `train` fits: Adam, binary cross-entropy on the label, AUC and
+    accuracy; with a lesion head (`lesion_weight` > 0, `_with_lesion_head`) also the
+    lesion-map loss at that weight."""
+    import keras
+
+    label_metrics = [keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")]
+    if lesion_weight:
+        fit_model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                          loss={"probability": "binary_crossentropy", "lesion_map": "binary_crossentropy"},
+                          loss_weights={"probability": 1.0, "lesion_map": lesion_weight},
+                          metrics={"probability": label_metrics})
+    else:
+        fit_model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy",
+                          metrics=label_metrics)
+
+
 def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     """Train, evaluate, save and (optionally) register one model. See the module docstring.
 
@@ -326,15 +343,7 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
         done = 0
         for fraction, n in _stage_epochs(protocol, epochs):
             _set_trainable_fraction(model, fraction)
-            label_metrics = [keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")]
-            if grid:
-                fit_model.compile(optimizer=keras.optimizers.Adam(protocol.learning_rate),
-                                  loss={"probability": "binary_crossentropy", "lesion_map": "binary_crossentropy"},
-                                  loss_weights={"probability": 1.0, "lesion_map": lesion_weight},
-                                  metrics={"probability": label_metrics})
-            else:
-                fit_model.compile(optimizer=keras.optimizers.Adam(protocol.learning_rate),
-                                  loss="binary_crossentropy", metrics=label_metrics)
+            compile_for_training(fit_model, protocol.learning_rate, lesion_weight)  # no grid iff weight 0
             print(f"stage: backbone {fraction:.0%} trainable, epochs {done + 1}-{done + n}", file=stream, flush=True)
             fit = fit_model.fit(
                 train_ds, validation_data=valid_ds, epochs=done + n, initial_epoch=done, verbose=0,
