@@ -363,10 +363,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit_input_check(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .analysis import pooled_features
-    from .imaging import load_image
     from .input_check import DEFAULT_PERCENTILE, fit, save, sidecar_path
 
     manager, loaded, df = _model_and_dataset(args, "fit its input check")
@@ -380,9 +377,7 @@ def _cmd_fit_input_check(args: argparse.Namespace) -> int:
         raise BadInput(f"--percentile {percentile}: expected a value in [50, 100)")
 
     def features(part):
-        chunks = [pooled_features(loaded, [load_image(p).pixels for p in part["path"].iloc[i : i + 64]])
-                  for i in range(0, len(part), 64)]
-        return np.concatenate(chunks)
+        return _over_images(part["path"], lambda pixels: pooled_features(loaded, pixels))
 
     try:
         distribution = fit(features(parts["train"]), features(parts["valid"]), loaded.entry.sha256,
@@ -394,6 +389,17 @@ def _cmd_fit_input_check(args: argparse.Namespace) -> int:
     print(f"{args.model_id}: input check fitted on {distribution.n_fit} images, threshold {distribution.threshold:.3f} "
           f"(the {percentile:g}th percentile of {distribution.n_calibration} valid images) -> {path}")
     return EXIT_OK
+
+
+def _over_images(paths, per_chunk, chunk: int = 32):
+    """per_chunk(pixels of up to `chunk` images) over a dataset's image paths, read a chunk at
+    a time so that memory stays bounded; the results concatenated, in the order of `paths`."""
+    import numpy as np
+
+    from .imaging import load_image
+
+    return np.concatenate([per_chunk([load_image(p).pixels for p in paths.iloc[start : start + chunk]])
+                           for start in range(0, len(paths), chunk)])
 
 
 def _model_and_dataset(args: argparse.Namespace, purpose: str = "evaluate"):
@@ -420,17 +426,13 @@ def _model_and_dataset(args: argparse.Namespace, purpose: str = "evaluate"):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .analysis import predict_probabilities
     from .evaluation import evaluation_report
-    from .imaging import load_image
 
     manager, loaded, df = _model_and_dataset(args)
     if args.split:
         df = df[df["split"] == args.split].reset_index(drop=True)
     if df.empty:
         raise BadInput(f"{args.data}: no images{' in split ' + args.split if args.split else ''}")
-    probs = []
-    for start in range(0, len(df), 32):
-        paths = df["path"].iloc[start : start + 32]
-        probs.extend(predict_probabilities(loaded, [load_image(p).pixels for p in paths]))  # an ensemble: members' mean
+    probs = _over_images(df["path"], lambda pixels: predict_probabilities(loaded, pixels))  # ensemble: members' mean
     metrics = evaluation_report(
         df["label"].to_numpy(), probs, loaded.entry.threshold, split=args.split or f"all of {args.data}",
         study_ids=df["study_id"].to_numpy(),
