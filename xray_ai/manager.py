@@ -299,8 +299,9 @@ class ModelManager:
         if placeholder:
             check, check_reason = None, "a placeholder has no training data"
         else:
-            check, check_reason = input_check.load(input_check.sidecar_path(path), entry.sha256)
-            if check_reason and input_check.sidecar_path(path).exists():
+            sidecar = input_check.sidecar_path(path)
+            check, check_reason = input_check.load(sidecar, entry.sha256)
+            if check_reason and sidecar.exists():  # there is one, but not for this model file
                 log.warning("model %s: input check not used: %s", entry.id, check_reason)
         seconds = time.perf_counter() - start
         log.info("loaded %s in %.2f s (placeholder=%s, backend=%s)", entry.id, seconds, placeholder, backend)
