@@ -264,8 +264,11 @@ def _class_folder(split_dir: Path, label: str) -> Path | None:
     exact = split_dir / label
     if exact.is_dir():
         return exact
-    key = re.sub(r"[\s_-]+", "_", label.strip().lower())
-    matches = [d for d in sorted(split_dir.iterdir()) if d.is_dir() and re.sub(r"[\s_-]+", "_", d.name.lower()) == key]
+
+    def key(name: str) -> str:
+        return re.sub(r"[\s_-]+", "_", name.lower())
+
+    matches = [d for d in sorted(split_dir.iterdir()) if d.is_dir() and key(d.name) == key(label.strip())]
     if len(matches) > 1:
         raise ValueError(f"{split_dir}: folders {[d.name for d in matches]} all match the label {label!r}")
     return matches[0] if matches else None
