@@ -24,6 +24,7 @@ scikit-learn only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,11 +86,10 @@ def fit(fit_features: np.ndarray, calibration_features: np.ndarray, model_sha256
     if len(calibration_features) < 20:  # a 99.5th percentile of fewer is just the maximum of a handful
         raise ValueError(f"need at least 20 calibration images, got {len(calibration_features)}")
     estimate = LedoitWolf().fit(fit_features)
-    partial = FeatureDistribution(estimate.location_, estimate.precision_, 0.0, percentile, len(fit_features),
-                                  len(calibration_features), model_sha256, source)
-    threshold = float(np.percentile(partial.distances(calibration_features), percentile))
-    return FeatureDistribution(estimate.location_, estimate.precision_, threshold, percentile, len(fit_features),
-                               len(calibration_features), model_sha256, source)
+    unthresholded = FeatureDistribution(estimate.location_, estimate.precision_, float("inf"), percentile,
+                                        len(fit_features), len(calibration_features), model_sha256, source)
+    threshold = float(np.percentile(unthresholded.distances(calibration_features), percentile))
+    return dataclasses.replace(unthresholded, threshold=threshold)
 
 
 def sidecar_path(model_path: str | Path) -> Path:
