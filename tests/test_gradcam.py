@@ -142,3 +142,17 @@ def test_trained_bright_square_detector_points_at_the_square(keras_mod, kind):
         cy, cx = (pr + 0.5) * scale, (pc + 0.5) * scale
         hits += (r - 1 <= cy <= r + 9) and (c - 1 <= cx <= c + 9)
     assert hits / len(positives) >= 0.9
+
+
+def test_normalise_map_scales_by_the_peak_and_zeroes_what_it_cannot_use():
+    cam = np.array([[-1.0, 0.5], [2.0, 0.0]], np.float32)
+    out, flag = normalise_map(cam)
+    assert flag is None and out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.0, 0.25], [1.0, 0.0]], atol=1e-6)
+    assert cam[0, 0] == -1.0  # the caller's map is left alone
+    bad, flag = normalise_map(np.array([[np.nan, 1.0], [np.inf, -np.inf]], np.float32))
+    assert flag is None
+    np.testing.assert_allclose(bad, [[0.0, 1.0], [0.0, 0.0]], atol=1e-6)
+    for empty in (np.zeros((2, 2), np.float32), np.full((2, 2), -3.0, np.float32), np.full((2, 2), np.nan, np.float32)):
+        zeros, flag = normalise_map(empty)
+        assert flag and "zero gradient" in flag and not zeros.any()

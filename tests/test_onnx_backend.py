@@ -285,7 +285,7 @@ def test_a_damaged_or_foreign_export_is_ignored_with_a_reason(damage, exported, 
     elif damage == "other_weights":
         layer = model.get_layer("logit")
         layer.set_weights([w + 0.1 for w in layer.get_weights()])
-    elif damage == "feature_map_only":  # a graph without the ReLU and probability outputs, sidecar made to match
+    elif damage == "feature_map_only":  # a graph with the feature map only (format 1), sidecar made to match
         features = keras_mod.Model(model.inputs[0], model.get_layer("conv2").output)
         features(np.zeros((1, *TINY_SHAPE), np.float32))
         features.export(str(onnx_path), format="onnx", verbose=False)
@@ -296,7 +296,7 @@ def test_a_damaged_or_foreign_export_is_ignored_with_a_reason(damage, exported, 
     assert analyzer is None
     expected = {"tampered_onnx": "fails its check", "missing_sidecar": "sidecar", "other_keras_sha": "keras_sha256",
                 "old_format": "format", "other_weights": "head_sha256",
-                "feature_map_only": "feature map, each ReLU layer of the head, probability"}[damage]
+                "feature_map_only": "pooled features, Grad-CAM map, probability"}[damage]
     assert expected in reason
 
 
@@ -367,6 +367,27 @@ def test_without_an_export_tensorflow_serves_at_once_and_a_later_export_is_picke
     assert not cache.exists()  # auto never exports by itself
     manager.export_onnx("tiny-test")
     assert manager.get("fracture").backend == "onnxruntime"
+
+
+def test_a_model_served_by_onnx_keeps_its_verified_session(exported, tmp_path, monkeypatch):
+    """get() does not stat the export of a model ONNX Runtime already serves: the session it
+    opened was verified, so removing or replacing the files does not disturb it; a new
+    model file (new sha256) does load anew."""
+    monkeypatch.delenv("XRAY_AI_BACKEND", raising=False)
+    registry = _registry_for(exported, tmp_path)
+    cache = tmp_path / "c"
+    manager = ModelManager(registry, onnx_cache=cache)
+    manager.export_onnx("tiny-test")
+    loaded = manager.get("fracture")
+    assert loaded.backend == "onnxruntime"
+    for path in ob.export_paths(exported[1], cache):
+        path.unlink()
+    assert manager.get("fracture") is loaded
+    model_file = tmp_path / exported[0].name
+    model_file.write_bytes(model_file.read_bytes())  # same bytes, new mtime: the file is checked again
+    os.utime(model_file, ns=(0, 0))
+    again = manager.get("fracture")
+    assert again is not loaded and again.backend == "tensorflow" and "no ONNX export yet" in again.backend_reason
 
 
 def test_backend_onnx_exports_on_demand(exported, tmp_path):

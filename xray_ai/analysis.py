@@ -18,7 +18,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import input_check
 from .cam import METHODS
 from .imaging import XRay
 from .manager import LoadedEnsemble, LoadedModel, ModelManager
@@ -81,9 +80,10 @@ def analyze(
     if len(views) > MAX_VIEWS:
         raise ValueError(f"{len(views)} images given; one study has at most {MAX_VIEWS} views")
     manager = manager or default_manager()
-    loaded = manager.get(condition=condition, model_id=model_id)
+    registry = manager.registry  # read once: each read stats the file
+    loaded = manager.get(condition=condition, model_id=model_id, registry=registry)
     entry = loaded.entry
-    registry_condition = manager.registry.condition(entry.condition)
+    registry_condition = registry.condition(entry.condition)
 
     if isinstance(loaded, LoadedEnsemble):
         models = list(loaded.members)
@@ -185,9 +185,9 @@ def pooled_features(loaded: LoadedModel, images: Sequence[np.ndarray]) -> np.nda
     """
     pooled = []
     for _, _, out in _batches(loaded, list(images)):
-        if out.features is None:
+        if out.pooled_features is None:
             raise ValueError(f"model {loaded.entry.id} gives no feature map (Grad-CAM is unavailable for it)")
-        pooled.append(input_check.pool(out.features))
+        pooled.append(out.pooled_features)
     return np.concatenate(pooled)
 
 
@@ -231,8 +231,8 @@ def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
     distribution = loaded.input_check
     for start, batch, out in _batches(loaded, [v.pixels for v in views]):
         probabilities.extend(float(p) for p in out.probabilities)
-        if distribution is not None and out.features is not None:
-            distances = distribution.distances(input_check.pool(out.features))
+        if distribution is not None and out.pooled_features is not None:
+            distances = distribution.distances(out.pooled_features)
             checks.extend(((loaded.entry.id, float(d), distribution.threshold),) for d in distances)
         else:
             checks.extend(() for _ in range(len(batch)))

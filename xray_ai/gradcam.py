@@ -203,7 +203,7 @@ class GradCam:
             grads = tf.zeros_like(features)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # (N, 1, 1, K)
         cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))  # (N, h, w)
-        return tf.reshape(prob, (-1,)), cam, features
+        return tf.reshape(prob, (-1,)), cam, tf.reduce_mean(features, axis=(1, 2))  # pooled, as the head pools
 
     def _forward_step(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, None]:
         prob = self.model(x, training=False)
@@ -212,7 +212,7 @@ class GradCam:
     def __call__(self, batch: np.ndarray) -> GradCamOutput:
         """batch: float32 (N, H, W, C), model-ready. Returns GradCamOutput."""
         x = tf.convert_to_tensor(batch, tf.float32)
-        prob, cam, features = self._fn(x)
+        prob, cam, pooled = self._fn(x)
         prob = np.clip(np.nan_to_num(prob.numpy().astype(np.float64), nan=0.5), 0.0, 1.0)
         maps, flags = [], []
         for raw in cam.numpy():
@@ -223,8 +223,8 @@ class GradCam:
             norm, flag = normalise_map(raw)
             maps.append(norm)
             flags.append(flag)
-        features = None if features is None else features.numpy()
-        return GradCamOutput(prob, np.stack(maps), tuple(flags), self.method, self.target_layer, features)
+        pooled = None if pooled is None else pooled.numpy()
+        return GradCamOutput(prob, np.stack(maps), tuple(flags), self.method, self.target_layer, pooled)
 
     def warm_up(self) -> None:
         """Trace the compiled function once (batch of one) so the first real call is fast."""

@@ -230,33 +230,38 @@ class ModelManager:
 
     # ------------------------------------------------------------------ loading
 
-    def get(self, condition: str | None = None, model_id: str | None = None) -> LoadedModel | LoadedEnsemble:
+    def get(self, condition: str | None = None, model_id: str | None = None,
+            registry: Registry | None = None) -> LoadedModel | LoadedEnsemble:
         """The loaded model for `model_id`, or the active model of `condition`.
 
         A LoadedEnsemble for an ensemble entry (its members loaded and cached one by one).
         Never raises for a bad model file: that yields the placeholder. Raises
         RegistryError for an unknown condition or model id, or an invalid registry.
+
+        `registry`: one this manager's `registry` just returned (analyze reads it once for
+        the model and the condition's labels); default: read now. Each read stats the file,
+        and get() runs on every analysis.
         """
-        registry = self.registry  # once: each read stats the file, and get() runs on every analysis
+        registry = registry or self.registry
         entry = self._resolve(registry, condition, model_id)
         if entry.is_ensemble:  # the registry guarantees members are single models of this condition
-            return LoadedEnsemble(entry, tuple(self.get(model_id=m) for m in entry.members))
-        path = entry.resolve_path(registry.base_dir)
-        key = (entry, _stamp(path), self._export_stamp(entry))
+            return LoadedEnsemble(entry, tuple(self.get(model_id=m, registry=registry) for m in entry.members))
+        path = _model_path(entry, registry.base_dir)
+        key = (entry, _stamp(path))
         with self._lock:
             cached = self._cache.get(entry.id)
-            if cached is not None and cached[0] == key:
-                return cached[1]
+        if cached is not None and cached[0] == key and self._export_unchanged(entry, cached[1], cached[2]):
+            return cached[2]
+        with self._lock:
             key_lock = self._key_locks.setdefault(entry.id, threading.Lock())
         with key_lock:  # one thread loads a given model; others wait for it, not for all loads
             with self._lock:
                 cached = self._cache.get(entry.id)
-                if cached is not None and cached[0] == key:
-                    return cached[1]
+            if cached is not None and cached[0] == key and self._export_unchanged(entry, cached[1], cached[2]):
+                return cached[2]
             loaded = self._load(entry, path)
-            key = (entry, key[1], self._export_stamp(entry))  # as the load left it (backend "onnx" may export)
-            with self._lock:
-                self._cache[entry.id] = (key, loaded)
+            with self._lock:  # the export as the load left it (backend "onnx" may export)
+                self._cache[entry.id] = (key, self._export_stamp(entry), loaded)
             return loaded
 
     def loaded_ids(self) -> list[str]:
@@ -268,10 +273,18 @@ class ModelManager:
             self._cache.clear()
 
     def _export_stamp(self, entry: ModelEntry) -> tuple | None:
-        # An export written after the model was loaded (`export-onnx`) is picked up on the next get.
         if self.backend == "tensorflow" or entry.sha256 is None:
             return None
         return export_stamp(entry.sha256, self.onnx_cache)
+
+    def _export_unchanged(self, entry: ModelEntry, stamp_at_load: tuple | None, loaded: LoadedModel) -> bool:
+        """False when an export appeared or changed since a TensorFlow-served model was
+        loaded (`export-onnx` in another process): the next get picks it up. A model served
+        by ONNX Runtime keeps the verified session it opened, so it needs no check (a stat
+        per analysis saved)."""
+        if loaded.backend == "onnxruntime":
+            return True
+        return self._export_stamp(entry) == stamp_at_load
 
     def _load(self, entry: ModelEntry, path: Path) -> LoadedModel:
         start = time.perf_counter()
@@ -367,6 +380,18 @@ class ModelManager:
         if out != (None, 1):
             raise _ModelProblem(f"{entry.path} outputs {out}; one sigmoid unit (None, 1) is required")
         return model
+
+
+def _model_path(entry: ModelEntry, base_dir: Path) -> Path:
+    return _joined(entry.path, base_dir) if entry.path is not None else entry.resolve_path(base_dir)
+
+
+@functools.lru_cache(maxsize=256)
+def _joined(path: str, base_dir: Path) -> Path:
+    """ModelEntry.resolve_path, cached: pathlib's joins cost more than the stat that follows
+    (get() runs on every analysis)."""
+    p = Path(path)
+    return p if p.is_absolute() else base_dir / p
 
 
 def _stamp(path: Path) -> tuple:

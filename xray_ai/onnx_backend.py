@@ -11,11 +11,14 @@ with respect to A is the same at every position (i, j):
 where S is batch norm's per-channel scale gamma / sqrt(var + eps), W a dense kernel, D
 the 0/1 mask of that layer's active ReLUs (identity when it has none) and w_out the logit's
 kernel; dropout is the identity at inference. Grad-CAM's channel weights (the spatial mean
-of that gradient) are therefore g / (h w), computed in numpy from the head's weights and
-the masks of this very forward pass. So the whole model is exported to ONNX with extra
-outputs: the feature map (the pooling layer's input), the output of every ReLU dense layer
-of the head (its masks) and the probability. One ONNX Runtime pass gives them all; g and
-the heatmap follow in numpy in microseconds.
+of that gradient) are therefore g / (h w), fixed by the head's weights and the masks of
+this very forward pass. So the whole model is exported to ONNX together with that backward
+product, written out as graph operations on the head's (batch-norm-folded) weights: the
+export returns the pooled feature map (for the input check), the raw Grad-CAM map
+ReLU-free (sum_k A_k g_k / (h w)) and the probability. One ONNX Runtime pass gives them all;
+numpy only scales the map to [0, 1]. Computing g inside the graph, right after the forward
+pass has read the same kernels, instead of in numpy afterwards (when they have left the
+cache) is what keeps analyze() near the bare forward time.
 
 A head of any other form (max pooling, flatten, a tanh, an attention block...) is not
 detected, and `detect_head` says why: such a model keeps the TensorFlow path.
@@ -78,7 +81,8 @@ CACHE_ENV = "XRAY_AI_ONNX_CACHE"
 BACKEND_ENV = "XRAY_AI_BACKEND"
 # Bump when the export's layout or meaning changes: older exports are then ignored.
 # 1: the feature map only. 2: feature map, each ReLU layer's output, probability.
-EXPORT_FORMAT = 2
+# 3: pooled features, raw Grad-CAM map (the backward product in the graph), probability.
+EXPORT_FORMAT = 3
 _CHECK_TOLERANCE = 1e-4  # |p_onnx - p_keras| allowed when an export is checked
 
 
@@ -174,7 +178,7 @@ class Head:
     def evaluate(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits (N,), Grad-CAM channel weights (N, K)) for feature maps (N, h, w, K), all
         in numpy: the head's forward pass, then `channel_weights` from its ReLU outputs.
-        (The backend gets those outputs from ONNX Runtime instead; this is its reference.)
+        (The export's graph computes the same; this is its reference.)
         """
         layers, out_kernel, out_bias = self._folded
         x = features.mean(axis=(1, 2), dtype=np.float32)  # global average pooling
@@ -186,6 +190,13 @@ class Head:
                 relu_outputs.append(x)
         logits = x @ out_kernel + out_bias
         return logits, self.channel_weights(relu_outputs, features.shape)
+
+    def raw_cam(self, features: np.ndarray) -> np.ndarray:
+        """sum_k A_k * weight_k (N, h, w), before the ReLU, in numpy: what the export's graph
+        computes (its reference in the export check and the tests)."""
+        n, h, w, k = features.shape
+        weights = self.evaluate(features)[1].astype(np.float32)
+        return np.matmul(features.reshape(n, h * w, k), weights[:, :, None]).reshape(n, h, w)
 
     def channel_weights(self, relu_outputs: list[np.ndarray], features_shape: tuple[int, ...]) -> np.ndarray:
         """Grad-CAM channel weights (N, K): dlogit/dA averaged over the feature map's
@@ -204,11 +215,6 @@ class Head:
         for (_, kernel_t, _, _), mask in zip(reversed(layers), reversed(masks)):
             grad = (grad if mask is None else grad * mask) @ kernel_t
         return grad / float(h * w)
-
-    @property
-    def relu_widths(self) -> tuple[int, ...]:
-        """Units of each ReLU dense layer, in forward order: the export's middle outputs."""
-        return tuple(kernel.shape[1] for kernel, _, _, relu in self._folded[0] if relu)
 
     @functools.cached_property
     def _folded(self) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]], np.ndarray, float]:
@@ -349,10 +355,9 @@ def _check_target(model: Any, tensor: Any, target: str, resolve: Any) -> None:
             producer, _ = _producer(layer.outputs[0])
 
 
-def _export_outputs(model: Any) -> list[Any]:
-    """What the export returns, in `model`'s graph (call after detect_head): the pooling
-    layer's input (the feature map), the output of each ReLU dense layer of the head in
-    forward order, and the model's output (the probability)."""
+def _head_tensors(model: Any) -> tuple[Any, Any, list[Any]]:
+    """In `model`'s graph (call after detect_head): the feature map (the pooling layer's
+    input), the pooled features (its output) and each ReLU dense layer's output, forward order."""
     import keras
 
     relu_outputs = []
@@ -363,7 +368,43 @@ def _export_outputs(model: Any) -> list[Any]:
             relu_outputs.append(tensor)
         tensor = inputs[0]
         layer, inputs = _producer(tensor)
-    return [inputs[0], *reversed(relu_outputs), model.outputs[0]]
+    return inputs[0], tensor, relu_outputs[::-1]
+
+
+def _export_outputs(model: Any, head: Head) -> list[Any]:
+    """What the export returns: the pooled features (N, K), the raw Grad-CAM map (N, h, w),
+    before the ReLU) and the model's output (the probability, N x 1)."""
+    features, pooled, relu_outputs = _head_tensors(model)
+    cam = _grad_cam_layer(head)([features, *relu_outputs, model.outputs[0]])
+    return [pooled, cam, model.outputs[0]]
+
+
+def _grad_cam_layer(head: Head) -> Any:
+    """A keras layer: [feature map, each ReLU dense layer's output, probability] -> raw
+    Grad-CAM map sum_k A_k g_k / (h w) (module docstring), with the head's folded weights
+    as constants. Exported into the graph, so ONNX Runtime runs the backward product too."""
+    import keras
+    from keras import ops
+
+    layers, out_kernel, _ = head._folded
+    h, w, k = head.feature_shape
+
+    class ExactGradCam(keras.layers.Layer):
+        def call(self, inputs):
+            features, *relu_outputs, probability = inputs
+            outputs = iter(relu_outputs)
+            # (N, K_last): the logit's kernel for every image of the batch
+            grad = ops.ones_like(probability) * ops.convert_to_tensor(out_kernel[None, :])
+            masks = [ops.greater(next(outputs), 0.0) if relu else None for _, _, _, relu in layers]
+            for (_, kernel_t, _, _), mask in zip(reversed(layers), reversed(masks)):
+                if mask is not None:
+                    grad = grad * ops.cast(mask, "float32")
+                grad = ops.matmul(grad, ops.convert_to_tensor(kernel_t))
+            weights = ops.expand_dims(grad / float(h * w), -1)  # (N, K, 1)
+            cam = ops.matmul(ops.reshape(features, (-1, h * w, k)), weights)
+            return ops.reshape(cam, (-1, h, w))
+
+    return ExactGradCam(name="exact_grad_cam")
 
 
 # ---------------------------------------------------------------------------- analyzer
@@ -391,22 +432,18 @@ class OnnxGradCam:
         self._lock = threading.Lock()
 
     def forward(self, batch: np.ndarray) -> list[np.ndarray]:
-        """The export's outputs for a model-ready batch: feature maps (N, h, w, K), each
-        ReLU dense layer's output (N, units), probabilities (N, 1); float32."""
+        """The export's outputs for a model-ready batch: pooled features (N, K), raw Grad-CAM
+        maps (N, h, w), probabilities (N, 1); float32."""
         x = np.ascontiguousarray(batch, np.float32)
         with self._lock:
             return self.session.run(None, {self._input: x})
 
     def __call__(self, batch: np.ndarray) -> GradCamOutput:
         """batch: float32 (N, H, W, C), model-ready. Returns GradCamOutput."""
-        features, *relu_outputs, probabilities = self.forward(batch)
-        weights = self.head.channel_weights(relu_outputs, features.shape)
-        n, h, w, k = features.shape
-        # ReLU(sum_k A_k * weight_k), as one (h*w, K) @ (K,) product per image
-        cams = np.matmul(features.reshape(n, h * w, k), weights.astype(np.float32, copy=False)[:, :, None]).reshape(n, h, w)
-        prob = np.clip(np.nan_to_num(probabilities.reshape(n).astype(np.float64), nan=0.5), 0.0, 1.0)
+        pooled, cams, probabilities = self.forward(batch)
+        prob = np.clip(np.nan_to_num(probabilities.reshape(-1).astype(np.float64), nan=0.5), 0.0, 1.0)
         maps, flags = zip(*(normalise_map(cam) for cam in cams))
-        return GradCamOutput(prob, np.stack(maps), tuple(flags), self.method, self.target_layer, features)
+        return GradCamOutput(prob, np.stack(maps), tuple(flags), self.method, self.target_layer, pooled)
 
     def warm_up(self) -> None:
         """One run so that ONNX Runtime's first-call allocations are not paid by a user."""
@@ -488,10 +525,11 @@ def _check_session(session: Any, model: Any, head: Head) -> str | None:
         return f"the session takes {len(ins)} inputs ({', '.join(i.name for i in ins)}); only the image is allowed"
     if list(ins[0].shape[1:]) != list(model.inputs[0].shape[1:]):
         return f"the session's input is {ins[0].shape}, the model's {tuple(model.inputs[0].shape)}"
-    expected = [list(head.feature_shape), *([units] for units in head.relu_widths), [1]]
+    h, w, k = head.feature_shape
+    expected = [[k], [h, w], [1]]
     if [list(o.shape[1:]) for o in outs] != expected:
         return (f"the session returns {[o.shape for o in outs]}, expected (N, ...) shapes {expected}: "
-                "feature map, each ReLU layer of the head, probability")
+                "pooled features, Grad-CAM map, probability")
     return None
 
 
@@ -515,7 +553,7 @@ def export_model(model: Any, keras_sha256: str, directory: str | Path | None = N
     head = detect_head(model)
     onnx_path, meta_path = export_paths(keras_sha256, directory)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    exported = keras.Model(model.inputs[0], _export_outputs(model), name=f"{model.name}_gradcam")
+    exported = keras.Model(model.inputs[0], _export_outputs(model, head), name=f"{model.name}_gradcam")
     shape = tuple(model.inputs[0].shape[1:])
     probe = np.random.default_rng(0).uniform(0.0, 1.0, (2, *shape)).astype(np.float32)
     exported(probe[:1])  # keras' export needs a model that has been called once
@@ -532,17 +570,18 @@ def export_model(model: Any, keras_sha256: str, directory: str | Path | None = N
         problem = _check_session(session, model, head)
         if problem:
             raise RuntimeError(f"exported graph is unusable: {problem}")
-        features, *relu_outputs, p_onnx = OnnxGradCam(session, head, tmp).forward(probe)
+        pooled, cams, p_onnx = OnnxGradCam(session, head, tmp).forward(probe)
         p_keras = np.asarray(model(probe, training=False)).reshape(-1)
         diff = float(np.max(np.abs(p_onnx.reshape(-1) - p_keras)))
         if not diff <= _CHECK_TOLERANCE:
             raise RuntimeError(f"exported model disagrees with keras: |p_onnx - p_keras| = {diff:.2e}")
-        # the ReLU outputs must be the head's: its masks from them give the numpy head's weights
-        reference = head.evaluate(features)[1]
-        weights = head.channel_weights(relu_outputs, features.shape)
-        weights_diff = float(np.linalg.norm(weights - reference) / max(np.linalg.norm(reference), 1e-12))
-        if not weights_diff <= 1e-3:
-            raise RuntimeError(f"exported head disagrees with the model's: Grad-CAM weights differ by {weights_diff:.2e}")
+        # the graph's Grad-CAM must be the numpy head's on keras' own feature map
+        features = np.asarray(keras.Model(model.inputs[0], _head_tensors(model)[0])(probe, training=False))
+        reference = head.raw_cam(features)
+        for name, ours, theirs in (("Grad-CAM maps", cams, reference), ("pooled features", pooled, features.mean(axis=(1, 2)))):
+            rel = float(np.linalg.norm(ours - theirs) / max(np.linalg.norm(theirs), 1e-12))
+            if not rel <= 1e-3:
+                raise RuntimeError(f"exported graph disagrees with the model's head: {name} differ by {rel:.2e}")
         meta = _sidecar(model, keras_sha256, head, tmp, session, diff, time.perf_counter() - start)
         meta["onnx_file"] = onnx_path.name
         tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")

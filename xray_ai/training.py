@@ -222,7 +222,7 @@ def _fit_input_check(model, parts: dict, spec: InputSpec, sha256: str, source: s
 
     def pooled(df) -> np.ndarray:
         ds = datamod.make_dataset(df, spec, batch_size=64, training=False, cache=False)
-        return np.concatenate([input_check.pool(cam(x.numpy()).features) for x, _ in ds])
+        return np.concatenate([cam(x.numpy()).pooled_features for x, _ in ds])
 
     return input_check.fit(pooled(parts["train"]), pooled(parts["valid"]), sha256, source)
 
