@@ -5,8 +5,8 @@ For each backbone at 224 x 224, batch 1, in one process and on the same weights:
     (preprocessing from a real example radiograph, one compiled pass giving the
     probability and Grad-CAM, the result object);
   - analyze() on the ONNX Runtime backend: the same pipeline, served from the model's
-    verified export (one ONNX Runtime pass giving the feature map, the head's ReLU outputs
-    and the probability; exact Grad-CAM from them in numpy);
+    verified export (one ONNX Runtime pass giving the pooled features, the exact raw
+    Grad-CAM map and the probability; numpy scales the map);
   - the compiled TensorFlow forward pass alone (`tf.function(model)`);
   - ONNX Runtime's bare forward pass of the whole model (keras' ONNX export, the same
     session settings as the backend);

@@ -541,8 +541,9 @@ def export_model(model: Any, keras_sha256: str, directory: str | Path | None = N
     checked and atomic.
 
     The export is run once on a fixed random batch against keras itself: ONNX Runtime's
-    probability must agree within 1e-4, and the Grad-CAM weights from its ReLU outputs
-    with those of the numpy head, or nothing is written.
+    probability must agree within 1e-4, and its Grad-CAM maps and pooled features with
+    those the numpy head (`Head.raw_cam`) computes from keras' own feature map within 1e-3
+    (relative), or nothing is written.
 
     Returns:
         The `.onnx` path. Raises UnsupportedHead (head without the closed form),
