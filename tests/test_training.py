@@ -33,7 +33,7 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     code = main([
         "train", "--protocol", "quick", "--condition", "fracture", "--arch", "mobilenetv2", "--data", str(tiny_dataset),
         "--layout", "mura", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "models"),
-        "--registry", str(registry), "--register", "--activate", "--model-id", "fracture-tiny",
+        "--learning-rate", "3e-4", "--registry", str(registry), "--register", "--activate", "--model-id", "fracture-tiny",
     ])
     out = capsys.readouterr()
     assert code == 0, out.err
@@ -60,6 +60,7 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     assert "validation split" in entry["threshold_method"]
     assert (tmp_path / "models" / "fracture-tiny.metrics.json").is_file()
     assert entry["metrics"]["training"]["lesion_mask_weight"] == 5.0
+    assert entry["metrics"]["training"]["learning_rate"] == 3e-4  # --learning-rate overrides the protocol's 1e-3
     scaling = entry["metrics"]["temperature_scaling"]
     assert scaling["fitted_on"] == "valid" and scaling["temperature"] > 0 and scaling["applied_at_inference"] is False
     assert scaling["valid_ece_after"] <= scaling["valid_ece_before"] and 0 <= scaling["test_ece_after"] <= 1

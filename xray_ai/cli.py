@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="early-stopping patience in epochs (default: the protocol's); LR decay waits a third of it")
     t.add_argument("--image-size", type=int, default=224)
     t.add_argument("--batch-size", type=int)
+    t.add_argument("--learning-rate", type=float,
+                   help="Adam's initial learning rate (default: the protocol's, quick 1e-3, intensive 1e-5)")
     t.add_argument("--weights", default="none", help="imagenet | none | PATH to backbone weights")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--oversample", action="store_true", help="duplicate minority-class images")
@@ -308,6 +310,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         condition=args.condition, architecture=args.arch, data=args.data, protocol=args.protocol,
         layout=args.layout, out=args.out, registry=args.registry, register=args.register,
         activate=args.activate, epochs=args.epochs, patience=args.patience, image_size=args.image_size, batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
         weights=args.weights, seed=args.seed, oversample=args.oversample, augment=not args.no_augment,
         lesion_weight=args.lesion_weight, model_id=args.model_id,
     )

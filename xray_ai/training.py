@@ -86,6 +86,7 @@ class TrainConfig:
     patience: int | None = None  # early-stopping patience; default: the protocol's
     image_size: int = 224
     batch_size: int | None = None
+    learning_rate: float | None = None  # Adam's initial rate; default: the protocol's
     weights: str = "none"
     seed: int = 0
     oversample: bool = False
@@ -307,6 +308,7 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     protocol = PROTOCOLS[config.protocol]
     epochs = config.epochs or protocol.epochs
     batch_size = config.batch_size or protocol.batch_size
+    learning_rate = config.learning_rate or protocol.learning_rate
     registry = load_registry(config.registry)
     condition = registry.condition(config.condition)
     parts = _splits(_read_dataset(config, condition.negative_label, condition.positive_label), config.seed)
@@ -343,7 +345,7 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
         done = 0
         for fraction, n in _stage_epochs(protocol, epochs):
             _set_trainable_fraction(model, fraction)
-            compile_for_training(fit_model, protocol.learning_rate, lesion_weight)  # no grid iff weight 0
+            compile_for_training(fit_model, learning_rate, lesion_weight)  # no grid iff weight 0
             print(f"stage: backbone {fraction:.0%} trainable, epochs {done + 1}-{done + n}", file=stream, flush=True)
             fit = fit_model.fit(
                 train_ds, validation_data=valid_ds, epochs=done + n, initial_epoch=done, verbose=0,
@@ -394,7 +396,8 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     if localisation:
         metrics["localisation"] = localisation
     metrics["training"] = {
-        "protocol": protocol.name, "epochs_run": done, "batch_size": batch_size, "image_size": config.image_size,
+        "protocol": protocol.name, "epochs_run": done, "batch_size": batch_size, "learning_rate": learning_rate,
+        "image_size": config.image_size,
         "weights": str(config.weights), "seconds": round(seconds, 1), "train_images": len(train_df),
         "valid_images": len(parts["valid"]), "class_weights": weights, "seed": config.seed,
         "augmentation": "seeds' defaults" if config.augment else "none", "lesion_mask_weight": lesion_weight,
