@@ -62,7 +62,8 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     assert entry["metrics"]["training"]["lesion_mask_weight"] == 5.0
     assert entry["metrics"]["training"]["learning_rate"] == 3e-4  # --learning-rate overrides the protocol's 1e-3
     scaling = entry["metrics"]["temperature_scaling"]
-    assert scaling["fitted_on"] == "valid" and scaling["temperature"] > 0 and scaling["applied_at_inference"] is False
+    assert scaling["fitted_on"] == "valid" and scaling["temperature"] > 0
+    assert scaling["applied_at_inference"] is (scaling["temperature"] != 1.0)
     assert scaling["valid_ece_after"] <= scaling["valid_ece_before"] and 0 <= scaling["test_ece_after"] <= 1
     import keras
 
@@ -146,3 +147,15 @@ def test_train_refuses_a_split_with_one_class(tmp_path):
                        "study_id": list("abcd"), "patient_id": list("abcd")})
     with pytest.raises(ValueError, match="train split holds only positive images"):
         _splits(df, seed=0)
+
+
+def test_a_folded_temperature_makes_the_model_serve_sigmoid_of_logit_over_t():
+    from xray_ai.architectures import build_classifier
+    from xray_ai.training import _fold_temperature
+
+    model = build_classifier("compactcnn", (32, 32, 3), dense_units=8)
+    x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    p = np.asarray(model(x, training=False)).ravel().astype(np.float64)
+    logits = np.log(p) - np.log1p(-p)
+    _fold_temperature(model, 2.5)
+    np.testing.assert_allclose(np.asarray(model(x, training=False)).ravel(), 1 / (1 + np.exp(-logits / 2.5)), atol=1e-6)

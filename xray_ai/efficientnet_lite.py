@@ -73,11 +73,13 @@ def EfficientNetLite0(include_top: bool = False, weights: str | Path | None = No
     inputs = input_tensor if input_tensor is not None else keras.Input(shape=input_shape or (None, None, 3))
     if path is not None and inputs.shape[-1] != 3:
         raise ValueError(f"input has {inputs.shape[-1]} channels; the ImageNet weights need 3 (RGB)")
-    x = _conv_bn_relu(inputs, _STEM, 3, 2, "stem")
+    x = layers.Conv2D(_STEM, 3, 2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = _bn_relu(x, "stem")
     for stage, (expand, kernel, stride, width, repeats) in enumerate(LITE0_STAGES, start=1):
         for i in range(repeats):
-            x = _mbconv(x, expand, kernel, stride if i == 0 else 1, width, f"block{stage}{'abcd'[i]}")
-    x = _conv_bn_relu(x, _HEAD, 1, 1, "top")
+            x = _mbconv(x, expand, kernel, stride if i == 0 else 1, width, _block_name(stage, i))
+    x = layers.Conv2D(_HEAD, 1, use_bias=False, name="top_conv")(x)
+    x = _bn_relu(x, "top")
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dropout(_DROPOUT, name="top_dropout")(x)
@@ -91,21 +93,25 @@ def EfficientNetLite0(include_top: bool = False, weights: str | Path | None = No
     return model
 
 
-def _conv_bn_relu(x, filters: int, kernel: int, stride: int, prefix: str, depthwise: bool = False):
-    if depthwise:
-        x = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=f"{prefix}_dwconv")(x)
-        return layers.ReLU(6.0, name=f"{prefix}_relu")(layers.BatchNormalization(**_BN, name=f"{prefix}_bn")(x))
-    x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=f"{prefix}_conv")(x)
-    return layers.ReLU(6.0, name=f"{prefix}_relu")(layers.BatchNormalization(**_BN, name=f"{prefix}_bn")(x))
+def _block_name(stage: int, index: int) -> str:
+    return f"block{stage}{chr(ord('a') + index)}"  # keras.applications' EfficientNet naming
+
+
+def _bn_relu(x, prefix: str):
+    x = layers.BatchNormalization(**_BN, name=f"{prefix}_bn")(x)
+    return layers.ReLU(6.0, name=f"{prefix}_relu")(x)
 
 
 def _mbconv(inputs, expand: int, kernel: int, stride: int, width: int, prefix: str):
-    """Inverted residual: 1x1 expand (skipped for ratio 1), depthwise, linear 1x1 projection,
-    identity shortcut when the shape is kept (as the PyTorch port; drop-connect is training-only)."""
+    """Inverted residual: 1x1 expand (none for ratio 1), depthwise, linear 1x1 projection, and
+    the identity shortcut where the shape is kept, as the PyTorch port (its drop-connect acts
+    in training only)."""
     x = inputs
     if expand != 1:
-        x = _conv_bn_relu(x, inputs.shape[-1] * expand, 1, 1, f"{prefix}_expand")
-    x = _conv_bn_relu(x, None, kernel, stride, prefix, depthwise=True)
+        x = layers.Conv2D(inputs.shape[-1] * expand, 1, use_bias=False, name=f"{prefix}_expand_conv")(x)
+        x = _bn_relu(x, f"{prefix}_expand")
+    x = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=f"{prefix}_dwconv")(x)
+    x = _bn_relu(x, prefix)
     x = layers.Conv2D(width, 1, use_bias=False, name=f"{prefix}_project_conv")(x)
     x = layers.BatchNormalization(**_BN, name=f"{prefix}_project_bn")(x)
     if stride == 1 and inputs.shape[-1] == width:
@@ -167,21 +173,20 @@ def state_dict_to_layer_weights(state_dict: dict[str, np.ndarray], include_top: 
     index = 0
     for stage, (expand, _, _, _, repeats) in enumerate(LITE0_STAGES, start=1):
         for i in range(repeats):
-            prefix, torch = f"block{stage}{'abcd'[i]}", f"_blocks.{index}"
+            prefix, src = _block_name(stage, i), f"_blocks.{index}"
             if expand != 1:
-                conv(f"{prefix}_expand_conv", f"{torch}._expand_conv.weight")
-                bn(f"{prefix}_expand_bn", f"{torch}._bn0")
-            depthwise(f"{prefix}_dwconv", f"{torch}._depthwise_conv.weight")
-            bn(f"{prefix}_bn", f"{torch}._bn1")
-            conv(f"{prefix}_project_conv", f"{torch}._project_conv.weight")
-            bn(f"{prefix}_project_bn", f"{torch}._bn2")
+                conv(f"{prefix}_expand_conv", f"{src}._expand_conv.weight")
+                bn(f"{prefix}_expand_bn", f"{src}._bn0")
+            depthwise(f"{prefix}_dwconv", f"{src}._depthwise_conv.weight")
+            bn(f"{prefix}_bn", f"{src}._bn1")
+            conv(f"{prefix}_project_conv", f"{src}._project_conv.weight")
+            bn(f"{prefix}_project_bn", f"{src}._bn2")
             index += 1
     conv("top_conv", "_conv_head.weight")
     bn("top_bn", "_bn1")
+    classifier = [take("_fc.weight").T, take("_fc.bias")]
     if include_top:
-        out["predictions"] = [take("_fc.weight").T, take("_fc.bias")]
-    else:
-        take("_fc.weight"), take("_fc.bias")
+        out["predictions"] = classifier
     if left:
         raise ValueError(f"state dict has {len(left)} tensors EfficientNet-Lite0 does not use: {sorted(left)[:5]}")
     return {name: [np.ascontiguousarray(a, dtype=np.float32) for a in arrays] for name, arrays in out.items()}
@@ -261,7 +266,9 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         ValueError / pickle.UnpicklingError: not a state dict, or a storage out of bounds.
     """
     path = Path(path)
-    if zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"  # what torch.load itself checks
+    if is_zip:
         with zipfile.ZipFile(path) as archive:
             pkl = next((n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1), None)
             if pkl is None:
@@ -273,14 +280,14 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             raw = {key: archive.read(f"{root}data/{key}") for key in unpickler.storages}
     else:
         with open(path, "rb") as f:
-            if pickle.load(f) != _LEGACY_MAGIC:  # plain ints and a dict: safe with the stock loader
+            header = [_StateDictUnpickler(f, path).load() for _ in range(3)]  # magic, protocol, sys info
+            if header[0] != _LEGACY_MAGIC or not isinstance(header[2], dict):
                 raise ValueError(f"{path}: neither a zip nor a legacy torch.save file")
-            pickle.load(f)  # protocol version
-            order = "little" if pickle.load(f).get("little_endian", True) else "big"
+            order = "little" if header[2].get("little_endian", True) else "big"
             unpickler = _StateDictUnpickler(f, path)
             result = unpickler.load()
             raw = {}
-            for key in pickle.load(f):
+            for key in _StateDictUnpickler(f, path).load():
                 (count,) = struct.unpack("<q" if order == "little" else ">q", f.read(8))
                 raw[str(key)] = f.read(count * unpickler.storages[str(key)][0].itemsize)
     if not isinstance(result, dict) or not all(isinstance(v, _TensorRef) for v in result.values()):

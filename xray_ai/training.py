@@ -178,6 +178,12 @@ def _describe_data(config: TrainConfig) -> TrainingData:
     return TrainingData(f"class-folder dataset {Path(config.data).name}", config.dataset_version, bool(config.synthetic))
 
 
+def _fold_temperature(model, temperature: float) -> None:
+    """sigmoid(z / T) from the model itself: the logit layer's kernel and bias divided by T."""
+    layer = model.get_layer("logit")
+    layer.set_weights([w / temperature for w in layer.get_weights()])
+
+
 def _set_trainable_fraction(model, fraction: float) -> None:
     """Unfreeze the top `fraction` of the backbone (layers between the input norm and the head)."""
     names = [layer.name for layer in model.layers]
@@ -367,8 +373,16 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
             fit_model.load_weights(str(best))  # `model` shares these layers
     seconds = time.perf_counter() - start
 
-    # Operating point from the validation split only; figures from the held-out test split.
+    # Temperature scaling, fitted on validation and kept only where it helps there; then
+    # folded into the logit layer, so that the saved model itself serves the calibrated
+    # probability (every backend, the heatmap unchanged up to scale) and the operating point
+    # below is chosen on the probabilities users will see.
     y_valid, p_valid = parts["valid"]["label"].to_numpy(), _predict(model, parts["valid"], spec, batch_size)
+    temperature, ece_before, ece_after = evaluation.calibrate_if_helpful(y_valid, p_valid)
+    if temperature != 1.0:
+        _fold_temperature(model, temperature)
+        p_valid = _predict(model, parts["valid"], spec, batch_size)
+    # Operating point from the validation split only; figures from the held-out test split.
     threshold, method = evaluation.choose_threshold(y_valid, p_valid, "youden")
     high_sens = evaluation.choose_threshold(y_valid, p_valid, "sensitivity", target=0.9)
     eval_name = "test" if not parts["test"].empty else "valid"
@@ -384,13 +398,11 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     if eval_name == "valid":
         metrics["note"] = "no test split: measured on the validation split that also chose the threshold (optimistic)"
     metrics["high_sensitivity_operating_point"] = {"threshold": high_sens[0], "method": high_sens[1]}
-    # Temperature scaling, fitted on validation and kept only where it helps there; reported,
-    # not applied: the served probability and the threshold stay those of the model itself.
-    temperature, ece_before, ece_after = evaluation.calibrate_if_helpful(y_valid, p_valid)
     metrics["temperature_scaling"] = {
         "temperature": temperature, "fitted_on": "valid", "valid_ece_before": ece_before, "valid_ece_after": ece_after,
-        f"{eval_name}_ece_after": evaluation.reliability(y_eval, evaluation.apply_temperature(p_eval, temperature))["ece"],
-        "applied_at_inference": False,
+        f"{eval_name}_ece_after": evaluation.reliability(y_eval, p_eval)["ece"],
+        # folded into the saved logit layer: the served probability is the calibrated one
+        "applied_at_inference": temperature != 1.0,
     }
     localisation = _localisation(model, eval_df, spec)
     if localisation:
