@@ -159,3 +159,13 @@ def test_a_folded_temperature_makes_the_model_serve_sigmoid_of_logit_over_t():
     logits = np.log(p) - np.log1p(-p)
     _fold_temperature(model, 2.5)
     np.testing.assert_allclose(np.asarray(model(x, training=False)).ravel(), 1 / (1 + np.exp(-logits / 2.5)), atol=1e-6)
+
+
+def test_trained_on_names_a_pretrained_backbone(tmp_path):
+    from xray_ai.training import TrainConfig, _describe_data
+
+    phantoms.write_dataset(tmp_path / "ph", "fracture", 4, layout="folders", size=32, seed=1)
+    plain = _describe_data(TrainConfig("fracture", "compactcnn", tmp_path / "ph"))
+    assert plain.synthetic and "pretrained" not in plain.version
+    pretrained = _describe_data(TrainConfig("fracture", "efficientnetlite0", tmp_path / "ph", weights="imagenet"))
+    assert pretrained.synthetic and pretrained.version == f"{plain.version}; backbone pretrained: ImageNet weights"

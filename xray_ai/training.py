@@ -30,6 +30,7 @@ import os
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,17 @@ def _splits(df, seed: int):
 
 
 def _describe_data(config: TrainConfig) -> TrainingData:
-    """What the model was trained on, stated honestly: phantom datasets carry a manifest."""
+    """What the model was trained on, stated honestly: phantom datasets carry a manifest;
+    a backbone that started from pretrained weights says so (ImageNet is training data too)."""
+    data = _describe_dataset(config)
+    if str(config.weights) in ("none", "None"):
+        return data
+    start = "ImageNet weights" if config.weights == "imagenet" else f"weights {Path(config.weights).name}"
+    version = f"{data.version}; backbone pretrained: {start}" if data.version else f"backbone pretrained: {start}"
+    return dataclasses.replace(data, version=version)
+
+
+def _describe_dataset(config: TrainConfig) -> TrainingData:
     from .phantoms.writers import MANIFEST
 
     manifest = Path(config.data) / MANIFEST
