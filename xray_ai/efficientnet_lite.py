@@ -277,10 +277,14 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             order = archive.read(root + "byteorder").decode() if root + "byteorder" in archive.namelist() else "little"
             unpickler = _StateDictUnpickler(archive.open(pkl), path)
             result = unpickler.load()
-            raw = {key: archive.read(f"{root}data/{key}") for key in unpickler.storages}
+            names = set(archive.namelist())
+            raw = {key: archive.read(f"{root}data/{key}") for key in unpickler.storages if f"{root}data/{key}" in names}
     else:
         with open(path, "rb") as f:
-            header = [_StateDictUnpickler(f, path).load() for _ in range(3)]  # magic, protocol, sys info
+            try:
+                header = [_StateDictUnpickler(f, path).load() for _ in range(3)]  # magic, protocol, sys info
+            except (pickle.UnpicklingError, EOFError) as exc:
+                raise ValueError(f"{path}: neither a zip nor a legacy torch.save file ({exc})") from exc
             if header[0] != _LEGACY_MAGIC or not isinstance(header[2], dict):
                 raise ValueError(f"{path}: neither a zip nor a legacy torch.save file")
             order = "little" if header[2].get("little_endian", True) else "big"
@@ -288,10 +292,14 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             result = unpickler.load()
             raw = {}
             for key in _StateDictUnpickler(f, path).load():
+                if str(key) not in unpickler.storages:
+                    raise ValueError(f"{path}: storage {key!r} is listed but no tensor uses it")
                 (count,) = struct.unpack("<q" if order == "little" else ">q", f.read(8))
                 raw[str(key)] = f.read(count * unpickler.storages[str(key)][0].itemsize)
     if not isinstance(result, dict) or not all(isinstance(v, _TensorRef) for v in result.values()):
         raise ValueError(f"{path}: not a state dict (a mapping of names to tensors)")
+    if set(raw) != set(unpickler.storages):
+        raise ValueError(f"{path}: storages missing from the file: {sorted(set(unpickler.storages) - set(raw))[:5]}")
     flat = {}
     for key, (dtype, count) in unpickler.storages.items():
         flat[key] = np.frombuffer(raw[key], dtype.newbyteorder("<" if order == "little" else ">"))
@@ -303,10 +311,12 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _materialise(ref: _TensorRef, flat: dict[str, np.ndarray], path: Path) -> np.ndarray:
+    if not isinstance(ref.key, str) or ref.key not in flat:
+        raise ValueError(f"{path}: a tensor refers to an unknown storage {ref.key!r}")
     data = flat[ref.key]
     last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride)) if all(ref.shape) else ref.offset - 1
-    if ref.offset < 0 or last >= data.size:
+    if len(ref.shape) != len(ref.stride) or min(ref.stride, default=0) < 0 or ref.offset < 0 or last >= data.size:
         raise ValueError(f"{path}: tensor of shape {ref.shape} runs past its storage {ref.key}")
     strides = tuple(s * data.itemsize for s in ref.stride)
     view = np.lib.stride_tricks.as_strided(data[ref.offset:], shape=ref.shape, strides=strides)
-    return view.astype(data.dtype.newbyteorder("="), copy=True)
+    return np.array(view, dtype=data.dtype.newbyteorder("="), order="C")  # an owned, writable copy

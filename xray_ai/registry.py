@@ -54,6 +54,7 @@ ARCHITECTURES = (
     "densenet121",
     "mobilenetv2",
     "compactcnn",
+    "efficientnetlite0",
     "densenet169",
     "resnet50",
     "resnet101",
