@@ -302,6 +302,16 @@ def test_pointing_game_on_hand_made_maps():
     assert ev.pointing_game(heatmaps, masks) == pytest.approx(1 / 3)
 
 
+def test_tolerant_pointing_game_counts_a_peak_near_a_thin_lesion():
+    thin = _mask(100, slice(50, 51), slice(10, 90))  # a one-pixel line, like a fracture
+    near, far = np.zeros((100, 100), np.float32), np.zeros((100, 100), np.float32)
+    near[55, 50] = 1.0  # 5 px from the line
+    far[80, 50] = 1.0  # 29 px from it
+    assert ev.pointing_game([near, far], [thin, thin]) == 0.0
+    assert ev.pointing_game([near, far], [thin, thin], tolerance=0.06) == 0.5  # radius 6 px
+    assert ev.pointing_game([near, far], [thin, thin], tolerance=0.3) == 1.0
+
+
 def test_energy_inside_on_hand_made_maps():
     h = np.zeros((4, 4))
     h[0, 0], h[3, 3] = 3.0, 1.0

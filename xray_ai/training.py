@@ -258,6 +258,9 @@ def _localisation(model, df, spec: InputSpec) -> dict[str, Any] | None:
     return {
         "n": len(masks),
         "pointing_game": evaluation.pointing_game(heatmaps, masks),
+        # within 15 px at 224 (the original game's tolerance), scaled to the input size
+        "pointing_game_tolerant": evaluation.pointing_game(heatmaps, masks, evaluation.POINTING_TOLERANCE),
+        "pointing_tolerance": evaluation.POINTING_TOLERANCE,
         "energy_inside": evaluation.energy_inside(heatmaps, masks),
         "target_layer": cam.target_layer,
     }
