@@ -265,10 +265,10 @@ def _cmd_registry(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"models": registry.to_dict()["models"], "active_models": dict(registry.active_models)}, indent=2))
             return EXIT_OK
-        print(f"{'':2}{'model id':44} {'condition':16} {'arch':12} {'profile':9} {'version':8} threshold")
+        print(f"{'':2}{'model id':44} {'condition':16} {'arch':17} {'profile':9} {'version':10} threshold")
         for m in registry.models.values():
             mark = "* " if m.id in active else "  "
-            print(f"{mark}{m.id:44} {m.condition:16} {m.architecture:12} {m.profile:9} {m.version:8} {m.threshold:.3f}")
+            print(f"{mark}{m.id:44} {m.condition:16} {m.architecture:17} {m.profile:9} {m.version:10} {m.threshold:.3f}")
             if m.is_ensemble:
                 print(f"{'':4}mean of: {', '.join(m.members)}")
         print("* = active for its condition")
