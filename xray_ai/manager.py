@@ -242,7 +242,7 @@ class ModelManager:
         the model and the condition's labels); default: read now. Each read stats the file,
         and get() runs on every analysis.
         """
-        registry = registry or self.registry
+        registry = self.registry if registry is None else registry
         entry = self._resolve(registry, condition, model_id)
         if entry.is_ensemble:  # the registry guarantees members are single models of this condition
             return LoadedEnsemble(entry, tuple(self.get(model_id=m, registry=registry) for m in entry.members))
@@ -383,13 +383,15 @@ class ModelManager:
 
 
 def _model_path(entry: ModelEntry, base_dir: Path) -> Path:
-    return _joined(entry.path, base_dir) if entry.path is not None else entry.resolve_path(base_dir)
+    """entry.resolve_path(base_dir), cached: pathlib's joins cost more than the stat that
+    follows, and get() runs on every analysis."""
+    if entry.path is None:
+        return entry.resolve_path(base_dir)  # raises: an ensemble has no file of its own
+    return _joined(entry.path, base_dir)
 
 
 @functools.lru_cache(maxsize=256)
 def _joined(path: str, base_dir: Path) -> Path:
-    """ModelEntry.resolve_path, cached: pathlib's joins cost more than the stat that follows
-    (get() runs on every analysis)."""
     p = Path(path)
     return p if p.is_absolute() else base_dir / p
 

@@ -15,7 +15,7 @@ of that gradient) are therefore g / (h w), fixed by the head's weights and the m
 this very forward pass. So the whole model is exported to ONNX together with that backward
 product, written out as graph operations on the head's (batch-norm-folded) weights: the
 export returns the pooled feature map (for the input check), the raw Grad-CAM map
-ReLU-free (sum_k A_k g_k / (h w)) and the probability. One ONNX Runtime pass gives them all;
+before its ReLU (sum_k A_k g_k / (h w)) and the probability. One ONNX Runtime pass gives them all;
 numpy only scales the map to [0, 1]. Computing g inside the graph, right after the forward
 pass has read the same kernels, instead of in numpy afterwards (when they have left the
 cache) is what keeps analyze() near the bare forward time.
@@ -372,7 +372,7 @@ def _head_tensors(model: Any) -> tuple[Any, Any, list[Any]]:
 
 
 def _export_outputs(model: Any, head: Head) -> list[Any]:
-    """What the export returns: the pooled features (N, K), the raw Grad-CAM map (N, h, w),
+    """What the export returns: the pooled features (N, K), the raw Grad-CAM map (N, h, w;
     before the ReLU) and the model's output (the probability, N x 1)."""
     features, pooled, relu_outputs = _head_tensors(model)
     cam = _grad_cam_layer(head)([features, *relu_outputs, model.outputs[0]])
