@@ -183,3 +183,13 @@ def test_predict_with_other_heatmap_methods(tiny_registry, capsys, method):
     result = json.loads(capsys.readouterr().out)
     assert result["heatmap_method"] == method
     assert result["target_layer"] == ("conv2" if method == "gradcam++" else None)
+
+
+def test_a_closed_pipe_is_not_an_internal_error():
+    """`python -m xray_ai registry list | head` may close stdout while we print."""
+    script = ("import sys, xray_ai.cli as cli\n"
+              "def closed(args): raise BrokenPipeError(32, 'Broken pipe')\n"
+              "cli._COMMANDS['registry'] = closed\n"
+              "sys.exit(cli.main(['registry', 'list']))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 141 and "internal error" not in run.stderr and "Traceback" not in run.stderr

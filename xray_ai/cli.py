@@ -535,6 +535,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `... | head` closed the pipe: not an error of ours
+        # Python would complain again when it flushes stdout at exit; point it at devnull.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
     except Exception as exc:  # the CLI's last line of defence: one line, exit 1
         if os.environ.get("XRAY_AI_DEBUG"):
             traceback.print_exc()
