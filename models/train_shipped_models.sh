@@ -3,7 +3,7 @@
 # held-out phantom test split -> register and activate. CPU only, on 2 cores: about 8
 # minutes per CompactCNN model and 35 per EfficientNet-Lite0 model.
 #
-#   bash models/train_shipped_models.sh [CONDITION ...]     (default: all six)
+#   bash models/train_shipped_models.sh [CONDITION ...]     (default: the five that ship)
 #
 # Pneumonia, arthritis, osteoporosis and cardiomegaly: CompactCNN ("fast" profile) from
 # random weights with lesion-mask supervision (why not MobileNetV2: models/README.md).
@@ -24,13 +24,15 @@ export XRAY_AI_AUDIT_DB="$work/audit.sqlite3"  # the registry's own audit log is
 plan="
 pneumonia        folders  3000   96    101   compactcnn         12      --patience 6
 fracture         folders  3000   224   102   efficientnetlite0  10      --patience 4 --weights imagenet --learning-rate 3e-4
-msk_abnormality  mura     1100   224   103   efficientnetlite0  10      --patience 4 --weights imagenet --learning-rate 3e-4
+msk_abnormality  mura     1100   224   103   efficientnetlite0  20      --patience 6 --weights imagenet --learning-rate 5e-4
 arthritis        folders  3000   96    104   compactcnn         12      --patience 6
 osteoporosis     folders  3000   96    105   compactcnn         12      --patience 6
 cardiomegaly     folders  3000   96    106   compactcnn         12      --patience 6
 "
 
-wanted=" ${*:-pneumonia fracture msk_abnormality arthritis osteoporosis cardiomegaly} "
+# msk_abnormality is in the plan but not in the default list: it reached test AUC 0.765,
+# too weak to ship (models/README.md).
+wanted=" ${*:-pneumonia fracture arthritis osteoporosis cardiomegaly} "
 echo "$plan" | while read -r condition layout count size seed arch epochs extra; do
     [[ -z "$condition" || "$wanted" != *" $condition "* ]] && continue
     data="$work/$condition"
