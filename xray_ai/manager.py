@@ -246,19 +246,17 @@ class ModelManager:
         entry = self._resolve(registry, condition, model_id)
         if entry.is_ensemble:  # the registry guarantees members are single models of this condition
             return LoadedEnsemble(entry, tuple(self.get(model_id=m, registry=registry) for m in entry.members))
-        path = _model_path(entry, registry.base_dir)
+        path = entry.resolve_path(registry.base_dir)
         key = (entry, _stamp(path))
-        with self._lock:
-            cached = self._cache.get(entry.id)
-        if cached is not None and cached[0] == key and self._export_unchanged(entry, cached[1], cached[2]):
-            return cached[2]
+        cached = self._cached(entry, key)
+        if cached is not None:
+            return cached
         with self._lock:
             key_lock = self._key_locks.setdefault(entry.id, threading.Lock())
         with key_lock:  # one thread loads a given model; others wait for it, not for all loads
-            with self._lock:
-                cached = self._cache.get(entry.id)
-            if cached is not None and cached[0] == key and self._export_unchanged(entry, cached[1], cached[2]):
-                return cached[2]
+            cached = self._cached(entry, key)
+            if cached is not None:
+                return cached
             loaded = self._load(entry, path)
             with self._lock:  # the export as the load left it (backend "onnx" may export)
                 self._cache[entry.id] = (key, self._export_stamp(entry), loaded)
@@ -277,14 +275,20 @@ class ModelManager:
             return None
         return export_stamp(entry.sha256, self.onnx_cache)
 
-    def _export_unchanged(self, entry: ModelEntry, stamp_at_load: tuple | None, loaded: LoadedModel) -> bool:
-        """False when an export appeared or changed since a TensorFlow-served model was
-        loaded (`export-onnx` in another process): the next get picks it up. A model served
-        by ONNX Runtime keeps the verified session it opened, so it needs no check (a stat
+    def _cached(self, entry: ModelEntry, key: tuple) -> LoadedModel | None:
+        """The cached model for `entry` if it is still current: same entry and model file,
+        and, for a TensorFlow-served model, no export appeared or changed since it loaded
+        (`export-onnx` in another process: the next get picks it up). A model served by ONNX
+        Runtime keeps the verified session it opened, so its export is not checked (a stat
         per analysis saved)."""
-        if loaded.backend == "onnxruntime":
-            return True
-        return self._export_stamp(entry) == stamp_at_load
+        with self._lock:
+            cached = self._cache.get(entry.id)
+        if cached is None or cached[0] != key:
+            return None
+        _, stamp_at_load, loaded = cached
+        if loaded.backend != "onnxruntime" and self._export_stamp(entry) != stamp_at_load:
+            return None
+        return loaded
 
     def _load(self, entry: ModelEntry, path: Path) -> LoadedModel:
         start = time.perf_counter()
@@ -380,20 +384,6 @@ class ModelManager:
         if out != (None, 1):
             raise _ModelProblem(f"{entry.path} outputs {out}; one sigmoid unit (None, 1) is required")
         return model
-
-
-def _model_path(entry: ModelEntry, base_dir: Path) -> Path:
-    """entry.resolve_path(base_dir), cached: pathlib's joins cost more than the stat that
-    follows, and get() runs on every analysis."""
-    if entry.path is None:
-        return entry.resolve_path(base_dir)  # raises: an ensemble has no file of its own
-    return _joined(entry.path, base_dir)
-
-
-@functools.lru_cache(maxsize=256)
-def _joined(path: str, base_dir: Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else base_dir / p
 
 
 def _stamp(path: Path) -> tuple:

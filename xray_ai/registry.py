@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import getpass
 import json
 import os
@@ -122,6 +123,14 @@ class TrainingData:
         return text + (" [synthetic data]" if self.synthetic else "")
 
 
+@functools.lru_cache(maxsize=256)
+def _joined(path: str, base: Path) -> Path:
+    # Cached: ModelManager.get resolves the model file on every analysis, and pathlib's
+    # joins cost more than the stat that follows.
+    p = Path(path)
+    return p if p.is_absolute() else base / p
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """One registered model. `path` is relative to the registry file's folder.
@@ -162,8 +171,7 @@ class ModelEntry:
             raise RegistryError(
                 f"model {self.id!r} is an ensemble of {', '.join(self.members)}; it has no file of its own"
             )
-        p = Path(self.path)
-        return p if p.is_absolute() else base / p
+        return _joined(self.path, base)
 
     def to_dict(self) -> dict[str, Any]:
         if self.is_ensemble:  # no file, no preprocessing of its own: each member has them
