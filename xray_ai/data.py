@@ -268,7 +268,8 @@ def _class_folder(split_dir: Path, label: str) -> Path | None:
     def key(name: str) -> str:
         return re.sub(r"[\s_-]+", "_", name.lower())
 
-    matches = [d for d in sorted(split_dir.iterdir()) if d.is_dir() and key(d.name) == key(label.strip())]
+    wanted = key(label.strip())
+    matches = [d for d in sorted(split_dir.iterdir()) if d.is_dir() and key(d.name) == wanted]
     if len(matches) > 1:
         raise ValueError(f"{split_dir}: folders {[d.name for d in matches]} all match the label {label!r}")
     return matches[0] if matches else None

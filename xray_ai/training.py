@@ -23,6 +23,7 @@ the shipped model has the same form (and the same Grad-CAM and ONNX paths) as an
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -30,7 +31,6 @@ import os
 import sys
 import tempfile
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,7 +163,7 @@ def _describe_data(config: TrainConfig) -> TrainingData:
     """What the model was trained on, stated honestly: phantom datasets carry a manifest;
     a backbone that started from pretrained weights says so (ImageNet is training data too)."""
     data = _describe_dataset(config)
-    if str(config.weights) in ("none", "None"):
+    if config.weights in (None, "none"):
         return data
     start = "ImageNet weights" if config.weights == "imagenet" else f"weights {Path(config.weights).name}"
     version = f"{data.version}; backbone pretrained: {start}" if data.version else f"backbone pretrained: {start}"
