@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the lesion-mask loss (default: 5 where the training images have "
                         "<stem>_mask.png lesion masks, else off; 0 turns it off)")
     t.add_argument("--model-id", help="registry id (default: CONDITION-ARCH-PROFILE-YYYYMMDDHHMM)")
+    t.add_argument("--initial-model", type=Path, metavar="MODEL.keras",
+                   help="start from this saved classifier instead of --weights; with --epochs 0, only "
+                        "calibrate, choose the operating point, evaluate and register it (a model fitted "
+                        "by models/fit_on_gpu.py)")
     _add_registry_arg(t)
 
     e = sub.add_parser("evaluate", help="evaluate a registered model on a dataset")
@@ -312,7 +316,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         activate=args.activate, epochs=args.epochs, patience=args.patience, image_size=args.image_size, batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         weights=args.weights, seed=args.seed, oversample=args.oversample, augment=not args.no_augment,
-        lesion_weight=args.lesion_weight, model_id=args.model_id,
+        lesion_weight=args.lesion_weight, model_id=args.model_id, initial_model=args.initial_model,
     )
     try:
         outcome = train(config)

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tensorflow as tf
 
 from .cam import GradCamOutput, normalise_map  # shared with the ONNX Runtime backend
 
@@ -179,6 +181,8 @@ class GradCam:
     """
 
     def __init__(self, model: keras.Model, target_layer: str | None = None):
+        import tensorflow as tf  # only the compiled pass needs it: the layer search runs on any backend
+
         self.model = model
         self.method = "gradcam"
         self.fallback_reason: str | None = None
@@ -194,6 +198,8 @@ class GradCam:
             self._fn = tf.function(self._forward_step, reduce_retracing=True)
 
     def _gradcam_step(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        import tensorflow as tf
+
         with tf.GradientTape() as tape:
             tape.watch(x)  # so the tape records the graph even when weights are frozen
             features, logit, prob = self._grad_model(x, training=False)
@@ -206,11 +212,15 @@ class GradCam:
         return tf.reshape(prob, (-1,)), cam, tf.reduce_mean(features, axis=(1, 2))  # pooled, as the head pools
 
     def _forward_step(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, None]:
+        import tensorflow as tf
+
         prob = self.model(x, training=False)
         return tf.reshape(prob, (-1,)), tf.zeros((tf.shape(x)[0], 1, 1)), None
 
     def __call__(self, batch: np.ndarray) -> GradCamOutput:
         """batch: float32 (N, H, W, C), model-ready. Returns GradCamOutput."""
+        import tensorflow as tf
+
         x = tf.convert_to_tensor(batch, tf.float32)
         prob, cam, pooled = self._fn(x)
         prob = np.clip(np.nan_to_num(prob.numpy().astype(np.float64), nan=0.5), 0.0, 1.0)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
@@ -96,6 +97,10 @@ class TrainConfig:
     # DEFAULT_LESION_WEIGHT where the training split has lesion masks, else off; 0 = off.
     lesion_weight: float | None = None
     model_id: str | None = None
+    # Start from this saved classifier instead of `build_classifier(architecture, weights)`;
+    # with epochs=0 it is evaluated, calibrated and registered as it is (a model fitted by
+    # models/fit_on_gpu.py, whose `<stem>.fit.json` record then names how it was fitted).
+    initial_model: Path | None = None
     dataset_name: str | None = None
     dataset_version: str = ""
     synthetic: bool | None = None
@@ -140,6 +145,55 @@ def _read_dataset(config: TrainConfig, negative: str, positive: str):
     if config.layout == "folders":
         return datamod.read_folders(config.data, negative, positive)
     raise ValueError(f"--layout must be mura or folders, got {config.layout!r}")
+
+
+FIT_RECORD_SUFFIX = ".fit.json"  # beside a model fitted by models/fit_on_gpu.py
+
+
+def split_digest(parts: dict, root: Path) -> str:
+    """sha256 of which image (path relative to the dataset root) is in which split with which
+    label: a model fitted on one machine is evaluated on another only on the same split."""
+    root = Path(root).resolve()
+    lines = sorted(f"{name}\t{Path(path).resolve().relative_to(root).as_posix()}\t{label}"
+                   for name, df in parts.items() for path, label in zip(df["path"], df["label"]))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def load_initial_model(path: Path, spec: InputSpec):
+    """A saved classifier to start from (`TrainConfig.initial_model`), checked against `spec`."""
+    import keras
+
+    if not Path(path).is_file():
+        raise ValueError(f"--initial-model {path}: no such file")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"--initial-model {path}: could not be loaded ({type(exc).__name__}: {exc})") from None
+    have = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None
+    if have != (None, *spec.shape):
+        raise ValueError(f"--initial-model {path}: takes input {have}, --image-size asks for {(None, *spec.shape)}")
+    return model
+
+
+def _fit_record(config: TrainConfig, parts: dict) -> dict | None:
+    """The `<stem>.fit.json` written beside an initial model by models/fit_on_gpu.py, checked
+    against this run: same architecture, input size and split (so the test split stays unseen)."""
+    path = Path(config.initial_model).with_name(Path(config.initial_model).stem + FIT_RECORD_SUFFIX)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("architecture") != config.architecture:
+        raise ValueError(f"{path}: the model was fitted as {record.get('architecture')!r}, --arch says "
+                         f"{config.architecture!r}")
+    if record["training"].get("image_size") != config.image_size:
+        raise ValueError(f"{path}: the model was fitted at {record['training'].get('image_size')} px, "
+                         f"--image-size says {config.image_size}")
+    digest = split_digest(parts, Path(config.data).resolve())
+    if record.get("split_digest") != digest:
+        raise ValueError(f"{path}: the model was fitted on other data or another split than {config.data} "
+                         f"with --seed {config.seed} gives (split digest {digest[:12]}... against "
+                         f"{str(record.get('split_digest'))[:12]}...); its test figures would not be held out")
+    return record
 
 
 def _splits(df, seed: int):
@@ -314,47 +368,21 @@ def compile_for_training(fit_model, learning_rate: float, lesion_weight: float) 
                           metrics=label_metrics)
 
 
-def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
-    """Train, evaluate, save and (optionally) register one model. See the module docstring.
+def fit_stages(model, fit_model, train_data, valid_data, *, protocol: Protocol, epochs: int, learning_rate: float,
+               lesion_weight: float, monitor: str, patience: int | None, stream: Any,
+               callbacks: tuple = ()) -> tuple[dict, int, float]:
+    """Fit `fit_model` (which shares `model`'s layers) stage by stage as the protocol says:
+    checkpoint on `monitor`, ReduceLROnPlateau, EarlyStopping; the best weights restored.
 
-    Progress goes to `stream` (default: standard error), one line per epoch.
+    `train_data` and `valid_data` are anything `keras.Model.fit` reads (the tf.data pipeline
+    here; a `keras.utils.PyDataset` in `models/fit_on_gpu.py`) and shuffle themselves;
+    `callbacks` are added to the protocol's.
+    Returns (history, epochs run, seconds).
     """
-    stream = stream or sys.stderr
     import keras
 
-    from .architectures import build_classifier
-    from .manager import file_sha256
-
-    protocol = PROTOCOLS[config.protocol]
-    epochs = config.epochs or protocol.epochs
-    batch_size = config.batch_size or protocol.batch_size
-    learning_rate = config.learning_rate or protocol.learning_rate
-    registry = load_registry(config.registry)
-    condition = registry.condition(config.condition)
-    parts = _splits(_read_dataset(config, condition.negative_label, condition.positive_label), config.seed)
-    train_df = datamod.oversample_minority(parts["train"], config.seed) if config.oversample else parts["train"]
-    spec = InputSpec(config.image_size, config.image_size, 3)
-    print(f"data: train {len(train_df)} ({int(train_df['label'].sum())} positive), valid {len(parts['valid'])}, "
-          f"test {len(parts['test'])} images", file=stream, flush=True)
-
-    lesion_weight = _lesion_weight(config, train_df)
-    keras.utils.set_random_seed(config.seed)
-    with _strategy().scope():
-        model = build_classifier(config.architecture, spec.shape, weights=config.weights)
-        # Fit a wrapper that shares `model`'s layers: `model` itself is never compiled, so the
-        # saved file holds no optimizer state (a third of its size for nothing at inference).
-        fit_model, grid = _with_lesion_head(model) if lesion_weight else (keras.Model(model.input, model.output), None)
-    if grid:
-        print(f"lesion-mask supervision: weight {lesion_weight:g}, {grid[0]}x{grid[1]} grid", file=stream, flush=True)
-    weights = datamod.class_weights(train_df["label"])
-    augment = datamod.AugmentConfig() if config.augment else None
-    train_ds = datamod.make_dataset(train_df, spec, batch_size=batch_size, training=True, augment=augment,
-                                    seed=config.seed, class_weight=weights, lesion_grid=grid)
-    valid_ds = datamod.make_dataset(parts["valid"], spec, batch_size=batch_size, training=False, lesion_grid=grid)
-    monitor = "val_probability_auc" if grid else "val_auc"
-
     # A longer early-stopping patience (from-scratch runs learn late) also delays LR decay.
-    lr_patience = max(protocol.reduce_lr_patience, (config.patience or 0) // 3)
+    lr_patience = max(protocol.reduce_lr_patience, (patience or 0) // 3)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         best = Path(tmp) / "best.weights.h5"
@@ -368,14 +396,15 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
             compile_for_training(fit_model, learning_rate, lesion_weight)  # no grid iff weight 0
             print(f"stage: backbone {fraction:.0%} trainable, epochs {done + 1}-{done + n}", file=stream, flush=True)
             fit = fit_model.fit(
-                train_ds, validation_data=valid_ds, epochs=done + n, initial_epoch=done, verbose=0,
-                shuffle=False,  # the tf.data pipeline shuffles (seeded, per epoch)
+                train_data, validation_data=valid_data, epochs=done + n, initial_epoch=done, verbose=0,
+                shuffle=False,  # the data shuffles itself (seeded, per epoch)
                 callbacks=[
                     checkpoint, progress,
                     keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.3,
                                                       patience=lr_patience),
                     keras.callbacks.EarlyStopping(monitor=monitor, mode="max", restore_best_weights=True,
-                                                  patience=config.patience or protocol.early_stopping_patience),
+                                                  patience=patience or protocol.early_stopping_patience),
+                    *callbacks,
                 ],
             )
             for key, values in fit.history.items():
@@ -385,7 +414,61 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
                 break
         if best.exists():
             fit_model.load_weights(str(best))  # `model` shares these layers
-    seconds = time.perf_counter() - start
+    return history, done, time.perf_counter() - start
+
+
+def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
+    """Train, evaluate, save and (optionally) register one model. See the module docstring.
+
+    Progress goes to `stream` (default: standard error), one line per epoch.
+    """
+    stream = stream or sys.stderr
+    import keras
+
+    from .architectures import build_classifier
+    from .manager import file_sha256
+
+    protocol = PROTOCOLS[config.protocol]
+    epochs = protocol.epochs if config.epochs is None else config.epochs
+    if epochs < 0 or (epochs == 0 and config.initial_model is None):
+        raise ValueError(f"--epochs {epochs}: must be at least 1 (0 only with --initial-model)")
+    batch_size = config.batch_size or protocol.batch_size
+    learning_rate = config.learning_rate or protocol.learning_rate
+    registry = load_registry(config.registry)
+    condition = registry.condition(config.condition)
+    parts = _splits(_read_dataset(config, condition.negative_label, condition.positive_label), config.seed)
+    train_df = datamod.oversample_minority(parts["train"], config.seed) if config.oversample else parts["train"]
+    spec = InputSpec(config.image_size, config.image_size, 3)
+    print(f"data: train {len(train_df)} ({int(train_df['label'].sum())} positive), valid {len(parts['valid'])}, "
+          f"test {len(parts['test'])} images", file=stream, flush=True)
+
+    fitted = _fit_record(config, parts) if config.initial_model is not None else None
+    lesion_weight = _lesion_weight(config, train_df)
+    keras.utils.set_random_seed(config.seed)
+    with _strategy().scope():
+        if config.initial_model is not None:
+            model = load_initial_model(config.initial_model, spec)
+        else:
+            model = build_classifier(config.architecture, spec.shape, weights=config.weights)
+        # Fit a wrapper that shares `model`'s layers: `model` itself is never compiled, so the
+        # saved file holds no optimizer state (a third of its size for nothing at inference).
+        fit_model, grid = _with_lesion_head(model) if lesion_weight else (keras.Model(model.input, model.output), None)
+    if grid:
+        print(f"lesion-mask supervision: weight {lesion_weight:g}, {grid[0]}x{grid[1]} grid", file=stream, flush=True)
+    weights = datamod.class_weights(train_df["label"])
+    augment = datamod.AugmentConfig() if config.augment else None
+    train_ds = datamod.make_dataset(train_df, spec, batch_size=batch_size, training=True, augment=augment,
+                                    seed=config.seed, class_weight=weights, lesion_grid=grid)
+    valid_ds = datamod.make_dataset(parts["valid"], spec, batch_size=batch_size, training=False, lesion_grid=grid)
+    monitor = "val_probability_auc" if grid else "val_auc"
+
+    if epochs == 0:
+        history, done, seconds = {}, 0, 0.0
+        print(f"no fitting (--epochs 0): evaluating {config.initial_model} as it is", file=stream, flush=True)
+    else:
+        history, done, seconds = fit_stages(
+            model, fit_model, train_ds, valid_ds, protocol=protocol, epochs=epochs, learning_rate=learning_rate,
+            lesion_weight=lesion_weight, monitor=monitor, patience=config.patience, stream=stream)
 
     # Temperature scaling, fitted on validation and kept only where it helps there; then
     # folded into the logit layer, so that the saved model itself serves the calibrated
@@ -428,6 +511,14 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
         "valid_images": len(parts["valid"]), "class_weights": weights, "seed": config.seed,
         "augmentation": "seeds' defaults" if config.augment else "none", "lesion_mask_weight": lesion_weight,
     }
+    if config.initial_model is not None:
+        initial = {"file": Path(config.initial_model).name, "sha256": file_sha256(Path(config.initial_model))}
+        if epochs == 0:
+            # Not fitted here: the figures of the fit are the fitting run's own, or unknown.
+            metrics["training"] = dict(fitted["training"]) if fitted else {
+                "fit": f"unknown: no {Path(config.initial_model).stem}{FIT_RECORD_SUFFIX} record beside the model"}
+            metrics["training"]["evaluated_by"] = "train --epochs 0 (calibration, operating point, test figures)"
+        metrics["training"]["initial_model"] = initial
 
     created = _dt.date.today().isoformat()
     model_id = config.model_id or f"{config.condition}-{config.architecture}-{protocol.profile}-{_dt.datetime.now():%Y%m%d%H%M}"
@@ -448,7 +539,9 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
         print(f"input check not fitted: {exc}", file=stream, flush=True)
 
     if config.register:
-        trained_on = _describe_data(config)
+        # A model fitted elsewhere started from the weights its record names, not --weights.
+        described = dataclasses.replace(config, weights=fitted["training"]["weights"]) if epochs == 0 and fitted else config
+        trained_on = _describe_data(described)
         entry = ModelEntry(
             id=model_id, condition=config.condition, architecture=config.architecture,
             path=os.path.relpath(path.resolve(), registry.base_dir.resolve()), sha256=sha,
