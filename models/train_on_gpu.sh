@@ -18,15 +18,16 @@ mode=${1:?usage: train_on_gpu.sh fit|finish OUT [ID ...]}
 out=${2:?usage: train_on_gpu.sh fit|finish OUT [ID ...]}
 shift 2
 
-# id                                     condition        layout   count  seed  arch               px   epochs patience lr    batch extra
+# id                                     condition        layout   count  seed  arch               protocol   px   epochs patience lr    batch extra
 plan="
-msk_abnormality-efficientnetlite0-fast   msk_abnormality  mura     3000   113   efficientnetlite0  224  40     10       5e-4  32    --weights imagenet
-msk_abnormality-mobilenetv2-fast         msk_abnormality  mura     3000   113   mobilenetv2        224  80     15       1e-3  64
-fracture-mobilenetv2-fast                fracture         folders  6000   112   mobilenetv2        224  80     15       1e-3  64
-pneumonia-mobilenetv2-fast               pneumonia        folders  6000   111   mobilenetv2        224  80     15       1e-3  64
-arthritis-mobilenetv2-fast               arthritis        folders  6000   114   mobilenetv2        224  80     15       1e-3  64
-osteoporosis-mobilenetv2-fast            osteoporosis     folders  6000   115   mobilenetv2        224  80     15       1e-3  64
-cardiomegaly-mobilenetv2-fast            cardiomegaly     folders  6000   116   mobilenetv2        224  80     15       1e-3  64
+msk_abnormality-efficientnetlite0-fast   msk_abnormality  mura     3000   113   efficientnetlite0  quick      224  40     10       5e-4  32    --weights imagenet
+msk_abnormality-mobilenetv2-fast         msk_abnormality  mura     3000   113   mobilenetv2        quick      224  80     15       1e-3  64
+fracture-mobilenetv2-fast                fracture         folders  6000   112   mobilenetv2        quick      224  80     15       1e-3  64
+pneumonia-mobilenetv2-fast               pneumonia        folders  6000   111   mobilenetv2        quick      224  80     15       1e-3  64
+arthritis-mobilenetv2-fast               arthritis        folders  6000   114   mobilenetv2        quick      224  80     15       1e-3  64
+osteoporosis-mobilenetv2-fast            osteoporosis     folders  6000   115   mobilenetv2        quick      224  80     15       1e-3  64
+cardiomegaly-mobilenetv2-fast            cardiomegaly     folders  6000   116   mobilenetv2        quick      224  80     15       1e-3  64
+pneumonia-densenet121-intensive          pneumonia        folders  6000   111   densenet121        intensive  224  40     10       1e-3  32
 "
 rows=$(echo "$plan" | awk -v want=" $* " 'NF && (want == "  " || index(want, " " $1 " "))')
 [[ -n "$rows" ]] || { echo "no such model id in the plan: $*" >&2; exit 2; }
@@ -45,18 +46,19 @@ wait
 
 jobs=$(echo "$rows" | wc -l)
 threads=$(( ($(nproc) + jobs - 1) / jobs ))
-while read -r id condition layout count seed arch px epochs patience lr batch extra; do
+while read -r id condition layout count seed arch protocol px epochs patience lr batch extra; do
     data="$work/$condition-$seed"
     if [[ "$mode" == fit ]]; then
         # Several fits share the GPU: each takes a share of its memory, not JAX's default 75%.
         # shellcheck disable=SC2086  # $extra holds several options
         XLA_PYTHON_CLIENT_MEM_FRACTION=$(awk -v n="$jobs" 'BEGIN {printf "%.2f", 0.9 / n}') KERAS_BACKEND=jax \
-            PYTHONUNBUFFERED=1 python models/fit_on_gpu.py --condition "$condition" --arch "$arch" --data "$data" \
+            PYTHONUNBUFFERED=1 python models/fit_on_gpu.py --protocol "$protocol" --condition "$condition" \
+            --arch "$arch" --data "$data" \
             --layout "$layout" --image-size "$px" --epochs "$epochs" --patience "$patience" --learning-rate "$lr" \
             --batch-size "$batch" --seed "$seed" --model-id "$id" --out "$out" --threads "$threads" \
             --time-limit "${FIT_SECONDS:-420}" $extra > "$out/$id.log" 2>&1 &
     else
-        python -m xray_ai train --protocol quick --condition "$condition" --arch "$arch" --data "$data" \
+        python -m xray_ai train --protocol "$protocol" --condition "$condition" --arch "$arch" --data "$data" \
             --layout "$layout" --image-size "$px" --seed "$seed" --initial-model "$out/$id.keras" --epochs 0 \
             --model-id "$id" --out models --register --activate
     fi
