@@ -42,19 +42,19 @@ def main() -> None:
     args = parser.parse_args()
 
     from xray_ai.architectures import build_classifier
-    from xray_ai.training import DEFAULT_LESION_WEIGHT, _with_lesion_head, compile_for_training
+    from xray_ai.training import DEFAULT_LESION_WEIGHT, compile_for_training, with_heads
 
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(Path(tmp), args.condition, args.images, layout="folders", size=2 * args.size, seed=0)
         rows = D.read_folders(Path(tmp), *LABELS[args.condition])
         spec = InputSpec(args.size, args.size, 3)
         model = build_classifier(args.arch, spec.shape, weights="none")
-        fit_model, grid = _with_lesion_head(model)
+        fit_model, heads = with_heads(model, DEFAULT_LESION_WEIGHT)
         ds = D.make_dataset(rows, spec, batch_size=args.batch_size, training=True, augment=D.AugmentConfig(),
-                            class_weight=D.class_weights(rows["label"]), lesion_grid=grid)
+                            class_weight=D.class_weights(rows["label"]), lesion_grid=heads.grid)
         pipeline = D.measure_throughput(ds, batches=max(1, len(rows) // args.batch_size))
 
-        compile_for_training(fit_model, 1e-3, DEFAULT_LESION_WEIGHT)  # as `python -m xray_ai train` compiles it
+        compile_for_training(fit_model, 1e-3, heads)  # as `python -m xray_ai train` compiles it
         held = list(ds.take(6))
         fit_model.train_on_batch(*held[0])  # compile + warm-up
         start, n = time.perf_counter(), 0
@@ -68,7 +68,7 @@ def main() -> None:
         fit_rate = len(rows) / (time.perf_counter() - start)
 
     print(f"{args.arch} {args.size}x{args.size}, batch {args.batch_size}, {len(rows)} phantom images "
-          f"(written at {2 * args.size} px, lesion targets {grid[0]}x{grid[1]}):")
+          f"(written at {2 * args.size} px, lesion targets {heads.grid[0]}x{heads.grid[1]}):")
     print(f"  input pipeline, first epoch (decode + cache): {pipeline.first_epoch:8.1f} images/s")
     print(f"  input pipeline, cached epochs (augment):      {pipeline.cached:8.1f} images/s")
     print(f"  training step alone (held batches):           {step:8.1f} images/s")

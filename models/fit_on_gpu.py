@@ -26,6 +26,7 @@ other model goes through. `train` refuses a model whose record names another spl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -42,10 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keras  # noqa: E402
 
+from xray_ai import body_part  # noqa: E402
 from xray_ai import data as datamod  # noqa: E402
 from xray_ai import training  # noqa: E402
 from xray_ai.architectures import build_classifier  # noqa: E402
 from xray_ai.imaging import load_image  # noqa: E402
+from xray_ai.manager import file_sha256  # noqa: E402
 from xray_ai.preprocessing import resize_image  # noqa: E402
 from xray_ai.registry import InputSpec, load_registry  # noqa: E402
 
@@ -94,11 +97,12 @@ class Batches(keras.utils.PyDataset):
     and reshuffled every epoch when training, in order otherwise."""
 
     def __init__(self, images, labels, *, batch_size: int, channels: int, augment=None, seed: int = 0,
-                 sample_weight=None, masks=None, lesion_weight=None, grid=None, workers: int = 8):
+                 sample_weight=None, masks=None, lesion_weight=None, grid=None, body_parts=None, workers: int = 8):
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=32)
         self.images, self.labels, self.masks = images, labels.astype(np.float32), masks
         self.batch_size, self.channels, self.augment, self.seed = batch_size, channels, augment, seed
         self.sample_weight, self.lesion_weight, self.grid = sample_weight, lesion_weight, grid
+        self.body_parts = body_parts  # (index, weight) arrays from data.body_part_targets, or None
         self.epoch = 0
         self._lock = threading.Lock()
         self.order = self._order()
@@ -139,15 +143,19 @@ class Batches(keras.utils.PyDataset):
             np.clip(x, 0.0, 1.0, out=x)
         images = np.repeat(x[..., None], self.channels, axis=-1)
         y = self.labels[idx]
-        if self.grid is None:
+        if self.grid is None and self.body_parts is None:
             return (images, y) if self.sample_weight is None else (images, y, self.sample_weight[idx])
-        # As data.make_dataset: 1 where the (warped) lesion's area share of a cell passes
-        # data.LESION_PRESENCE.
-        share = np.stack([cv2.resize(mk, self.grid[::-1], interpolation=cv2.INTER_AREA) for mk in m])
-        cells = (share > datamod.LESION_PRESENCE).astype(np.float32).reshape(len(idx), -1)
-        weights = {"probability": self.sample_weight[idx] if self.sample_weight is not None else np.ones_like(y),
-                   "lesion_map": self.lesion_weight[idx]}
-        return images, {"probability": y, "lesion_map": cells}, weights
+        targets = {"probability": y}
+        weights = {"probability": self.sample_weight[idx] if self.sample_weight is not None else np.ones_like(y)}
+        if self.grid is not None:
+            # As data.make_dataset: 1 where the (warped) lesion's area share of a cell passes
+            # data.LESION_PRESENCE.
+            share = np.stack([cv2.resize(mk, self.grid[::-1], interpolation=cv2.INTER_AREA) for mk in m])
+            targets["lesion_map"] = (share > datamod.LESION_PRESENCE).astype(np.float32).reshape(len(idx), -1)
+            weights["lesion_map"] = self.lesion_weight[idx]
+        if self.body_parts is not None:
+            targets["body_part"], weights["body_part"] = self.body_parts[0][idx], self.body_parts[1][idx]
+        return images, targets, weights
 
 
 class TimeLimit(keras.callbacks.Callback):
@@ -195,6 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-id", required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--body-part-weight", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="stop before an epoch that would end later than this after the fit began")
@@ -217,32 +226,35 @@ def main(argv=None) -> int:
 
     keras.utils.set_random_seed(args.seed)
     model = build_classifier(args.arch, spec.shape, weights=args.weights)
-    fit_model, grid = (training._with_lesion_head(model) if lesion_weight
-                       else (keras.Model(model.input, model.output), None))
+    fit_model, heads = training.with_heads(model, lesion_weight, training.body_parts_of(train_df, args.body_part_weight),
+                                           args.body_part_weight)
     class_weight = datamod.class_weights(train_df["label"])
 
     def batches(df, augment):
         labels = df["label"].to_numpy()
         masks = lesion = None
-        if grid:
+        if heads.grid:
             masks = read_masks(df, spec, args.threads)
             lesion = np.where((labels == 1) & df["mask_path"].isna().to_numpy(), 0.0, 1.0).astype(np.float32)
+        parts = datamod.body_part_targets(df, heads.body_parts) if heads.body_parts else None
         weights = np.array([class_weight[int(v)] for v in labels], np.float32) if augment else None
         return Batches(read_images(df, spec, args.threads), labels, batch_size=batch_size, channels=spec.channels,
                        augment=augment, seed=args.seed, sample_weight=weights, masks=masks, lesion_weight=lesion,
-                       grid=grid, workers=args.threads)
+                       grid=heads.grid, body_parts=parts, workers=args.threads)
 
     train_data = batches(train_df, datamod.AugmentConfig())
     valid_data = batches(valid_df, None)
     limit = TimeLimit(args.time_limit) if args.time_limit else None
     history, done, seconds = training.fit_stages(
         model, fit_model, train_data, valid_data, protocol=protocol, epochs=epochs, learning_rate=learning_rate,
-        lesion_weight=lesion_weight, monitor="val_probability_auc" if grid else "val_auc", patience=args.patience,
-        stream=sys.stdout, callbacks=(limit,) if limit else ())
+        heads=heads, patience=args.patience, stream=sys.stdout, callbacks=(limit,) if limit else ())
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.model_id}.keras"
     model.save(path)
+    head = training.body_part_head_of(fit_model, heads)
+    if head is not None:
+        body_part.save(dataclasses.replace(head, model_sha256=file_sha256(path)), body_part.sidecar_path(path))
     record = {
         "format": 1, "model_id": args.model_id, "condition": args.condition, "architecture": args.arch,
         "split_digest": training.split_digest(parts, args.data),
@@ -251,6 +263,7 @@ def main(argv=None) -> int:
             "image_size": args.image_size, "weights": str(args.weights), "seconds": round(seconds, 1),
             "train_images": len(train_df), "valid_images": len(valid_df), "class_weights": class_weight,
             "seed": args.seed, "augmentation": "seeds' defaults (OpenCV warp)", "lesion_mask_weight": lesion_weight,
+            "body_part_weight": heads.body_part_weight,
             "stopped_by": "time limit" if limit and limit.reached else "epochs or early stopping",
             "fitted_with": f"models/fit_on_gpu.py, Keras {keras.__version__} on {keras.config.backend()}, "
                            f"{accelerator()}",
@@ -258,7 +271,7 @@ def main(argv=None) -> int:
         "history": history,
     }
     path.with_name(path.stem + training.FIT_RECORD_SUFFIX).write_text(json.dumps(record, indent=1) + "\n")
-    best = max(history.get("val_probability_auc" if grid else "val_auc", [float("nan")]))
+    best = max(history.get(heads.monitor, [float("nan")]))
     print(f"saved {path}: {done} epochs in {seconds:.0f} s, best validation AUC {best:.3f}", flush=True)
     return 0
 

@@ -20,7 +20,7 @@ shift 2
 
 # id                                     condition        layout   count  seed  arch               protocol   px   epochs patience lr    batch extra
 plan="
-msk_abnormality-efficientnetlite0-fast   msk_abnormality  mura     3000   113   efficientnetlite0  quick      224  40     10       5e-4  32    --weights imagenet
+msk_abnormality-efficientnetlite0-fast   msk_abnormality  mura     3000   113   efficientnetlite0  quick      224  40     10       5e-4  32    --weights imagenet --body-part-weight 1
 msk_abnormality-mobilenetv2-fast         msk_abnormality  mura     3000   113   mobilenetv2        quick      224  80     15       1e-3  64
 fracture-mobilenetv2-fast                fracture         folders  6000   112   mobilenetv2        quick      224  80     15       1e-3  64
 pneumonia-mobilenetv2-fast               pneumonia        folders  6000   111   mobilenetv2        quick      224  80     15       1e-3  64

@@ -169,3 +169,34 @@ def test_trained_on_names_a_pretrained_backbone(tmp_path):
     assert plain.synthetic and "pretrained" not in plain.version
     pretrained = _describe_data(TrainConfig("fracture", "efficientnetlite0", tmp_path / "ph", weights="imagenet"))
     assert pretrained.synthetic and pretrained.version == f"{plain.version}; backbone pretrained: ImageNet weights"
+
+
+def test_a_body_part_head_trains_with_the_label_and_is_saved_beside_the_model(tiny_dataset, tmp_path, capsys):
+    from xray_ai import body_part
+    from xray_ai.manager import file_sha256
+
+    code = main(["train", "--condition", "fracture", "--arch", "compactcnn", "--data", str(tiny_dataset),
+                 "--layout", "mura", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+                 "--body-part-weight", "1", "--out", str(tmp_path), "--model-id", "with-parts"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "body-part head: weight 1" in out.err
+    model = tmp_path / "with-parts.keras"
+    head, reason = body_part.load(body_part.sidecar_path(model), file_sha256(model))
+    assert reason is None and len(head.classes) >= 2 and head.kernel.shape[1] == len(head.classes)
+    metrics = json.loads((tmp_path / "with-parts.metrics.json").read_text())
+    assert metrics["body_part"]["split"] == "test" and 0 <= metrics["body_part"]["accuracy"] <= 1
+    assert metrics["body_part"]["classes"] == list(head.classes) and metrics["training"]["body_part_weight"] == 1.0
+    # a dataset without body parts has none to learn
+    phantoms.write_dataset(tmp_path / "chest", "pneumonia", 40, layout="folders", size=32, seed=1)
+    assert main(["train", "--condition", "pneumonia", "--arch", "compactcnn", "--data", str(tmp_path / "chest"),
+                 "--image-size", "32", "--epochs", "1", "--body-part-weight", "1", "--out", str(tmp_path)]) == 2
+    assert "needs training images of at least two body parts" in capsys.readouterr().err
+
+
+def test_body_part_targets_index_the_listed_parts_and_weigh_unknown_ones_zero():
+    from xray_ai.data import body_part_targets
+
+    df = pd.DataFrame({"body_part": ["wrist", None, "elbow", "knee"]})
+    index, weight = body_part_targets(df, ("elbow", "wrist"))
+    assert index.tolist() == [1, 0, 0, 0] and weight.tolist() == [1, 0, 1, 0]

@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lesion-weight", type=float,
                    help="weight of the lesion-mask loss (default: 5 where the training images have "
                         "<stem>_mask.png lesion masks, else off; 0 turns it off)")
+    t.add_argument("--body-part-weight", type=float, default=0.0,
+                   help="multi-task: train an auxiliary body-part head (MURA layout) with this loss weight; the "
+                        "app and report show its prediction (default 0: off)")
     t.add_argument("--model-id", help="registry id (default: CONDITION-ARCH-PROFILE-YYYYMMDDHHMM)")
     t.add_argument("--initial-model", type=Path, metavar="MODEL.keras",
                    help="start from this saved classifier instead of --weights; with --epochs 0, only "
@@ -316,7 +319,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         activate=args.activate, epochs=args.epochs, patience=args.patience, image_size=args.image_size, batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         weights=args.weights, seed=args.seed, oversample=args.oversample, augment=not args.no_augment,
-        lesion_weight=args.lesion_weight, model_id=args.model_id, initial_model=args.initial_model,
+        lesion_weight=args.lesion_weight, body_part_weight=args.body_part_weight, model_id=args.model_id,
+        initial_model=args.initial_model,
     )
     try:
         outcome = train(config)

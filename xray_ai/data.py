@@ -53,6 +53,7 @@ __all__ = [
     "split_by_patient",
     "assert_no_patient_leakage",
     "class_weights",
+    "body_part_targets",
     "oversample_minority",
     "AugmentConfig",
     "make_dataset",
@@ -381,6 +382,15 @@ def class_weights(labels: Iterable[int]) -> dict[int, float]:
     return {c: n / (2.0 * k) for c, k in counts.items()}
 
 
+def body_part_targets(df: pd.DataFrame, body_parts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(index into `body_parts` as int32, weight float32) per row of `df`: weight 0 (and
+    index 0) where the row's `body_part` is missing or not in the list."""
+    index = {part: k for k, part in enumerate(body_parts)}
+    parts = df["body_part"] if "body_part" in df.columns else pd.Series([None] * len(df), index=df.index)
+    known = np.array([part in index for part in parts])
+    return (np.array([index.get(part, 0) for part in parts], np.int32), known.astype(np.float32))
+
+
 def oversample_minority(df: pd.DataFrame, seed: int) -> pd.DataFrame:
     """Duplicate minority-class rows until both classes have as many rows as the majority.
 
@@ -616,7 +626,8 @@ def _cache_file(prefix: str, paths: Sequence[str], spec: InputSpec) -> str:
 def make_dataset(df: pd.DataFrame, input: InputSpec, *, batch_size: int, training: bool,
                  augment: AugmentConfig | None = None, seed: int = 0, cache: bool | str = True,
                  shuffle_buffer: int | None = None, class_weight: Mapping[int, float] | None = None,
-                 drop_remainder: bool = False, lesion_grid: tuple[int, int] | None = None) -> tf.data.Dataset:
+                 drop_remainder: bool = False, lesion_grid: tuple[int, int] | None = None,
+                 body_parts: Sequence[str] | None = None) -> tf.data.Dataset:
     """The tf.data pipeline for training (`training=True`) or evaluation.
 
     Stages: read + decode (PNG/JPEG by tf, in parallel and outside the GIL; DICOM and
@@ -654,11 +665,15 @@ def make_dataset(df: pd.DataFrame, input: InputSpec, *, batch_size: int, trainin
             the targets and weights are dicts keyed "probability" and "lesion_map".
             Abnormal images without a mask get lesion weight 0 (their lesion is unknown,
             not absent); normal images train towards an empty map.
+        body_parts: the body-part classes of an auxiliary body-part head (xray_ai.body_part);
+            then the targets also carry "body_part", each image's index into `body_parts`
+            (its `body_part` column), weighted 0 where the part is unknown or not listed.
 
     Returns:
         A dataset of (images, labels[, weights]): images float32 (B, H, W, C) in [0, 1],
-        labels float32 (B,), weights float32 (B,). With `lesion_grid`: labels
-        {"probability": (B,), "lesion_map": (B, rows * cols)} and weights likewise keyed.
+        labels float32 (B,), weights float32 (B,). With `lesion_grid` or `body_parts`: labels
+        {"probability": (B,), "lesion_map": (B, rows * cols), "body_part": (B,) int32}
+        (the heads asked for) and weights likewise keyed.
     """
     import tensorflow as tf
 
@@ -689,6 +704,8 @@ def make_dataset(df: pd.DataFrame, input: InputSpec, *, batch_size: int, trainin
         has_mask = masks.notna().to_numpy()
         tensors["mask_path"] = [str(m) if ok else "" for m, ok in zip(masks, has_mask)]
         tensors["lesion_weight"] = np.where((labels == 1) & ~has_mask, 0.0, 1.0).astype(np.float32)
+    if body_parts is not None:
+        tensors["body_part"], tensors["body_part_weight"] = body_part_targets(df, body_parts)
 
     def decode(el: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         if loader.all():
@@ -734,16 +751,21 @@ def make_dataset(df: pd.DataFrame, input: InputSpec, *, batch_size: int, trainin
 
     def finish(el: dict[str, tf.Tensor]) -> tuple[Any, ...]:
         image = el["image"] if channels == 1 else tf.repeat(el["image"], channels, axis=-1)
-        if lesion_grid is None:
+        if lesion_grid is None and body_parts is None:
             return (image, el["label"]) + ((el["weight"],) if "weight" in el else ())
-        # 1 where the (warped) lesion touches a cell, else 0. Presence, not the covered share
-        # (a hairline's share is ~0.01): on pneumonia phantoms presence reached validation
-        # AUC 0.89 in 2 epochs against 5 with the share, and a Grad-CAM pointing game of 0.66
-        # against 0.39. Flat, so the loss reduces to one value per image and weights apply.
-        share = tf.image.resize(el["mask"], lesion_grid, method="area")
-        cells = tf.cast(share > LESION_PRESENCE, tf.float32)
-        targets = {"probability": el["label"], "lesion_map": tf.reshape(cells, [-1, lesion_grid[0] * lesion_grid[1]])}
-        weights = {"probability": el.get("weight", tf.ones_like(el["label"])), "lesion_map": el["lesion_weight"]}
+        targets = {"probability": el["label"]}
+        weights = {"probability": el.get("weight", tf.ones_like(el["label"]))}
+        if lesion_grid is not None:
+            # 1 where the (warped) lesion touches a cell, else 0. Presence, not the covered
+            # share (a hairline's share is ~0.01): on pneumonia phantoms presence reached
+            # validation AUC 0.89 in 2 epochs against 5 with the share, and a Grad-CAM pointing
+            # game of 0.66 against 0.39. Flat, so the loss is one value per image and weights apply.
+            share = tf.image.resize(el["mask"], lesion_grid, method="area")
+            cells = tf.cast(share > LESION_PRESENCE, tf.float32)
+            targets["lesion_map"] = tf.reshape(cells, [-1, lesion_grid[0] * lesion_grid[1]])
+            weights["lesion_map"] = el["lesion_weight"]
+        if body_parts is not None:
+            targets["body_part"], weights["body_part"] = el["body_part"], el["body_part_weight"]
         return image, targets, weights
 
     return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -19,6 +19,12 @@ a few thousand images, a classifier can memorise its training images instead of 
 the lesion (measured with MobileNetV2 on pneumonia phantoms at 96 px: train AUC 0.97,
 validation 0.53); the masks say where to look. The head is dropped before saving, so
 the shipped model has the same form (and the same Grad-CAM and ONNX paths) as any other.
+
+Body-part head (multi-task, source 002; `body_part_weight` > 0, MURA layout): a softmax over
+the training images' body parts on the pooled features, trained with the label. It is
+saved beside the model as `<model>.bodypart.npz` and applied at inference to the pooled
+features the analysis computes anyway (xray_ai.body_part); its test accuracy goes into the
+metrics.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from . import data as datamod
-from . import evaluation, input_check
+from . import body_part, evaluation, input_check
 from .registry import InputSpec, ModelEntry, TrainingData, load_registry, save_registry
 
 __all__ = ["Protocol", "PROTOCOLS", "TrainConfig", "TrainOutcome", "train", "compile_for_training"]
@@ -96,6 +102,8 @@ class TrainConfig:
     # Lesion-mask supervision (module docstring): the weight of the lesion-map loss; None =
     # DEFAULT_LESION_WEIGHT where the training split has lesion masks, else off; 0 = off.
     lesion_weight: float | None = None
+    # Multi-task: the loss weight of an auxiliary body-part head (xray_ai.body_part); 0 = off.
+    body_part_weight: float = 0.0
     model_id: str | None = None
     # Start from this saved classifier instead of `build_classifier(architecture, weights)`;
     # with epochs=0 it is evaluated, calibrated and registered as it is (a model fitted by
@@ -320,6 +328,52 @@ def _localisation(model, df, spec: InputSpec) -> dict[str, Any] | None:
     }
 
 
+def body_parts_of(train_df, weight: float) -> tuple[str, ...] | None:
+    """The body-part head's classes: the parts of the training images (None when it is off)."""
+    if not weight:
+        return None
+    if weight < 0:
+        raise ValueError(f"body_part_weight must be >= 0, got {weight}")
+    parts = tuple(sorted(train_df["body_part"].dropna().unique()))
+    if len(parts) < 2:
+        raise ValueError("a body-part head needs training images of at least two body parts (a MURA layout, "
+                         f"XR_<PART> folders); found {list(parts)}")
+    return parts
+
+
+def body_part_head_of(fit_model, heads: Heads):
+    """The trained body-part head as an `xray_ai.body_part.BodyPartHead` (sha256 filled in
+    when saved), or None when the fit had none."""
+    if not heads.body_parts:
+        return None
+    kernel, bias = fit_model.get_layer("body_part").get_weights()
+    return body_part.BodyPartHead(heads.body_parts, kernel, bias, "")
+
+
+def initial_body_part_head(initial_model: Path | None):
+    """The body-part head saved beside an initial model (models/fit_on_gpu.py writes one), if any."""
+    if initial_model is None:
+        return None
+    from .manager import file_sha256
+
+    head, _ = body_part.load(body_part.sidecar_path(initial_model), file_sha256(Path(initial_model)))
+    return head
+
+
+def _body_part_accuracy(model, head, df, spec: InputSpec) -> dict[str, Any]:
+    """The head's accuracy on the images of `df` with a known body part."""
+    from .gradcam import GradCam
+
+    df = df[df["body_part"].isin(head.classes)]
+    if df.empty:
+        return {"n": 0, "accuracy": None}
+    cam = GradCam(model)
+    ds = datamod.make_dataset(df, spec, batch_size=64, training=False, cache=False)
+    pooled = np.concatenate([cam(x.numpy()).pooled_features for x, _ in ds])
+    predicted = [part for part, _ in head.predict(pooled)]
+    return {"n": len(df), "accuracy": float(np.mean(np.array(predicted) == df["body_part"].to_numpy()))}
+
+
 def _lesion_weight(config: TrainConfig, train_df) -> float:
     """The lesion-map loss weight for this run: 0 (off) unless asked for or masks are there."""
     if config.lesion_weight is not None:
@@ -334,45 +388,74 @@ def _lesion_weight(config: TrainConfig, train_df) -> float:
     return DEFAULT_LESION_WEIGHT if covered >= 0.5 else 0.0
 
 
-def _with_lesion_head(model):
-    """(training model with outputs {probability, lesion_map}, the lesion grid (rows, cols)).
+@dataclass(frozen=True)
+class Heads:
+    """The training-only heads beside the label (module docstring): their loss weights
+    (0 = off), the lesion grid (rows, cols) and the body-part classes, when on."""
 
-    The lesion head reads the layer Grad-CAM uses; it shares every other layer with `model`,
+    lesion_weight: float = 0.0
+    grid: tuple[int, int] | None = None
+    body_part_weight: float = 0.0
+    body_parts: tuple[str, ...] | None = None
+
+    @property
+    def monitor(self) -> str:
+        """The validation AUC's name in the fit's history."""
+        return "val_probability_auc" if self.lesion_weight or self.body_part_weight else "val_auc"
+
+
+def with_heads(model, lesion_weight: float = 0.0, body_parts: tuple[str, ...] | None = None,
+               body_part_weight: float = 0.0):
+    """(the model `fit` trains, its Heads): `model` itself when no head is on, else a model
+    with outputs {probability[, lesion_map][, body_part]} sharing every layer with `model`,
     which is what gets saved.
+
+    The lesion head (1x1 convolution, sigmoid) reads the layer Grad-CAM uses; the body-part
+    head (dense, softmax) reads the pooled features the classifier's own head reads (layer
+    "gap"), which is what `xray_ai.body_part` applies it to at inference.
     """
     import keras
 
     from .gradcam import find_target_layer
 
-    features = model.get_layer(find_target_layer(model)).output
-    cells = keras.layers.Conv2D(1, 1, activation="sigmoid", name="lesion_conv")(features)
-    lesion = keras.layers.Flatten(name="lesion_map")(cells)
-    fit_model = keras.Model(model.input, {"probability": model.output, "lesion_map": lesion}, name="with_lesion_head")
-    return fit_model, (int(features.shape[1]), int(features.shape[2]))
+    if not lesion_weight and not body_part_weight:
+        return keras.Model(model.input, model.output), Heads()
+    outputs, grid = {"probability": model.output}, None
+    if lesion_weight:
+        features = model.get_layer(find_target_layer(model)).output
+        cells = keras.layers.Conv2D(1, 1, activation="sigmoid", name="lesion_conv")(features)
+        outputs["lesion_map"] = keras.layers.Flatten(name="lesion_map")(cells)
+        grid = (int(features.shape[1]), int(features.shape[2]))
+    if body_part_weight:
+        outputs["body_part"] = keras.layers.Dense(len(body_parts), activation="softmax", name="body_part")(
+            model.get_layer("gap").output)
+    heads = Heads(lesion_weight, grid, body_part_weight, tuple(body_parts) if body_part_weight else None)
+    return keras.Model(model.input, outputs, name="with_training_heads"), heads
 
 
-def compile_for_training(fit_model, learning_rate: float, lesion_weight: float) -> None:
+def compile_for_training(fit_model, learning_rate: float, heads: Heads) -> None:
     """Compile the model `train` fits: Adam, binary cross-entropy on the label, AUC and
-    accuracy; with a lesion head (`lesion_weight` > 0, `_with_lesion_head`) also the
-    lesion-map loss at that weight."""
+    accuracy; with training heads (`with_heads`) also their losses at their weights."""
     import keras
 
     label_metrics = [keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")]
-    if lesion_weight:
-        fit_model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                          loss={"probability": "binary_crossentropy", "lesion_map": "binary_crossentropy"},
-                          loss_weights={"probability": 1.0, "lesion_map": lesion_weight},
-                          metrics={"probability": label_metrics})
-    else:
-        fit_model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy",
-                          metrics=label_metrics)
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if not heads.lesion_weight and not heads.body_part_weight:
+        fit_model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=label_metrics)
+        return
+    loss, weights, metrics = {"probability": "binary_crossentropy"}, {"probability": 1.0}, {"probability": label_metrics}
+    if heads.lesion_weight:
+        loss["lesion_map"], weights["lesion_map"] = "binary_crossentropy", heads.lesion_weight
+    if heads.body_part_weight:
+        loss["body_part"], weights["body_part"] = "sparse_categorical_crossentropy", heads.body_part_weight
+        metrics["body_part"] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    fit_model.compile(optimizer=optimizer, loss=loss, loss_weights=weights, metrics=metrics)
 
 
 def fit_stages(model, fit_model, train_data, valid_data, *, protocol: Protocol, epochs: int, learning_rate: float,
-               lesion_weight: float, monitor: str, patience: int | None, stream: Any,
-               callbacks: tuple = ()) -> tuple[dict, int, float]:
-    """Fit `fit_model` (which shares `model`'s layers) stage by stage as the protocol says:
-    checkpoint on `monitor`, ReduceLROnPlateau, EarlyStopping; the best weights restored.
+               heads: Heads, patience: int | None, stream: Any, callbacks: tuple = ()) -> tuple[dict, int, float]:
+    """Fit `fit_model` (`with_heads(model, ...)`) stage by stage as the protocol says:
+    checkpoint on the validation AUC, ReduceLROnPlateau, EarlyStopping; the best weights restored.
 
     `train_data` and `valid_data` are anything `keras.Model.fit` reads (the tf.data pipeline
     here; a `keras.utils.PyDataset` in `models/fit_on_gpu.py`) and shuffle themselves;
@@ -383,6 +466,7 @@ def fit_stages(model, fit_model, train_data, valid_data, *, protocol: Protocol, 
 
     # A longer early-stopping patience (from-scratch runs learn late) also delays LR decay.
     lr_patience = max(protocol.reduce_lr_patience, (patience or 0) // 3)
+    monitor = heads.monitor
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         best = Path(tmp) / "best.weights.h5"
@@ -393,7 +477,7 @@ def fit_stages(model, fit_model, train_data, valid_data, *, protocol: Protocol, 
         done = 0
         for fraction, n in _stage_epochs(protocol, epochs):
             _set_trainable_fraction(model, fraction)
-            compile_for_training(fit_model, learning_rate, lesion_weight)  # no grid iff weight 0
+            compile_for_training(fit_model, learning_rate, heads)
             print(f"stage: backbone {fraction:.0%} trainable, epochs {done + 1}-{done + n}", file=stream, flush=True)
             fit = fit_model.fit(
                 train_data, validation_data=valid_data, epochs=done + n, initial_epoch=done, verbose=0,
@@ -452,15 +536,20 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
             model = build_classifier(config.architecture, spec.shape, weights=config.weights)
         # Fit a wrapper that shares `model`'s layers: `model` itself is never compiled, so the
         # saved file holds no optimizer state (a third of its size for nothing at inference).
-        fit_model, grid = _with_lesion_head(model) if lesion_weight else (keras.Model(model.input, model.output), None)
-    if grid:
-        print(f"lesion-mask supervision: weight {lesion_weight:g}, {grid[0]}x{grid[1]} grid", file=stream, flush=True)
+        fit_model, heads = with_heads(model, lesion_weight, body_parts_of(train_df, config.body_part_weight),
+                                      config.body_part_weight)
+    if heads.grid:
+        print(f"lesion-mask supervision: weight {lesion_weight:g}, {heads.grid[0]}x{heads.grid[1]} grid",
+              file=stream, flush=True)
+    if heads.body_parts:
+        print(f"body-part head: weight {heads.body_part_weight:g}, {', '.join(heads.body_parts)}", file=stream, flush=True)
     weights = datamod.class_weights(train_df["label"])
     augment = datamod.AugmentConfig() if config.augment else None
     train_ds = datamod.make_dataset(train_df, spec, batch_size=batch_size, training=True, augment=augment,
-                                    seed=config.seed, class_weight=weights, lesion_grid=grid)
-    valid_ds = datamod.make_dataset(parts["valid"], spec, batch_size=batch_size, training=False, lesion_grid=grid)
-    monitor = "val_probability_auc" if grid else "val_auc"
+                                    seed=config.seed, class_weight=weights, lesion_grid=heads.grid,
+                                    body_parts=heads.body_parts)
+    valid_ds = datamod.make_dataset(parts["valid"], spec, batch_size=batch_size, training=False,
+                                    lesion_grid=heads.grid, body_parts=heads.body_parts)
 
     if epochs == 0:
         history, done, seconds = {}, 0, 0.0
@@ -468,7 +557,8 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     else:
         history, done, seconds = fit_stages(
             model, fit_model, train_ds, valid_ds, protocol=protocol, epochs=epochs, learning_rate=learning_rate,
-            lesion_weight=lesion_weight, monitor=monitor, patience=config.patience, stream=stream)
+            heads=heads, patience=config.patience, stream=stream)
+    part_head = body_part_head_of(fit_model, heads) if epochs else initial_body_part_head(config.initial_model)
 
     # Temperature scaling, fitted on validation and kept only where it helps there; then
     # folded into the logit layer, so that the saved model itself serves the calibrated
@@ -501,6 +591,9 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
         # folded into the saved logit layer: the served probability is the calibrated one
         "applied_at_inference": temperature != 1.0,
     }
+    if part_head is not None:
+        metrics["body_part"] = {"split": eval_name, **_body_part_accuracy(model, part_head, eval_df, spec),
+                                "classes": list(part_head.classes)}
     localisation = _localisation(model, eval_df, spec)
     if localisation:
         metrics["localisation"] = localisation
@@ -510,6 +603,7 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
         "weights": str(config.weights), "seconds": round(seconds, 1), "train_images": len(train_df),
         "valid_images": len(parts["valid"]), "class_weights": weights, "seed": config.seed,
         "augmentation": "seeds' defaults" if config.augment else "none", "lesion_mask_weight": lesion_weight,
+        "body_part_weight": heads.body_part_weight,
     }
     if config.initial_model is not None:
         initial = {"file": Path(config.initial_model).name, "sha256": file_sha256(Path(config.initial_model))}
@@ -528,6 +622,10 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     model.save(path)
     sha = file_sha256(path)
     (out / f"{model_id}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if part_head is not None:
+        saved = body_part.save(dataclasses.replace(part_head, model_sha256=sha), body_part.sidecar_path(path))
+        print(f"body-part head: {metrics['body_part']['split']} accuracy {metrics['body_part']['accuracy']:.3f} "
+              f"-> {saved}", file=stream, flush=True)
     print(f"saved {path} (sha256 {sha[:12]}...); threshold {threshold:.3f} ({method}); "
           f"{eval_name} AUC {metrics.get('auc')}", file=stream, flush=True)
     try:
