@@ -130,3 +130,33 @@ def test_placeholder_report_carries_the_watermark(tmp_path):
     text = " ".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
     assert "PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT" in " ".join(text.split())
     assert "tiny-test" in text
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "onnx"])
+def test_a_body_part_head_beside_the_model_names_the_part_of_each_view(tiny_registry, tiny_model_file, backend):
+    from xray_ai import body_part
+
+    _, sha = tiny_model_file
+    kernel = np.zeros((8, 2))
+    kernel[:, 1] = 1.0  # any activation at all favours "wrist"
+    body_part.save(body_part.BodyPartHead(("elbow", "wrist"), kernel, np.zeros(2), sha),
+                   tiny_registry.parent / "tiny.bodypart.npz")
+    manager = ModelManager(tiny_registry, backend=backend)
+    loaded = manager.get("fracture")
+    views = [load_image(EXAMPLES / "rg3_tibia.png"), XRay(np.full((40, 40), 0.7, np.float32), {}, "flat.png")]
+    result = analyze(views, "fracture", manager=manager)
+    pooled = loaded.analyzer(prepare_batch([v.pixels for v in views], InputSpec(32, 32, 1))).pooled_features
+    expected = loaded.body_part_head.predict(pooled)
+    for view, (part, p) in zip(result.views, expected):
+        assert view.body_part == ("tiny-test", part, pytest.approx(p))
+    assert result.to_json()["views"][0]["body_part"] == {"model_id": "tiny-test", "part": expected[0][0],
+                                                         "probability": round(expected[0][1], 6)}
+    assert result.body_part_summary.startswith(f"view 1: {expected[0][0]} ({expected[0][1]:.0%}); view 2:")
+    assert "the model's own estimate" in result.body_part_summary
+
+    # A head fitted for another model file is not used.
+    body_part.save(body_part.BodyPartHead(("elbow", "wrist"), kernel, np.zeros(2), "0" * 64),
+                   tiny_registry.parent / "tiny.bodypart.npz")
+    result = analyze(views, "fracture", manager=ModelManager(tiny_registry, backend=backend))
+    assert all(v.body_part is None for v in result.views) and result.body_part_summary is None
+    assert result.to_json()["views"][0]["body_part"] is None

@@ -121,6 +121,17 @@ def test_input_check_is_stated_passed_failed_or_absent():
     assert both.input_check_summary == "all 2 views are like the model's training images (distance 0.80, threshold 1.50)"
 
 
+def test_the_body_part_row_appears_only_for_a_model_with_a_body_part_head():
+    import dataclasses
+
+    result = make_result(n_views=1)
+    assert "Body part" not in flat(pdf_text(build_report(result, report_id="abc123", now=NOW)))
+    with_part = dataclasses.replace(result, views=(dataclasses.replace(result.views[0],
+                                                                       body_part=("msk-x", "wrist", 0.934)),))
+    text = flat(pdf_text(build_report(with_part, report_id="abc123", now=NOW)))
+    assert "Body part wrist (93%), the model's own estimate" in text
+
+
 def test_negative_decision_is_reported():
     result = make_result()
     result = AnalysisResult(**{**result.__dict__, "probability": 0.2})

@@ -73,6 +73,7 @@ def show_provenance(result: AnalysisResult) -> None:
         f"**Heatmap:** {result.heatmap_method} "
         f"{f'at `{result.target_layer}`' if result.target_layer else '(input space)'} · backend {result.backend}  \n"
         f"**Input check:** {result.input_check_summary}"
+        + (f"  \n**Body part:** {result.body_part_summary}" if result.body_part_summary else "")
     )
 
 

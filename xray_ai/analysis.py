@@ -144,9 +144,9 @@ def analyze(
         heatmap_method=run.method,
         target_layer=run.target_layer,
         views=tuple(
-            ViewResult(v, p, h, f, mp, c)
-            for v, p, h, f, mp, c in zip(views, run.probabilities, run.heatmaps, run.flags, run.member_probabilities,
-                                         run.input_checks)
+            ViewResult(v, p, h, f, mp, c, b)
+            for v, p, h, f, mp, c, b in zip(views, run.probabilities, run.heatmaps, run.flags,
+                                            run.member_probabilities, run.input_checks, run.body_parts)
         ),
         warnings=tuple(warnings),
         backend=run.backend,
@@ -207,7 +207,8 @@ class _Run:
     probabilities, heatmaps (float32 2-D in [0, 1]), flags, member_probabilities and
     input_checks hold one item per view; member_probabilities[k] is empty for a single
     model; input_checks[k] holds (model id, distance, threshold) for each model with an
-    input check (xray_ai.input_check).
+    input check (xray_ai.input_check); body_parts[k] is (model id, part, probability) from a
+    model's body-part head (xray_ai.body_part), or None.
     """
 
     probabilities: list[float]
@@ -218,6 +219,7 @@ class _Run:
     backend: str
     member_probabilities: list[tuple[float, ...]]
     input_checks: list[tuple[tuple[str, float, float], ...]]
+    body_parts: list[tuple[str, str, float] | None]
 
 
 def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
@@ -227,10 +229,15 @@ def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
     heatmaps: list[np.ndarray] = []
     flags: list[str | None] = []
     checks: list[tuple[tuple[str, float, float], ...]] = []
+    parts: list[tuple[str, str, float] | None] = []
     heatmap_method, target_layer = loaded.heatmap_method, loaded.target_layer
-    distribution = loaded.input_check
+    distribution, part_head = loaded.input_check, loaded.body_part_head
     for start, batch, out in _batches(loaded, [v.pixels for v in views]):
         probabilities.extend(float(p) for p in out.probabilities)
+        if part_head is not None and out.pooled_features is not None:
+            parts.extend((loaded.entry.id, part, p) for part, p in part_head.predict(out.pooled_features))
+        else:
+            parts.extend(None for _ in range(len(batch)))
         if distribution is not None and out.pooled_features is not None:
             distances = distribution.distances(out.pooled_features)
             checks.extend(((loaded.entry.id, float(d), distribution.threshold),) for d in distances)
@@ -252,7 +259,8 @@ def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
                 heatmap_method, target_layer = explanation.method, explanation.target_layer
     backend = (loaded.backend if method == "gradcam" or loaded.backend == "tensorflow"
                else f"{loaded.backend} (probability), tensorflow ({method})")
-    return _Run(probabilities, heatmaps, flags, heatmap_method, target_layer, backend, [()] * len(views), checks)
+    return _Run(probabilities, heatmaps, flags, heatmap_method, target_layer, backend, [()] * len(views), checks,
+                parts)
 
 
 def _mean_of_members(ids: list[str], runs: list[_Run]) -> _Run:
@@ -288,6 +296,8 @@ def _mean_of_members(ids: list[str], runs: list[_Run]) -> _Run:
         backend=_per_member(ids, [r.backend for r in runs]),
         member_probabilities=per_view,
         input_checks=[tuple(c for r in runs for c in r.input_checks[k]) for k in range(n_views)],
+        # the first member with a body-part head says which part a view shows
+        body_parts=[next((r.body_parts[k] for r in runs if r.body_parts[k]), None) for k in range(n_views)],
     )
 
 

@@ -247,6 +247,8 @@ def _summary(result) -> str:
         f"heatmap: {result.heatmap_method} at {result.target_layer}; backend {result.backend}",
         f"input check: {result.input_check_summary}",
     ]
+    if result.body_part_summary:
+        lines.append(f"body part: {result.body_part_summary}")
     if result.members:
         lines.append(f"ensemble: mean of {', '.join(result.members)}")
     if len(result.views) > 1:

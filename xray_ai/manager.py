@@ -38,7 +38,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import input_check
+from . import body_part, input_check
 from .onnx_backend import BACKENDS, cache_dir, default_backend, export_stamp  # numpy only at import
 from .registry import ModelEntry, Registry, RegistryError, default_registry_path, load_registry
 
@@ -109,6 +109,8 @@ class LoadedModel:
         input_check: the model's training-feature distribution (xray_ai.input_check), read
             at load from `<model>.features.npz`; None when it has none (or it is not its own).
         input_check_reason: why there is no input check; None when there is one.
+        body_part_head: the model's auxiliary body-part head (xray_ai.body_part), read at
+            load from `<model>.bodypart.npz`; None when it has none (or it is not its own).
     """
 
     model: object
@@ -121,6 +123,7 @@ class LoadedModel:
     backend_reason: str | None = None
     input_check: object | None = None
     input_check_reason: str | None = None
+    body_part_head: object | None = None
 
     @property
     def target_layer(self) -> str | None:
@@ -320,10 +323,15 @@ class ModelManager:
             check, check_reason = input_check.load(sidecar, entry.sha256)
             if check_reason and sidecar.exists():  # there is one, but not for this model file
                 log.warning("model %s: input check not used: %s", entry.id, check_reason)
+        part_head = None
+        if not placeholder:
+            part_head, part_reason = body_part.load(body_part.sidecar_path(path), entry.sha256)
+            if part_reason and body_part.sidecar_path(path).exists():
+                log.warning("model %s: body-part head not used: %s", entry.id, part_reason)
         seconds = time.perf_counter() - start
         log.info("loaded %s in %.2f s (placeholder=%s, backend=%s)", entry.id, seconds, placeholder, backend)
         return LoadedModel(model, entry, placeholder, reason, analyzer, seconds, backend, backend_reason,
-                           check, check_reason)
+                           check, check_reason, part_head)
 
     def _onnx_analyzer(self, entry: ModelEntry, model) -> tuple[object | None, str | None]:
         """(ONNX Runtime analyzer, None), or (None, why TensorFlow serves instead)."""

@@ -174,6 +174,8 @@ def _result_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
                     f"backend {result.backend}"),
         ("Input check", result.input_check_summary),
     ]
+    if result.body_part_summary:
+        rows.append(("Body part", result.body_part_summary))
     if len(result.views) > 1:
         rows.insert(2, ("Study score", f"mean of {len(result.views)} views"))
     flow: list[Any] = [Paragraph("Result", styles["Heading2"]), _table(rows, styles)]

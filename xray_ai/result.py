@@ -37,6 +37,9 @@ class ViewResult:
         input_checks: (model id, distance, threshold) for each model that checked whether
             this image is like its training images (xray_ai.input_check); the image is
             unlike them where distance > threshold. Empty when no model has the check.
+        body_part: (model id, body part, probability) from the model's auxiliary body-part
+            head (xray_ai.body_part): which part the model takes the image to show; None
+            when the model has no such head.
     """
 
     image: XRay
@@ -45,6 +48,7 @@ class ViewResult:
     heatmap_flag: str | None = None
     member_probabilities: tuple[float, ...] = ()
     input_checks: tuple[tuple[str, float, float], ...] = ()
+    body_part: tuple[str, str, float] | None = None
 
     @property
     def unlike_training_data(self) -> bool:
@@ -114,6 +118,17 @@ class AnalysisResult:
         which = "the image is" if len(self.views) == 1 else f"all {len(self.views)} views are"
         return f"{which} like the model's training images (distance {distance:.2f}, threshold {threshold:.2f})"
 
+    @property
+    def body_part_summary(self) -> str | None:
+        """One line for the app, the report and the CLI: the body part the model's auxiliary
+        head reads in each view (xray_ai.body_part); None when the model has no such head."""
+        parts = [v.body_part for v in self.views]
+        if not any(parts):
+            return None
+        said = [f"{p[1]} ({p[2]:.0%})" if p else "not estimated" for p in parts]
+        text = said[0] if len(said) == 1 else "; ".join(f"view {i}: {s}" for i, s in enumerate(said, start=1))
+        return f"{text}, the model's own estimate (an auxiliary output; check it against the image)"
+
     def to_json(self) -> dict[str, Any]:
         """The `predict --json` object of DESIGN.md (no arrays, no patient identifiers).
 
@@ -156,6 +171,10 @@ class AnalysisResult:
                 {"model_id": m, "distance": round(d, 4), "threshold": round(t, 4), "unlike_training_data": d > t}
                 for m, d, t in view.input_checks
             ],
+            # null when the model has no body-part head; see xray_ai.body_part
+            "body_part": None if view.body_part is None else {
+                "model_id": view.body_part[0], "part": view.body_part[1],
+                "probability": round(float(view.body_part[2]), 6)},
         }
         if self.members:  # an ensemble: what each member said about this view
             out["member_probabilities"] = {
