@@ -48,7 +48,8 @@ from . import data as datamod
 from . import body_part, evaluation, input_check
 from .registry import InputSpec, ModelEntry, TrainingData, load_registry, save_registry
 
-__all__ = ["Protocol", "PROTOCOLS", "TrainConfig", "TrainOutcome", "train", "compile_for_training"]
+__all__ = ["Protocol", "PROTOCOLS", "TrainConfig", "TrainOutcome", "train", "fit_stages", "Heads", "with_heads",
+           "compile_for_training", "split_digest", "load_initial_model", "FIT_RECORD_SUFFIX"]
 
 log = logging.getLogger(__name__)
 
