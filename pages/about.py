@@ -31,11 +31,12 @@ st.subheader("Retraining")
 st.markdown("""
 Models are trained and registered with the command line, on a MURA-layout or class-folder dataset
 (see the README): `python -m xray_ai train --protocol quick|intensive --condition ID --arch
-densenet121|mobilenetv2|compactcnn --data DIR --register`. Administrators then switch models on the
+densenet121|mobilenetv2|efficientnetlite0|compactcnn --data DIR --register`. Administrators then switch models on the
 *Model registry* page or with `python -m xray_ai registry activate CONDITION MODEL_ID`.
 
-The shipped models are CompactCNNs trained from random weights on synthetic phantoms: ImageNet
-weights, which MobileNetV2 and DenseNet121 need to learn from a few thousand images, cannot be
-downloaded where they were trained (`models/README.md` has the measurements). With ImageNet
-weights at hand, train those with `--weights imagenet` and register them instead.
+The shipped models were trained on synthetic phantoms: MobileNetV2 from random weights (pneumonia,
+osteoarthritis, osteoporosis, cardiomegaly, fitted on a GPU) and EfficientNet-Lite0 fine-tuned from
+ImageNet weights (fracture; musculoskeletal abnormality, with a body-part head). `models/README.md`
+has their figures and how each was made. With ImageNet weights at hand, train MobileNetV2 or
+DenseNet121 with `--weights imagenet` and register them instead.
 """)

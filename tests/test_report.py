@@ -132,6 +132,22 @@ def test_the_body_part_row_appears_only_for_a_model_with_a_body_part_head():
     assert "Body part wrist (93%), the model's own estimate" in text
 
 
+def test_a_models_full_metrics_fit_the_report_as_a_summary():
+    """A shipped entry's metrics (per-body-part tables, ROC, calibration, the training record)
+    once overflowed a table cell (reportlab LayoutError); the report now states the headline
+    figures with their CIs and points to the rest."""
+    import dataclasses
+    import json
+
+    from conftest import REPO
+
+    metrics = json.loads((REPO / "models" / "msk_abnormality-efficientnetlite0-fast.metrics.json").read_text())
+    result = dataclasses.replace(make_result(n_views=2), metrics=metrics)
+    text = flat(pdf_text(build_report(result, report_id="abc123", now=NOW)))
+    assert "Held-out metrics test split, n = 889; AUC 0.921 [0.901, 0.940]" in text
+    assert "All figures: the registry entry's metrics" in text and "per_body_part" not in text
+
+
 def test_negative_decision_is_reported():
     result = make_result()
     result = AnalysisResult(**{**result.__dict__, "probability": 0.2})

@@ -205,7 +205,7 @@ def _model_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
             said = "; ".join(f"{m}: {_percent(p)}" for m, p in zip(result.members, means))
             rows.insert(2, ("Member probabilities", f"{said} (the result is their mean)"))
     if result.metrics:
-        rows.append(("Validation metrics", _format_metrics(result.metrics)))
+        rows.append(("Held-out metrics", _format_metrics(result.metrics)))
     return [Paragraph("Model", styles["Heading2"]), _table(rows, styles)]
 
 
@@ -382,16 +382,36 @@ def _present(values: Any, fields: Sequence[tuple[str, str]]) -> list[tuple[str, 
             if values.get(key) not in (None, "")]
 
 
-def _format_metrics(metrics: Mapping[str, Any], prefix: str = "") -> str:
-    parts = []
-    for key, value in metrics.items():
-        if isinstance(value, Mapping):
-            parts.append(_format_metrics(value, f"{prefix}{key}."))
-        elif isinstance(value, float):
-            parts.append(f"{prefix}{key} {value:.3f}")
-        elif isinstance(value, (int, str, bool)):
-            parts.append(f"{prefix}{key} {value}")
-    return "; ".join(p for p in parts if p)
+def _format_metrics(metrics: Mapping[str, Any]) -> str:
+    """The registry's held-out figures in one paragraph: the headline numbers with their CIs.
+
+    Not the whole `metrics` dict: per-body-part tables, ROC and calibration data and the
+    training record would not fit one table cell (and reportlab cannot split a cell across
+    pages); they are in the registry entry and `models/<id>.metrics.json`.
+    """
+    ci = metrics.get("ci95", {}) if isinstance(metrics.get("ci95"), Mapping) else {}
+
+    def figure(key: str, label: str, source: Mapping[str, Any] = metrics) -> str | None:
+        value = source.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        bounds = ci.get(key) if source is metrics else None
+        interval = f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if isinstance(bounds, (list, tuple)) and len(bounds) == 2 else ""
+        return f"{label} {value:.3f}{interval}"
+
+    split = metrics.get("split")
+    head = f"{split} split" + (f", n = {metrics['n']}" if isinstance(metrics.get("n"), int) else "") if split else ""
+    study = metrics.get("study_level") if isinstance(metrics.get("study_level"), Mapping) else {}
+    where = metrics.get("localisation") if isinstance(metrics.get("localisation"), Mapping) else {}
+    part = metrics.get("body_part") if isinstance(metrics.get("body_part"), Mapping) else {}
+    parts = [head, figure("auc", "AUC"), figure("sensitivity", "sensitivity"), figure("specificity", "specificity"),
+             figure("kappa", "Cohen's kappa"), figure("ece", "ECE"),
+             # shown where studies have several views (else it repeats the image-level AUC)
+             figure("auc", "study-level AUC", study) if 0 < study.get("n", 0) < metrics.get("n", 0) else None,
+             figure("pointing_game", "Grad-CAM pointing game", where),
+             figure("accuracy", "body-part accuracy", part)]
+    said = "; ".join(p for p in parts if p)
+    return (said + ". All figures: the registry entry's metrics.") if said else "see the registry entry's metrics"
 
 
 def _view_name(result: AnalysisResult, index: int) -> str:
