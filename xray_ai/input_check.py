@@ -2,8 +2,8 @@
 
 A classifier answers every input, and on an image unlike its training data (another body
 part, a real radiograph for a model trained on phantoms, a blank frame) its probability
-means nothing, however confident: the shipped pneumonia model gives a real chest
-radiograph p = 1.000 and a knee phantom p = 0.997. So each model may carry the
+means nothing, however confident: the CompactCNN pneumonia model that shipped until
+2026-11-23 gave a real chest radiograph p = 1.000 and a knee phantom p = 0.997. So each model may carry the
 distribution of its pooled features (the global average of the Grad-CAM feature map) on
 its training images: their mean and a Ledoit-Wolf shrunk precision matrix. An image's
 distance is the Mahalanobis distance to that mean, divided by sqrt(K) so that it reads
@@ -11,7 +11,7 @@ the same for any feature width K; the threshold is a high percentile (default 99
 the distances of held-out in-distribution images, so about 0.5% of such images are
 flagged by design. The check warns; it never changes the probability.
 
-Measured with the shipped pneumonia model (96 px): validation phantoms 0.61 median, 1.02 at
+Measured with that pneumonia model (96 px): validation phantoms 0.61 median, 1.02 at
 the 99.5th percentile; a real chest radiograph (RG1) 3.07, the RG3 tibia 2.22, a knee
 phantom 1.70, a hand phantom 1.93, a uniform gray frame 5.25; a cardiomegaly phantom (the
 same chest generator) 0.45. A per-feature (diagonal) distance separated these far worse
