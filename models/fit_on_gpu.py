@@ -4,13 +4,15 @@
 `python -m xray_ai train` reads its images through tf.data, so it needs TensorFlow; the GPU
 machines lent to this project carry JAX and PyTorch instead. This script runs the same fit
 as `train`: the same dataset readers and patient-level split, class weights, classifier,
-lesion-mask head and loss, protocol stages and callbacks (`training.fit_stages`). Only the
+training heads (lesion masks; body part with --body-part-weight) and losses, protocol
+stages and callbacks (`training.fit_stages`). Only the
 input differs: images are decoded with `load_image` and resized as inference resizes
 (`preprocessing.resize_image`), and augmented on CPU threads by the affine warp and the
 photometric changes of `data.AugmentConfig`'s defaults, written here with OpenCV.
 
-It writes OUT/MODEL_ID.keras and OUT/MODEL_ID.fit.json (how the model was fitted, and a
-digest of which image is in which split). Then, on any machine with the project installed:
+It writes OUT/MODEL_ID.keras, OUT/MODEL_ID.fit.json (how the model was fitted, and a
+digest of which image is in which split) and, with a body-part head, OUT/MODEL_ID.bodypart.npz.
+Then, on any machine with the project installed:
 
     python -m xray_ai train ... --initial-model OUT/MODEL_ID.keras --epochs 0 --register
 
@@ -20,7 +22,8 @@ other model goes through. `train` refuses a model whose record names another spl
 
     KERAS_BACKEND=jax python models/fit_on_gpu.py --condition C --arch A --data DIR \\
         --layout mura|folders --image-size PX --epochs N --seed S --model-id ID --out DIR \\
-        [--patience N] [--learning-rate X] [--batch-size N] [--weights imagenet|none]
+        [--protocol quick|intensive] [--patience N] [--learning-rate X] [--batch-size N]
+        [--weights imagenet|none] [--body-part-weight W] [--threads N] [--time-limit SECONDS]
 """
 
 from __future__ import annotations
