@@ -80,6 +80,20 @@ def test_moving_the_slider_does_not_rerun_the_model(app_registry, monkeypatch):
     assert not at.exception and len(calls) == 1
 
 
+def test_a_body_part_head_is_shown_with_the_result(app_registry, tiny_model_file):
+    import numpy as np
+
+    from xray_ai import body_part
+
+    # (written before the app first loads the model: the manager reads it at load, as the input check)
+    body_part.save(body_part.BodyPartHead(("elbow", "wrist"), np.ones((8, 2)), np.array([0.0, 1.0]),
+                                          tiny_model_file[1]), app_registry.parent / "tiny.bodypart.npz")
+    at = page("analyse.py").run()
+    at.button(key="analyse.example").click().run()
+    assert not at.exception
+    assert "**Body part:** wrist (" in text_of(at) and "the model's own estimate" in text_of(at)
+
+
 def test_bad_upload_shows_an_error_and_the_good_one_is_analysed(app_registry):
     at = page("analyse.py").run()
     good = (EXAMPLES / "rg3_tibia.png").read_bytes()
