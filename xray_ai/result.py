@@ -132,8 +132,9 @@ class AnalysisResult:
     def to_json(self) -> dict[str, Any]:
         """The `predict --json` object of DESIGN.md (no arrays, no patient identifiers).
 
-        On top of its keys: `members` (an ensemble's member ids; [] for a single model) and,
-        for an ensemble, each view's `member_probabilities` (member id -> probability).
+        On top of its keys: `members` (an ensemble's member ids; [] for a single model); each
+        view's `input_check` and `body_part` (null without a body-part head); for an ensemble,
+        each view's `member_probabilities` (member id -> probability).
         """
         return {
             "condition": self.condition,
