@@ -47,6 +47,16 @@ for entry in registry.models.values():
         if "per_body_part" in metrics:
             st.markdown("By body part")
             st.dataframe(pd.DataFrame(metrics["per_body_part"]).T)
+        where = metrics.get("localisation")
+        if where:
+            tolerant = (f"; within {where['pointing_tolerance'] * 224:.0f} px at 224: {where['pointing_game_tolerant']:.2f}"
+                        if "pointing_game_tolerant" in where else "")
+            st.markdown(f"**Grad-CAM pointing game** (heatmap peak inside the lesion mask, {where['n']} abnormal "
+                        f"images): {where['pointing_game']:.2f}{tolerant}")
+        part = metrics.get("body_part")
+        if part and part.get("accuracy") is not None:
+            st.markdown(f"**Body-part head:** accuracy {part['accuracy']:.3f} on {part['n']} {part['split']} images "
+                        f"({', '.join(part['classes'])})")
         # an ensemble has no file, so no heatmap-trust report beside one (its members have theirs)
         explanations = (None if entry.is_ensemble
                         else load_report(explain_json_path(entry.resolve_path(registry.base_dir))))

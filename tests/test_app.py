@@ -16,6 +16,8 @@ METRICS = {
     "confusion_matrix": {"tn": 90, "fp": 10, "fn": 20, "tp": 80},
     "calibration": {"mean_predicted": [0.1, 0.5, 0.9], "fraction_positive": [0.12, 0.45, 0.88]},
     "per_body_part": {"wrist": {"n": 100, "auc": 0.93}, "hand": {"n": 100, "auc": 0.88}},
+    "localisation": {"n": 90, "pointing_game": 0.41, "pointing_game_tolerant": 0.77, "pointing_tolerance": 15 / 224},
+    "body_part": {"split": "test", "n": 200, "accuracy": 0.985, "classes": ["hand", "wrist"]},
 }
 
 
@@ -167,6 +169,8 @@ def test_performance_page_plots_stored_metrics(app_registry):
     assert table.loc["actual positive", "predicted positive"] == 80
     assert "0.870 - 0.950" in str(at.dataframe[0].value)
     assert at.dataframe[-1].value.loc["gradcam", "pointing_game"] == 0.8  # heatmap-trust table
+    assert "pointing game** (heatmap peak inside the lesion mask, 90 abnormal images): 0.41; within 15 px" in text_of(at)
+    assert "**Body-part head:** accuracy 0.985 on 200 test images (hand, wrist)" in text_of(at)
 
 
 def test_about_page_lists_models_and_their_data(app_registry):
