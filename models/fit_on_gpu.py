@@ -229,8 +229,8 @@ def main(argv=None) -> int:
 
     keras.utils.set_random_seed(args.seed)
     model = build_classifier(args.arch, spec.shape, weights=args.weights)
-    fit_model, heads = training.with_heads(model, lesion_weight, training.body_parts_of(train_df, args.body_part_weight),
-                                           args.body_part_weight)
+    body_parts = training.body_parts_of(train_df, args.body_part_weight)
+    fit_model, heads = training.with_heads(model, lesion_weight, body_parts, args.body_part_weight)
     class_weight = datamod.class_weights(train_df["label"])
 
     def batches(df, augment):

@@ -18,7 +18,8 @@ manager = ModelManager(REPO / "model_registry.json", backend="tensorflow")
 others = {
     "knee phantom": phantoms.generate("osteoporosis", abnormal=False, seed=777_001, size=224).image,
     "chest phantom": phantoms.generate("pneumonia", abnormal=False, seed=777_002, size=224).image,
-    "hand phantom": phantoms.generate("msk_abnormality", abnormal=False, seed=777_003, size=224, body_part="hand").image,
+    "hand phantom": phantoms.generate("msk_abnormality", abnormal=False, seed=777_003, size=224,
+                                      body_part="hand").image,
 }
 real = {name: load_image(REPO / "examples" / f"{name}.png") for name in ("rg1_chest", "rg3_tibia")}
 for mid, entry in manager.registry.models.items():

@@ -49,8 +49,8 @@ for entry in registry.models.values():
             st.dataframe(pd.DataFrame(metrics["per_body_part"]).T)
         where = metrics.get("localisation")
         if where:
-            tolerant = (f"; within {where['pointing_tolerance'] * 224:.0f} px at 224: {where['pointing_game_tolerant']:.2f}"
-                        if "pointing_game_tolerant" in where else "")
+            tolerant = (f"; within {where['pointing_tolerance'] * 224:.0f} px at 224: "
+                        f"{where['pointing_game_tolerant']:.2f}" if "pointing_game_tolerant" in where else "")
             st.markdown(f"**Grad-CAM pointing game** (heatmap peak inside the lesion mask, {where['n']} abnormal "
                         f"images): {where['pointing_game']:.2f}{tolerant}")
         part = metrics.get("body_part")

@@ -169,8 +169,9 @@ def test_performance_page_plots_stored_metrics(app_registry):
     assert table.loc["actual positive", "predicted positive"] == 80
     assert "0.870 - 0.950" in str(at.dataframe[0].value)
     assert at.dataframe[-1].value.loc["gradcam", "pointing_game"] == 0.8  # heatmap-trust table
-    assert "pointing game** (heatmap peak inside the lesion mask, 90 abnormal images): 0.41; within 15 px" in text_of(at)
-    assert "**Body-part head:** accuracy 0.985 on 200 test images (hand, wrist)" in text_of(at)
+    said = text_of(at)
+    assert "pointing game** (heatmap peak inside the lesion mask, 90 abnormal images): 0.41; within 15 px" in said
+    assert "**Body-part head:** accuracy 0.985 on 200 test images (hand, wrist)" in said
 
 
 def test_about_page_lists_models_and_their_data(app_registry):
