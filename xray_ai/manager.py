@@ -317,17 +317,10 @@ class ModelManager:
             analyzer.warm_up()
         backend = getattr(analyzer, "backend", "tensorflow")
         if placeholder:
-            check, check_reason = None, "a placeholder has no training data"
+            check, check_reason, part_head = None, "a placeholder has no training data", None
         else:
-            sidecar = input_check.sidecar_path(path)
-            check, check_reason = input_check.load(sidecar, entry.sha256)
-            if check_reason and sidecar.exists():  # there is one, but not for this model file
-                log.warning("model %s: input check not used: %s", entry.id, check_reason)
-        part_head = None
-        if not placeholder:
-            part_head, part_reason = body_part.load(body_part.sidecar_path(path), entry.sha256)
-            if part_reason and body_part.sidecar_path(path).exists():
-                log.warning("model %s: body-part head not used: %s", entry.id, part_reason)
+            check, check_reason = _read_sidecar(input_check, "input check", entry, path)
+            part_head, _ = _read_sidecar(body_part, "body-part head", entry, path)
         seconds = time.perf_counter() - start
         log.info("loaded %s in %.2f s (placeholder=%s, backend=%s)", entry.id, seconds, placeholder, backend)
         return LoadedModel(model, entry, placeholder, reason, analyzer, seconds, backend, backend_reason,
@@ -392,6 +385,17 @@ class ModelManager:
         if out != (None, 1):
             raise _ModelProblem(f"{entry.path} outputs {out}; one sigmoid unit (None, 1) is required")
         return model
+
+
+def _read_sidecar(module, what: str, entry: ModelEntry, path: Path) -> tuple[object | None, str | None]:
+    """(object, None) or (None, why not) from the file `module.sidecar_path(path)` beside a
+    model (xray_ai.input_check, xray_ai.body_part); a file there that belongs to another
+    model file, or cannot be read, is logged."""
+    sidecar = module.sidecar_path(path)
+    found, reason = module.load(sidecar, entry.sha256)
+    if reason and sidecar.exists():  # there is one, but not for this model file
+        log.warning("model %s: %s not used: %s", entry.id, what, reason)
+    return found, reason
 
 
 def _stamp(path: Path) -> tuple:
