@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     batch_size = args.batch_size or protocol.batch_size
     learning_rate = args.learning_rate or protocol.learning_rate
     config = training.TrainConfig(condition=args.condition, architecture=args.arch, data=args.data,
-                                  layout=args.layout, seed=args.seed, image_size=args.image_size)
+                                  layout=args.layout, seed=args.seed, image_size=args.image_size, weights=args.weights)
     condition = load_registry(None).condition(args.condition)
     parts = training._splits(training._read_dataset(config, condition.negative_label, condition.positive_label),
                              args.seed)
@@ -262,18 +262,17 @@ def main(argv=None) -> int:
         "format": 1, "model_id": args.model_id, "condition": args.condition, "architecture": args.arch,
         "split_digest": training.split_digest(parts, args.data),
         "training": {
-            "protocol": protocol.name, "epochs_run": done, "batch_size": batch_size, "learning_rate": learning_rate,
-            "image_size": args.image_size, "weights": str(args.weights), "seconds": round(seconds, 1),
-            "train_images": len(train_df), "valid_images": len(valid_df), "class_weights": class_weight,
-            "seed": args.seed, "augmentation": "seeds' defaults (OpenCV warp)", "lesion_mask_weight": lesion_weight,
-            "body_part_weight": heads.body_part_weight,
+            **training.training_summary(
+                config, protocol, epochs_run=done, batch_size=batch_size, learning_rate=learning_rate,
+                seconds=seconds, train_images=len(train_df), valid_images=len(valid_df), class_weights=class_weight,
+                augmentation="seeds' defaults (OpenCV warp)", heads=heads),
             "stopped_by": "time limit" if limit and limit.reached else "epochs or early stopping",
             "fitted_with": f"models/fit_on_gpu.py, Keras {keras.__version__} on {keras.config.backend()}, "
                            f"{accelerator()}",
         },
         "history": history,
     }
-    path.with_name(path.stem + training.FIT_RECORD_SUFFIX).write_text(json.dumps(record, indent=1) + "\n")
+    training.fit_record_path(path).write_text(json.dumps(record, indent=1) + "\n")
     best = max(history.get(heads.monitor, [float("nan")]))
     print(f"saved {path}: {done} epochs in {seconds:.0f} s, best validation AUC {best:.3f}", flush=True)
     return 0

@@ -49,7 +49,8 @@ from . import body_part, evaluation, input_check
 from .registry import InputSpec, ModelEntry, TrainingData, load_registry, save_registry
 
 __all__ = ["Protocol", "PROTOCOLS", "TrainConfig", "TrainOutcome", "train", "fit_stages", "Heads", "with_heads",
-           "compile_for_training", "split_digest", "load_initial_model", "FIT_RECORD_SUFFIX"]
+           "compile_for_training", "training_summary", "split_digest", "load_initial_model",
+           "fit_record_path", "FIT_RECORD_SUFFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,12 @@ def _read_dataset(config: TrainConfig, negative: str, positive: str):
 FIT_RECORD_SUFFIX = ".fit.json"  # beside a model fitted by models/fit_on_gpu.py
 
 
+def fit_record_path(model_path: str | Path) -> Path:
+    """`out/x.keras` -> `out/x.fit.json`: how models/fit_on_gpu.py fitted the model."""
+    path = Path(model_path)
+    return path.with_name(path.stem + FIT_RECORD_SUFFIX)
+
+
 def split_digest(parts: dict, root: Path) -> str:
     """sha256 of which image (path relative to the dataset root) is in which split with which
     label: a model fitted on one machine is evaluated on another only on the same split."""
@@ -187,7 +194,7 @@ def load_initial_model(path: Path, spec: InputSpec):
 def _fit_record(config: TrainConfig, parts: dict) -> dict | None:
     """The `<stem>.fit.json` written beside an initial model by models/fit_on_gpu.py, checked
     against this run: same architecture, input size and split (so the test split stays unseen)."""
-    path = Path(config.initial_model).with_name(Path(config.initial_model).stem + FIT_RECORD_SUFFIX)
+    path = fit_record_path(config.initial_model)
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
@@ -294,18 +301,21 @@ def _predict(model, df, spec: InputSpec, batch_size: int) -> np.ndarray:
     return model.predict(ds.map(lambda x, y: x), verbose=0).ravel().astype(np.float64)
 
 
+def _pooled_features(cam, df, spec: InputSpec) -> np.ndarray:
+    """(N, K) pooled Grad-CAM features of `df`'s images, read through the training pipeline
+    (`cam`: an xray_ai.gradcam.GradCam of the model)."""
+    ds = datamod.make_dataset(df, spec, batch_size=64, training=False, cache=False)
+    return np.concatenate([cam(x.numpy()).pooled_features for x, _ in ds])
+
+
 def _fit_input_check(model, parts: dict, spec: InputSpec, sha256: str, source: str):
     """The model's input check (xray_ai.input_check): its pooled Grad-CAM features on the
     training split, the threshold at the 99.5th percentile of the validation split's."""
     from .gradcam import GradCam
 
     cam = GradCam(model)
-
-    def pooled(df) -> np.ndarray:
-        ds = datamod.make_dataset(df, spec, batch_size=64, training=False, cache=False)
-        return np.concatenate([cam(x.numpy()).pooled_features for x, _ in ds])
-
-    return input_check.fit(pooled(parts["train"]), pooled(parts["valid"]), sha256, source)
+    return input_check.fit(_pooled_features(cam, parts["train"], spec), _pooled_features(cam, parts["valid"], spec),
+                           sha256, source)
 
 
 def _localisation(model, df, spec: InputSpec) -> dict[str, Any] | None:
@@ -368,10 +378,7 @@ def _body_part_accuracy(model, head, df, spec: InputSpec) -> dict[str, Any]:
     df = df[df["body_part"].isin(head.classes)]
     if df.empty:
         return {"n": 0, "accuracy": None}
-    cam = GradCam(model)
-    ds = datamod.make_dataset(df, spec, batch_size=64, training=False, cache=False)
-    pooled = np.concatenate([cam(x.numpy()).pooled_features for x, _ in ds])
-    predicted = [part for part, _ in head.predict(pooled)]
+    predicted = [part for part, _ in head.predict(_pooled_features(GradCam(model), df, spec))]
     return {"n": len(df), "accuracy": float(np.mean(np.array(predicted) == df["body_part"].to_numpy()))}
 
 
@@ -451,6 +458,20 @@ def compile_for_training(fit_model, learning_rate: float, heads: Heads) -> None:
         loss["body_part"], weights["body_part"] = "sparse_categorical_crossentropy", heads.body_part_weight
         metrics["body_part"] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     fit_model.compile(optimizer=optimizer, loss=loss, loss_weights=weights, metrics=metrics)
+
+
+def training_summary(config: TrainConfig, protocol: Protocol, *, epochs_run: int, batch_size: int,
+                     learning_rate: float, seconds: float, train_images: int, valid_images: int,
+                     class_weights: dict, augmentation: str, heads: Heads) -> dict[str, Any]:
+    """How a model was fitted, as `metrics.training` records it (`train` and
+    models/fit_on_gpu.py, whose record `train --epochs 0` copies, write the same keys)."""
+    return {
+        "protocol": protocol.name, "epochs_run": epochs_run, "batch_size": batch_size, "learning_rate": learning_rate,
+        "image_size": config.image_size, "weights": str(config.weights), "seconds": round(seconds, 1),
+        "train_images": train_images, "valid_images": valid_images, "class_weights": class_weights,
+        "seed": config.seed, "augmentation": augmentation, "lesion_mask_weight": heads.lesion_weight,
+        "body_part_weight": heads.body_part_weight,
+    }
 
 
 def fit_stages(model, fit_model, train_data, valid_data, *, protocol: Protocol, epochs: int, learning_rate: float,
@@ -545,17 +566,16 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     if heads.body_parts:
         print(f"body-part head: weight {heads.body_part_weight:g}, {', '.join(heads.body_parts)}", file=stream, flush=True)
     weights = datamod.class_weights(train_df["label"])
-    augment = datamod.AugmentConfig() if config.augment else None
-    train_ds = datamod.make_dataset(train_df, spec, batch_size=batch_size, training=True, augment=augment,
-                                    seed=config.seed, class_weight=weights, lesion_grid=heads.grid,
-                                    body_parts=heads.body_parts)
-    valid_ds = datamod.make_dataset(parts["valid"], spec, batch_size=batch_size, training=False,
-                                    lesion_grid=heads.grid, body_parts=heads.body_parts)
-
     if epochs == 0:
         history, done, seconds = {}, 0, 0.0
         print(f"no fitting (--epochs 0): evaluating {config.initial_model} as it is", file=stream, flush=True)
     else:
+        augment = datamod.AugmentConfig() if config.augment else None
+        train_ds = datamod.make_dataset(train_df, spec, batch_size=batch_size, training=True, augment=augment,
+                                        seed=config.seed, class_weight=weights, lesion_grid=heads.grid,
+                                        body_parts=heads.body_parts)
+        valid_ds = datamod.make_dataset(parts["valid"], spec, batch_size=batch_size, training=False,
+                                        lesion_grid=heads.grid, body_parts=heads.body_parts)
         history, done, seconds = fit_stages(
             model, fit_model, train_ds, valid_ds, protocol=protocol, epochs=epochs, learning_rate=learning_rate,
             heads=heads, patience=config.patience, stream=stream)
@@ -598,20 +618,16 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     localisation = _localisation(model, eval_df, spec)
     if localisation:
         metrics["localisation"] = localisation
-    metrics["training"] = {
-        "protocol": protocol.name, "epochs_run": done, "batch_size": batch_size, "learning_rate": learning_rate,
-        "image_size": config.image_size,
-        "weights": str(config.weights), "seconds": round(seconds, 1), "train_images": len(train_df),
-        "valid_images": len(parts["valid"]), "class_weights": weights, "seed": config.seed,
-        "augmentation": "seeds' defaults" if config.augment else "none", "lesion_mask_weight": lesion_weight,
-        "body_part_weight": heads.body_part_weight,
-    }
+    metrics["training"] = training_summary(
+        config, protocol, epochs_run=done, batch_size=batch_size, learning_rate=learning_rate, seconds=seconds,
+        train_images=len(train_df), valid_images=len(parts["valid"]), class_weights=weights,
+        augmentation="seeds' defaults" if config.augment else "none", heads=heads)
     if config.initial_model is not None:
         initial = {"file": Path(config.initial_model).name, "sha256": file_sha256(Path(config.initial_model))}
         if epochs == 0:
             # Not fitted here: the figures of the fit are the fitting run's own, or unknown.
             metrics["training"] = dict(fitted["training"]) if fitted else {
-                "fit": f"unknown: no {Path(config.initial_model).stem}{FIT_RECORD_SUFFIX} record beside the model"}
+                "fit": f"unknown: no {fit_record_path(config.initial_model).name} record beside the model"}
             metrics["training"]["evaluated_by"] = "train --epochs 0 (calibration, operating point, test figures)"
         metrics["training"]["initial_model"] = initial
 
