@@ -81,11 +81,13 @@ def bench(arch: str, repeats: int, tmp: Path) -> dict[str, float]:
     import keras
     import tensorflow as tf
 
-    from xray_ai import analyze, load_image
-    from xray_ai.architectures import build_classifier
-    from xray_ai.manager import ModelManager, file_sha256
-    from xray_ai.onnx_backend import open_session
-    from xray_ai.preprocessing import prepare_batch
+    from xray_ai import analyze
+
+    from xray_ai import load_image
+    from xray_ai.training.architectures import build_classifier
+    from xray_ai.serving.manager import ModelManager, file_sha256
+    from xray_ai.serving.onnx_backend import open_session
+    from xray_ai.serving.preprocessing import prepare_batch
 
     keras.utils.set_random_seed(0)
     model = build_classifier(arch, (224, 224, 3))

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xray_ai import data as D  # noqa: E402
+from xray_ai.training import data as D  # noqa: E402
 from xray_ai.phantoms import LABELS, write_dataset  # noqa: E402
 from xray_ai.registry import InputSpec  # noqa: E402
 
@@ -41,8 +41,8 @@ def main() -> None:
     parser.add_argument("--condition", default="pneumonia")
     args = parser.parse_args()
 
-    from xray_ai.architectures import build_classifier
-    from xray_ai.training import DEFAULT_LESION_WEIGHT, compile_for_training, with_heads
+    from xray_ai.training.architectures import build_classifier
+    from xray_ai.training.trainer import DEFAULT_LESION_WEIGHT, compile_for_training, with_heads
 
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(Path(tmp), args.condition, args.images, layout="folders", size=2 * args.size, seed=0)

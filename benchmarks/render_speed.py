@@ -19,8 +19,8 @@ sys.path.insert(0, str(REPO / "tests"))
 import numpy as np  # noqa: E402
 
 from test_report import NOW, make_result  # noqa: E402  (the report tests' result builder)
-from xray_ai.overlay import Marker, render_overlay  # noqa: E402
-from xray_ai.report import build_report  # noqa: E402
+from xray_ai.outputs.overlay import Marker, render_overlay  # noqa: E402
+from xray_ai.outputs.report import build_report  # noqa: E402
 
 
 def median_ms(fn, repeats: int) -> float:

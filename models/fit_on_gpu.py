@@ -46,13 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keras  # noqa: E402
 
-from xray_ai import body_part  # noqa: E402
-from xray_ai import data as datamod  # noqa: E402
-from xray_ai import training  # noqa: E402
-from xray_ai.architectures import build_classifier  # noqa: E402
-from xray_ai.imaging import load_image  # noqa: E402
-from xray_ai.manager import file_sha256  # noqa: E402
-from xray_ai.preprocessing import resize_image  # noqa: E402
+from xray_ai.serving import body_part  # noqa: E402
+from xray_ai.training import data as datamod  # noqa: E402
+from xray_ai.training import trainer as training  # noqa: E402
+from xray_ai.training.architectures import build_classifier  # noqa: E402
+from xray_ai.images.load import load_image  # noqa: E402
+from xray_ai.serving.manager import file_sha256  # noqa: E402
+from xray_ai.serving.preprocessing import resize_image  # noqa: E402
 from xray_ai.registry import InputSpec, load_registry  # noqa: E402
 
 

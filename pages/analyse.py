@@ -4,10 +4,11 @@ import streamlit as st
 
 from ui.common import EXAMPLES_DIR, digest, get_manager, registry_or_stop, show_provenance
 from ui.markers import marker_editor
-from xray_ai import ImageLoadError, load_image
+from xray_ai import ImageLoadError
+from xray_ai import load_image
 from xray_ai import analysis
-from xray_ai.overlay import render_overlay
-from xray_ai.report import build_report
+from xray_ai.outputs.overlay import render_overlay
+from xray_ai.outputs.report import build_report
 
 EXAMPLE_FILES = ("rg3_tibia.dcm",)
 

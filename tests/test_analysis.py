@@ -1,9 +1,13 @@
 import numpy as np
 import pytest
 
-from xray_ai import XRay, analyze, load_image
-from xray_ai.manager import ModelManager
-from xray_ai.preprocessing import prepare_batch, resize_image
+from xray_ai import XRay
+
+from xray_ai import analyze
+
+from xray_ai import load_image
+from xray_ai.serving.manager import ModelManager
+from xray_ai.serving.preprocessing import prepare_batch, resize_image
 from xray_ai.registry import InputSpec
 from conftest import EXAMPLES, write_tiny_registry
 
@@ -134,7 +138,7 @@ def test_placeholder_report_carries_the_watermark(tmp_path):
 
 @pytest.mark.parametrize("backend", ["tensorflow", "onnx"])
 def test_a_body_part_head_beside_the_model_names_the_part_of_each_view(tiny_registry, tiny_model_file, backend):
-    from xray_ai import body_part
+    from xray_ai.serving import body_part
 
     _, sha = tiny_model_file
     kernel = np.zeros((8, 2))

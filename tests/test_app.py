@@ -85,7 +85,7 @@ def test_moving_the_slider_does_not_rerun_the_model(app_registry, monkeypatch):
 def test_a_body_part_head_is_shown_with_the_result(app_registry, tiny_model_file):
     import numpy as np
 
-    from xray_ai import body_part
+    from xray_ai.serving import body_part
 
     # (written before the app first loads the model: the manager reads it at load, as the input check)
     body_part.save(body_part.BodyPartHead(("elbow", "wrist"), np.ones((8, 2)), np.array([0.0, 1.0]),

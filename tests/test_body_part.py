@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from xray_ai import body_part
+from xray_ai.serving import body_part
 
 
 def _head(sha="a" * 64):

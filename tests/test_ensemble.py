@@ -171,7 +171,7 @@ def test_editing_a_member_revalidates_its_ensembles(tmp_path):
 @pytest.fixture(scope="session")
 def model_b_file(tmp_path_factory, keras_mod):
     """A second tiny model, 40x48x3, with other weights: the ensemble's second member."""
-    from xray_ai.manager import file_sha256
+    from xray_ai.serving.manager import file_sha256
 
     keras = keras_mod
     keras.utils.set_random_seed(7)
@@ -201,13 +201,14 @@ def ensemble_registry(tiny_registry, model_b_file):
 
 @pytest.fixture()
 def manager(ensemble_registry):
-    from xray_ai.manager import ModelManager
+    from xray_ai.serving.manager import ModelManager
 
     return ModelManager(ensemble_registry, backend="tensorflow")
 
 
 def _views():
-    from xray_ai import XRay, load_image
+    from xray_ai import XRay
+    from xray_ai import load_image
 
     rng = np.random.default_rng(5)
     return [load_image(EXAMPLES / "rg3_tibia.png"), XRay(rng.random((70, 50), dtype=np.float32), {}, "noise.png")]
@@ -215,14 +216,14 @@ def _views():
 
 def _keras_probability(loaded, pixels):
     """A member's probability straight from its keras model (not through the analyzer)."""
-    from xray_ai.preprocessing import prepare_batch
+    from xray_ai.serving.preprocessing import prepare_batch
 
     batch = prepare_batch([pixels], loaded.entry.input, loaded.entry.preprocessing)
     return float(loaded.model(batch, training=False).numpy()[0, 0])
 
 
 def test_get_returns_the_members_loaded_one_by_one(manager):
-    from xray_ai.manager import LoadedEnsemble
+    from xray_ai.serving.manager import LoadedEnsemble
 
     loaded = manager.get("fracture")
     assert isinstance(loaded, LoadedEnsemble) and loaded.entry.id == "tiny-ens"
@@ -300,7 +301,7 @@ def test_other_heatmap_methods_are_averaged_at_the_largest_input(manager):
 
 def test_a_member_with_a_missing_file_makes_the_ensemble_a_placeholder(ensemble_registry):
     from xray_ai import analyze
-    from xray_ai.manager import ModelManager
+    from xray_ai.serving.manager import ModelManager
 
     (ensemble_registry.parent / "b.keras").unlink()
     manager = ModelManager(ensemble_registry, backend="tensorflow")
@@ -315,7 +316,7 @@ def test_a_member_with_a_missing_file_makes_the_ensemble_a_placeholder(ensemble_
 
 def test_members_are_served_by_onnx_runtime_where_it_applies(ensemble_registry, tmp_path):
     from xray_ai import analyze
-    from xray_ai.manager import ModelManager
+    from xray_ai.serving.manager import ModelManager
 
     onnx = ModelManager(ensemble_registry, backend="onnx", onnx_cache=tmp_path / "onnx")
     tf = ModelManager(ensemble_registry, backend="tensorflow")
@@ -330,7 +331,9 @@ def test_members_are_served_by_onnx_runtime_where_it_applies(ensemble_registry, 
 def test_report_names_the_ensemble_and_its_members(manager):
     from pypdf import PdfReader
 
-    from xray_ai import analyze, build_report
+    from xray_ai import analyze
+
+    from xray_ai import build_report
 
     pdf = build_report(analyze(_views(), "fracture", manager=manager))
     text = " ".join(" ".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages).split())
@@ -342,7 +345,7 @@ def test_report_names_the_ensemble_and_its_members(manager):
 
 
 def test_predict_json_on_an_ensemble(ensemble_registry, capsys):
-    from xray_ai.cli import main
+    from xray_ai.cli.main import main
 
     code = main(["predict", str(EXAMPLES / "rg3_tibia.png"), "--condition", "fracture", "--json",
                  "--registry", str(ensemble_registry), "--backend", "tensorflow"])
@@ -357,7 +360,7 @@ def test_predict_json_on_an_ensemble(ensemble_registry, capsys):
 
 
 def test_predict_on_a_placeholder_ensemble_warns(ensemble_registry, capsys):
-    from xray_ai.cli import main
+    from xray_ai.cli.main import main
 
     (ensemble_registry.parent / "tiny.keras").unlink()
     code = main(["predict", str(EXAMPLES / "rg3_tibia.png"), "--model", "tiny-ens", "--json",
@@ -368,7 +371,7 @@ def test_predict_on_a_placeholder_ensemble_warns(ensemble_registry, capsys):
 
 
 def test_registry_list_and_validate_show_the_ensemble(ensemble_registry, capsys):
-    from xray_ai.cli import main
+    from xray_ai.cli.main import main
 
     assert main(["registry", "list", "--registry", str(ensemble_registry)]) == 0
     assert "mean of: tiny-test, tiny-b" in capsys.readouterr().out
@@ -393,10 +396,10 @@ def _folder_dataset(root, n=8):
 
 
 def test_evaluate_an_ensemble_averages_its_members_per_image(ensemble_registry, tmp_path, capsys):
-    from xray_ai import data as datamod
+    from xray_ai.training import data as datamod
     from xray_ai import load_image
-    from xray_ai.cli import main
-    from xray_ai.manager import ModelManager
+    from xray_ai.cli.main import main
+    from xray_ai.serving.manager import ModelManager
 
     root = _folder_dataset(tmp_path / "data")
     df = datamod.read_folders(root, "no fracture", "fracture")
@@ -419,7 +422,7 @@ def test_evaluate_an_ensemble_averages_its_members_per_image(ensemble_registry, 
 
 
 def test_explain_eval_refuses_an_ensemble(ensemble_registry, tmp_path, capsys):
-    from xray_ai.cli import main
+    from xray_ai.cli.main import main
 
     root = _folder_dataset(tmp_path / "data", n=2)
     assert main(["explain-eval", "--model", "tiny-ens", "--data", str(root), "--registry", str(ensemble_registry)]) == 2

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from xray_ai import evaluation as ev
+from xray_ai.training import evaluation as ev
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import bright_square_data
-from xray_ai.explain import METHODS, Explainer
+from xray_ai.explain.methods import METHODS, Explainer
 
 GRADIENT_METHODS = ("gradcam", "gradcam++", "saliency", "smoothgrad")
 
@@ -87,7 +87,7 @@ def test_unknown_method_lists_the_valid_ones(flat_model):
 
 
 def test_deletion_insertion_reward_a_faithful_map(square_model):
-    from xray_ai.explain_eval import deletion_insertion
+    from xray_ai.explain.scores import deletion_insertion
 
     x_test, y_test, boxes = bright_square_data(6, seed=8)
     i = int(np.flatnonzero(y_test)[0])
@@ -102,7 +102,7 @@ def test_deletion_insertion_reward_a_faithful_map(square_model):
 
 
 def test_evaluate_explanations_table(square_model):
-    from xray_ai.explain_eval import evaluate_explanations, format_table
+    from xray_ai.explain.scores import evaluate_explanations, format_table
 
     x_test, y_test, boxes = bright_square_data(8, seed=9)
     images, masks = [], []

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 from xray_ai import phantoms
-from xray_ai.cli import main
+from xray_ai.cli.main import main
 
 SIZE = 32
 
@@ -63,7 +63,7 @@ def test_a_model_fitted_elsewhere_is_evaluated_and_registered_as_fitted(fitted, 
     # The fit's own figures, said to come from where it ran; the evaluation from here.
     assert training["fitted_with"] == record["training"]["fitted_with"] and training["epochs_run"] == 1
     assert training["evaluated_by"].startswith("train --epochs 0")
-    from xray_ai.manager import file_sha256
+    from xray_ai.serving.manager import file_sha256
 
     assert training["initial_model"]["sha256"] == file_sha256(fitted)
     assert entry["metrics"]["split"] == "test" and "validation split" in entry["threshold_method"]
@@ -101,7 +101,7 @@ def test_epochs_zero_needs_an_initial_model_and_the_model_its_input_size(fitted,
 
 def test_unaugmented_batches_match_the_tf_pipeline(fit_on_gpu, dataset):
     """Validation batches (images and lesion-cell targets) equal data.make_dataset's."""
-    from xray_ai import data as datamod
+    from xray_ai.training import data as datamod
     from xray_ai.registry import InputSpec
 
     from xray_ai.registry import load_registry
@@ -123,7 +123,7 @@ def test_augmentation_warps_the_mask_with_the_image(fit_on_gpu):
     """An image that *is* its lesion mask keeps matching its lesion cells after augmentation."""
     import cv2
 
-    from xray_ai import data as datamod
+    from xray_ai.training import data as datamod
 
     images = np.zeros((16, SIZE, SIZE), np.float32)
     for k in range(16):

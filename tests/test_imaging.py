@@ -22,8 +22,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
 
-from xray_ai import imaging
-from xray_ai.imaging import ImageLoadError, ImageLoadWarning, XRay, load_image
+from xray_ai.images import load as imaging
+from xray_ai.images.load import ImageLoadError, ImageLoadWarning, XRay, load_image
 
 REPO = Path(__file__).resolve().parents[1]
 METADATA_KEYS = {

@@ -5,9 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from xray_ai import XRay, analyze, input_check
+from xray_ai import XRay
+
+from xray_ai import analyze
+
+from xray_ai.serving import input_check
 from xray_ai.analysis import pooled_features
-from xray_ai.manager import ModelManager
+from xray_ai.serving.manager import ModelManager
 from conftest import REPO, bright_square_data
 
 
@@ -93,7 +97,7 @@ def test_analysis_flags_an_image_unlike_the_training_images(tiny_registry):
 def test_cli_fits_the_check_then_predict_reports_it(tiny_registry, tmp_path, capsys, monkeypatch):
     from PIL import Image
 
-    from xray_ai.cli import main
+    from xray_ai.cli.main import main
 
     monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
     x, y, _ = bright_square_data(120, seed=5)
@@ -118,7 +122,7 @@ def test_cli_fits_the_check_then_predict_reports_it(tiny_registry, tmp_path, cap
 def test_cli_refuses_a_dataset_without_a_valid_split(tiny_registry, tmp_path, capsys, monkeypatch):
     from PIL import Image
 
-    from xray_ai.cli import main
+    from xray_ai.cli.main import main
 
     monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
     for i, label in enumerate(("fracture", "no fracture")):
@@ -137,7 +141,8 @@ SHIPPED = json.loads((REPO / "model_registry.json").read_text())
 def test_every_shipped_model_has_an_input_check_that_knows_its_own_images(model_id):
     """Fresh phantoms of the model's own condition (seeds it never saw) pass; the real RG3
     tibia radiograph (no shipped model was trained on a tibia) is flagged."""
-    from xray_ai import load_image, phantoms
+    from xray_ai import load_image
+    from xray_ai import phantoms
 
     manager = ModelManager(REPO / "model_registry.json", backend="tensorflow")
     loaded = manager.get(model_id=model_id)
@@ -152,7 +157,7 @@ def test_every_shipped_model_has_an_input_check_that_knows_its_own_images(model_
 
 def test_cli_will_not_fit_the_check_of_a_placeholder(tmp_path, capsys, monkeypatch):
     from conftest import write_tiny_registry
-    from xray_ai.cli import main
+    from xray_ai.cli.main import main
 
     monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
     from PIL import Image

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import write_tiny_registry
-from xray_ai.manager import ModelManager
+from xray_ai.serving.manager import ModelManager
 from xray_ai.registry import RegistryError
 
 
@@ -34,7 +34,7 @@ def test_missing_file_gives_placeholder(tmp_path):
 
 
 def test_corrupt_file_gives_placeholder(tmp_path):
-    from xray_ai.manager import file_sha256
+    from xray_ai.serving.manager import file_sha256
 
     bad = tmp_path / "corrupt.keras"
     bad.write_bytes(b"PK\x03\x04 this is not a keras archive")

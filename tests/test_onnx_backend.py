@@ -14,8 +14,8 @@ from conftest import EXAMPLES, REPO, TINY_SHAPE, write_tiny_registry
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
-from xray_ai import onnx_backend as ob  # noqa: E402
-from xray_ai.manager import ModelManager, file_sha256  # noqa: E402
+from xray_ai.serving import onnx_backend as ob  # noqa: E402
+from xray_ai.serving.manager import ModelManager, file_sha256  # noqa: E402
 
 PROB_TOL = 1e-4
 MIN_CORR = 0.999
@@ -81,7 +81,7 @@ def _export_and_load(model, tmp_path, key="a" * 64):
 
 
 def _assert_equivalent(model, analyzer, x):
-    from xray_ai.gradcam import GradCam
+    from xray_ai.explain.gradcam import GradCam
 
     tf_out, ort_out = GradCam(model)(x), analyzer(x)
     assert ort_out.target_layer == tf_out.target_layer and ort_out.method == "gradcam"
@@ -169,7 +169,7 @@ def test_folding_batch_norms_keeps_a_deep_head_exact(keras_mod):
 )
 def test_onnx_matches_tensorflow_gradcam(variant, keras_mod, tmp_path):
     if variant == "mobilenetv2_classifier":
-        from xray_ai.architectures import build_classifier
+        from xray_ai.training.architectures import build_classifier
 
         keras_mod.utils.set_random_seed(0)
         model = build_classifier("mobilenetv2", (96, 96, 3), dense_units=16)  # 3 x 3 feature map
@@ -420,7 +420,7 @@ def test_a_placeholder_is_never_served_by_onnx(tmp_path):
 
 
 def test_cli_export_then_predict_json_reports_the_backend(exported, tmp_path, capsys, monkeypatch):
-    from xray_ai.cli import main
+    from xray_ai.cli.main import main
 
     registry = _registry_for(exported, tmp_path)
     monkeypatch.setenv("XRAY_AI_ONNX_CACHE", str(tmp_path / "cli_cache"))
@@ -442,7 +442,7 @@ def test_cli_export_then_predict_json_reports_the_backend(exported, tmp_path, ca
 
 
 def test_cli_export_of_a_model_that_cannot_be_exported_exits_2(tmp_path, capsys, keras_mod, monkeypatch):
-    from xray_ai.cli import main
+    from xray_ai.cli.main import main
 
     monkeypatch.setenv("XRAY_AI_ONNX_CACHE", str(tmp_path / "c"))
     model = _other_head(keras_mod, "flatten")
@@ -460,7 +460,7 @@ def test_cli_export_of_a_model_that_cannot_be_exported_exits_2(tmp_path, capsys,
 
 
 def _shipped_models():
-    from xray_ai.manager import check_model_file
+    from xray_ai.serving.manager import check_model_file
     from xray_ai.registry import load_registry
 
     registry = load_registry(REPO / "model_registry.json")
@@ -474,7 +474,7 @@ SHIPPED = _shipped_models()
 @pytest.mark.parametrize("model_id", SHIPPED or ["none"])
 def test_every_shipped_model_is_equivalent_on_onnx(model_id, tmp_path):
     from xray_ai import load_image
-    from xray_ai.preprocessing import prepare_batch
+    from xray_ai.serving.preprocessing import prepare_batch
 
     manager = ModelManager(REPO / "model_registry.json", onnx_cache=tmp_path, backend="tensorflow", warm_up=False)
     loaded = manager.get(model_id=model_id)

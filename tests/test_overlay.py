@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from xray_ai.overlay import Marker, render_overlay, strongest_region, to_rgb8
+from xray_ai.outputs.overlay import Marker, render_overlay, strongest_region, to_rgb8
 
 
 def _radiograph(height: int = 256, width: int = 192) -> np.ndarray:

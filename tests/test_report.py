@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from pypdf import PdfReader
 
-from xray_ai.imaging import XRay
-from xray_ai.overlay import Marker
-from xray_ai.report import build_report
+from xray_ai.images.load import XRay
+from xray_ai.outputs.overlay import Marker
+from xray_ai.outputs.report import build_report
 from xray_ai.result import PLACEHOLDER_WATERMARK, AnalysisResult, ViewResult
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)

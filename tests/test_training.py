@@ -9,8 +9,8 @@ import pytest
 
 from conftest import REPO
 from xray_ai import phantoms
-from xray_ai.cli import main
-from xray_ai.training import PROTOCOLS, _set_trainable_fraction, _stage_epochs
+from xray_ai.cli.main import main
+from xray_ai.training.trainer import PROTOCOLS, _set_trainable_fraction, _stage_epochs
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
     registry = tmp_path / "registry.json"
     shutil.copy(REPO / "model_registry.json", registry)
-    import xray_ai.evaluation as evaluation
+    import xray_ai.training.evaluation as evaluation
 
     seen = []
     real_choose = evaluation.choose_threshold
@@ -46,7 +46,7 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     assert "lesion-mask supervision: weight 5" in out.err  # phantoms carry masks: on by default
 
     # The operating point was chosen on the validation split only.
-    from xray_ai.data import read_mura
+    from xray_ai.training.data import read_mura
 
     df = read_mura(tiny_dataset)
     valid = df[df["split"] == "valid"]["label"].to_numpy()
@@ -95,12 +95,13 @@ def test_training_fits_the_input_check_on_the_pipelines_images(tiny_dataset):
     """`train` fits the check on the training split's pooled Grad-CAM features, read through
     the training pipeline; the same images measured through analyze() sit at the same
     distances (pipeline and inference preprocessing agree)."""
-    from xray_ai import data as datamod, load_image
-    from xray_ai.architectures import build_classifier
-    from xray_ai.gradcam import GradCam
-    from xray_ai.preprocessing import prepare_batch
+    from xray_ai.training import data as datamod
+    from xray_ai import load_image
+    from xray_ai.training.architectures import build_classifier
+    from xray_ai.explain.gradcam import GradCam
+    from xray_ai.serving.preprocessing import prepare_batch
     from xray_ai.registry import InputSpec
-    from xray_ai.training import _fit_input_check
+    from xray_ai.training.trainer import _fit_input_check
 
     df = datamod.read_mura(tiny_dataset)
     train = df[df["split"] == "train"].reset_index(drop=True)
@@ -121,7 +122,7 @@ def test_stage_epochs_sum_to_the_requested_epochs():
 
 
 def test_gradual_unfreezing_freezes_the_bottom_of_the_backbone():
-    from xray_ai.architectures import build_classifier
+    from xray_ai.training.architectures import build_classifier
 
     model = build_classifier("mobilenetv2", (32, 32, 3))
     _set_trainable_fraction(model, 0.3)
@@ -141,7 +142,7 @@ def test_train_refuses_bad_arguments(tmp_path, capsys):
 
 
 def test_train_refuses_a_split_with_one_class(tmp_path):
-    from xray_ai.training import _splits
+    from xray_ai.training.trainer import _splits
 
     df = pd.DataFrame({"path": ["a", "b", "c", "d"], "label": [1, 1, 0, 1], "split": ["train", "train", "valid", "valid"],
                        "study_id": list("abcd"), "patient_id": list("abcd")})
@@ -150,8 +151,8 @@ def test_train_refuses_a_split_with_one_class(tmp_path):
 
 
 def test_a_folded_temperature_makes_the_model_serve_sigmoid_of_logit_over_t():
-    from xray_ai.architectures import build_classifier
-    from xray_ai.training import _fold_temperature
+    from xray_ai.training.architectures import build_classifier
+    from xray_ai.training.trainer import _fold_temperature
 
     model = build_classifier("compactcnn", (32, 32, 3), dense_units=8)
     x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
@@ -162,7 +163,7 @@ def test_a_folded_temperature_makes_the_model_serve_sigmoid_of_logit_over_t():
 
 
 def test_trained_on_names_a_pretrained_backbone(tmp_path):
-    from xray_ai.training import TrainConfig, _describe_data
+    from xray_ai.training.trainer import TrainConfig, _describe_data
 
     phantoms.write_dataset(tmp_path / "ph", "fracture", 4, layout="folders", size=32, seed=1)
     plain = _describe_data(TrainConfig("fracture", "compactcnn", tmp_path / "ph"))
@@ -172,8 +173,8 @@ def test_trained_on_names_a_pretrained_backbone(tmp_path):
 
 
 def test_a_body_part_head_trains_with_the_label_and_is_saved_beside_the_model(tiny_dataset, tmp_path, capsys):
-    from xray_ai import body_part
-    from xray_ai.manager import file_sha256
+    from xray_ai.serving import body_part
+    from xray_ai.serving.manager import file_sha256
 
     code = main(["train", "--condition", "fracture", "--arch", "compactcnn", "--data", str(tiny_dataset),
                  "--layout", "mura", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
@@ -195,7 +196,7 @@ def test_a_body_part_head_trains_with_the_label_and_is_saved_beside_the_model(ti
 
 
 def test_body_part_targets_index_the_listed_parts_and_weigh_unknown_ones_zero():
-    from xray_ai.data import body_part_targets
+    from xray_ai.training.data import body_part_targets
 
     df = pd.DataFrame({"body_part": ["wrist", None, "elbow", "knee"]})
     index, weight = body_part_targets(df, ("elbow", "wrist"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from xray_ai.auth import ENV_VAR, configured_hash, verify_password
-from xray_ai.manager import ModelManager
+from xray_ai.serving.manager import ModelManager
 from xray_ai.registry import Registry, RegistryError, default_registry_path
 from xray_ai.result import DISCLAIMER, PLACEHOLDER_WATERMARK, AnalysisResult
 

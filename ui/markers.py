@@ -11,7 +11,7 @@ import numpy as np
 import streamlit as st
 from streamlit_image_coordinates import streamlit_image_coordinates
 
-from xray_ai.overlay import Marker
+from xray_ai.outputs.overlay import Marker
 
 __all__ = ["marker_editor"]
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .imaging import ImageLoadError, XRay, load_image
-from .result import AnalysisResult, ViewResult
+from xray_ai.images.load import ImageLoadError, XRay, load_image
+from xray_ai.result import AnalysisResult, ViewResult
+from xray_ai.version import __version__
 
 __all__ = [
     "load_image",
@@ -24,14 +25,13 @@ __all__ = [
     "build_report",
 ]
 
-__version__ = "0.1.0"
 
 _LAZY = {
-    "ModelManager": ("manager", "ModelManager"),
-    "LoadedModel": ("manager", "LoadedModel"),
-    "LoadedEnsemble": ("manager", "LoadedEnsemble"),
+    "ModelManager": ("serving.manager", "ModelManager"),
+    "LoadedModel": ("serving.manager", "LoadedModel"),
+    "LoadedEnsemble": ("serving.manager", "LoadedEnsemble"),
     "analyze": ("analysis", "analyze"),
-    "build_report": ("report", "build_report"),
+    "build_report": ("outputs.report", "build_report"),
 }
 
 

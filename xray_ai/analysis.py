@@ -18,11 +18,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .cam import METHODS
-from .imaging import XRay
-from .manager import LoadedEnsemble, LoadedModel, ModelManager
-from .preprocessing import prepare_batch, resize_image
-from .result import AnalysisResult, ViewResult
+from xray_ai.explain.base import METHODS
+from xray_ai.images.load import XRay
+from xray_ai.serving.manager import LoadedEnsemble, LoadedModel, ModelManager
+from xray_ai.serving.preprocessing import prepare_batch, resize_image
+from xray_ai.result import AnalysisResult, ViewResult
 
 __all__ = ["analyze", "predict_probabilities", "pooled_features", "default_manager", "MAX_VIEWS"]
 
@@ -247,7 +247,7 @@ def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
             heatmaps.extend(out.heatmaps)
             flags.extend(out.flags)
         else:
-            from .explain import explainer_for  # tensorflow; only for the non-default methods
+            from xray_ai.explain.methods import explainer_for  # tensorflow; only for the non-default methods
 
             explainer = explainer_for(loaded.model)
             for k in range(len(batch)):

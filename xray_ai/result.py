@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .imaging import XRay
+from xray_ai.images.load import XRay
 
 __all__ = ["ViewResult", "AnalysisResult", "PLACEHOLDER_WATERMARK", "DISCLAIMER"]
 

@@ -32,6 +32,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from xray_ai.training.weights import WeightsUnavailableError
+
 __all__ = ["EfficientNetLite0", "INPUT_MEAN_255", "INPUT_STD_255", "LITE0_STAGES", "read_torch_state_dict",
            "state_dict_to_layer_weights"]
 
@@ -120,8 +122,6 @@ def _mbconv(inputs, expand: int, kernel: int, stride: int, width: int, prefix: s
 
 
 def _weights_path(weights: str | Path | None) -> Path | None:
-    from .architectures import WeightsUnavailableError  # lazy: architectures imports this module
-
     if weights is None or weights == "none":
         return None
     if weights == "imagenet":

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .registry import InputSpec
+from xray_ai.registry import InputSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
@@ -584,7 +584,7 @@ def _decode_loader(path: tf.Tensor) -> tf.Tensor:
     """Any format `load_image` reads (DICOM included), through Python: holds the GIL."""
     import tensorflow as tf
 
-    from .imaging import load_image
+    from xray_ai.images.load import load_image
 
     def load(p: bytes) -> np.ndarray:
         return load_image(p.decode("utf-8")).pixels

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
-from .evaluation import POINTING_TOLERANCE, energy_inside, pointing_game
+from xray_ai.training.evaluation import POINTING_TOLERANCE, energy_inside, pointing_game
 
 __all__ = ["lesion_cases", "deletion_insertion", "evaluate_explanations", "format_table", "explain_json_path", "save", "load_report", "STEPS"]
 
@@ -50,8 +50,8 @@ def lesion_cases(rows: Any, spec: Any, preprocessing: str = "unit",
         (images, masks): float32 (H, W, C) arrays ready for the model, and bool masks at the
         mask file's own resolution.
     """
-    from .imaging import load_image
-    from .preprocessing import prepare_batch
+    from xray_ai.images.load import load_image
+    from xray_ai.serving.preprocessing import prepare_batch
 
     images, masks = [], []
     for _, row in rows[(rows["label"] == 1) & rows["mask_path"].notna()].iterrows():

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .result import PLACEHOLDER_WATERMARK
+from xray_ai.result import PLACEHOLDER_WATERMARK
 
 __all__ = ["Marker", "render_overlay", "strongest_region", "to_rgb8", "COLORMAPS"]
 

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import scipy.sparse
 
-from .registry import InputSpec
+from xray_ai.registry import InputSpec
 
 __all__ = ["prepare_batch", "resize_image"]
 

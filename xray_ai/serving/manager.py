@@ -38,9 +38,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import body_part, input_check
-from .onnx_backend import BACKENDS, cache_dir, default_backend, export_stamp  # numpy only at import
-from .registry import ModelEntry, Registry, RegistryError, default_registry_path, load_registry
+from xray_ai.serving import body_part
+
+from xray_ai.serving import input_check
+from xray_ai.serving.onnx_backend import BACKENDS, cache_dir, default_backend, export_stamp  # numpy only at import
+from xray_ai.registry import ModelEntry, Registry, RegistryError, default_registry_path, load_registry
 
 __all__ = ["ModelManager", "LoadedModel", "LoadedEnsemble", "file_sha256", "check_model_file", "check_entry"]
 
@@ -301,7 +303,7 @@ class ModelManager:
         except _ModelProblem as exc:
             reason = str(exc)
             log.warning("model %s unusable, serving a PLACEHOLDER: %s", entry.id, reason)
-            from .architectures import build_placeholder
+            from xray_ai.training.architectures import build_placeholder
 
             model, placeholder = build_placeholder(entry.input.shape), True
         analyzer, backend_reason = None, None
@@ -310,7 +312,7 @@ class ModelManager:
         elif self.backend != "tensorflow":
             analyzer, backend_reason = self._onnx_analyzer(entry, model)
         if analyzer is None:
-            from .gradcam import GradCam  # tensorflow is imported here, on first load only
+            from xray_ai.explain.gradcam import GradCam  # tensorflow is imported here, on first load only
 
             analyzer = GradCam(model)
         if self.warm_up:
@@ -328,7 +330,7 @@ class ModelManager:
 
     def _onnx_analyzer(self, entry: ModelEntry, model) -> tuple[object | None, str | None]:
         """(ONNX Runtime analyzer, None), or (None, why TensorFlow serves instead)."""
-        from .onnx_backend import UnsupportedHead, detect_head, export_model, export_paths, load_export
+        from xray_ai.serving.onnx_backend import UnsupportedHead, detect_head, export_model, export_paths, load_export
 
         try:
             head = detect_head(model)
@@ -354,7 +356,7 @@ class ModelManager:
             has no closed-form Grad-CAM (onnx_backend.UnsupportedHead). RuntimeError: the
             export failed or disagrees with keras.
         """
-        from .onnx_backend import export_model, load_export
+        from xray_ai.serving.onnx_backend import export_model, load_export
 
         entry = self.resolve(model_id=model_id)
         try:

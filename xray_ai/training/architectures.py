@@ -19,7 +19,8 @@ from typing import Callable
 import keras
 from keras import layers
 
-from .efficientnet_lite import INPUT_MEAN_255, INPUT_STD_255, EfficientNetLite0
+from xray_ai.training.weights import WeightsUnavailableError
+from xray_ai.training.efficientnet_lite import INPUT_MEAN_255, INPUT_STD_255, EfficientNetLite0
 
 __all__ = [
     "BACKBONES",
@@ -36,10 +37,6 @@ PLACEHOLDER_NAME = "placeholder_untrained"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights were asked for but cannot be obtained here."""
 
 
 @dataclass(frozen=True)

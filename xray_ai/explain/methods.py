@@ -26,8 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .cam import METHODS, normalise_map
-from .gradcam import GradCam, build_gradcam_model, find_target_layer
+from xray_ai.explain.base import METHODS, normalise_map
+from xray_ai.explain.gradcam import GradCam, build_gradcam_model, find_target_layer
 
 __all__ = ["METHODS", "Explanation", "Explainer", "explainer_for"]
 

@@ -44,9 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from . import data as datamod
-from . import body_part, evaluation, input_check
-from .registry import InputSpec, ModelEntry, TrainingData, load_registry, save_registry
+from xray_ai.training import data as datamod
+from xray_ai.serving import body_part
+from xray_ai.training import evaluation
+from xray_ai.serving import input_check
+from xray_ai.registry import InputSpec, ModelEntry, TrainingData, load_registry, save_registry
 
 __all__ = ["Protocol", "PROTOCOLS", "TrainConfig", "TrainOutcome", "train", "fit_stages", "Heads", "with_heads",
            "compile_for_training", "training_summary", "split_digest", "load_initial_model",
@@ -241,7 +243,7 @@ def _describe_data(config: TrainConfig) -> TrainingData:
 
 
 def _describe_dataset(config: TrainConfig) -> TrainingData:
-    from .phantoms.writers import MANIFEST
+    from xray_ai.phantoms.writers import MANIFEST
 
     manifest = Path(config.data) / MANIFEST
     if config.dataset_name:
@@ -311,7 +313,7 @@ def _pooled_features(cam, df, spec: InputSpec) -> np.ndarray:
 def _fit_input_check(model, parts: dict, spec: InputSpec, sha256: str, source: str):
     """The model's input check (xray_ai.input_check): its pooled Grad-CAM features on the
     training split, the threshold at the 99.5th percentile of the validation split's."""
-    from .gradcam import GradCam
+    from xray_ai.explain.gradcam import GradCam
 
     cam = GradCam(model)
     return input_check.fit(_pooled_features(cam, parts["train"], spec), _pooled_features(cam, parts["valid"], spec),
@@ -320,8 +322,8 @@ def _fit_input_check(model, parts: dict, spec: InputSpec, sha256: str, source: s
 
 def _localisation(model, df, spec: InputSpec) -> dict[str, Any] | None:
     """Grad-CAM pointing game and energy inside the lesion mask on abnormal images with masks."""
-    from .explain_eval import lesion_cases
-    from .gradcam import GradCam
+    from xray_ai.explain.scores import lesion_cases
+    from xray_ai.explain.gradcam import GradCam
 
     images, masks = lesion_cases(df, spec)
     if not images:
@@ -365,7 +367,7 @@ def initial_body_part_head(initial_model: Path | None):
     """The body-part head saved beside an initial model (models/fit_on_gpu.py writes one), if any."""
     if initial_model is None:
         return None
-    from .manager import file_sha256
+    from xray_ai.serving.manager import file_sha256
 
     head, _ = body_part.load(body_part.sidecar_path(initial_model), file_sha256(Path(initial_model)))
     return head
@@ -373,7 +375,7 @@ def initial_body_part_head(initial_model: Path | None):
 
 def _body_part_accuracy(model, head, df, spec: InputSpec) -> dict[str, Any]:
     """The head's accuracy on the images of `df` with a known body part."""
-    from .gradcam import GradCam
+    from xray_ai.explain.gradcam import GradCam
 
     df = df[df["body_part"].isin(head.classes)]
     if df.empty:
@@ -424,7 +426,7 @@ def with_heads(model, lesion_weight: float = 0.0, body_parts: tuple[str, ...] | 
     """
     import keras
 
-    from .gradcam import find_target_layer
+    from xray_ai.explain.gradcam import find_target_layer
 
     if not lesion_weight and not body_part_weight:
         return keras.Model(model.input, model.output), Heads()
@@ -531,8 +533,8 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     stream = stream or sys.stderr
     import keras
 
-    from .architectures import build_classifier
-    from .manager import file_sha256
+    from xray_ai.training.architectures import build_classifier
+    from xray_ai.serving.manager import file_sha256
 
     protocol = PROTOCOLS[config.protocol]
     epochs = protocol.epochs if config.epochs is None else config.epochs

@@ -165,7 +165,7 @@ def load_image(source: bytes | str | Path | BinaryIO, filename: str | None = Non
 
 def _dicom():
     """The DICOM reader (xray_ai.dicom), imported on first use so PNG/JPEG never load pydicom."""
-    from . import dicom
+    from xray_ai.images import dicom
 
     return dicom
 

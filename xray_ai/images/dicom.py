@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .imaging import _LUMA, ImageLoadError, _base_metadata, _check_pixels, _min_max
+from xray_ai.images.load import _LUMA, ImageLoadError, _base_metadata, _check_pixels, _min_max
 
 __all__ = ["load_dicom", "looks_like_bare_dicom"]
 

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from .cam import METHODS  # numpy only
+from xray_ai.explain.base import METHODS  # numpy only
 
 __all__ = ["main", "build_parser"]
 
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ph = sub.add_parser("phantoms", help="write synthetic radiograph phantoms with lesion masks")
     _add_registry_arg(ph)
-    from . import phantoms  # numpy/OpenCV only: cheap to import
+    from xray_ai import phantoms  # numpy/OpenCV only: cheap to import
 
     phantoms.add_cli_arguments(ph)
     return parser
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_images(paths: Sequence[Path]):
-    from .imaging import ImageLoadError, load_image
+    from xray_ai.images.load import ImageLoadError, load_image
 
     images = []
     for path in paths:
@@ -186,9 +186,9 @@ def _load_images(paths: Sequence[Path]):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .analysis import analyze
-    from .manager import ModelManager
-    from .registry import RegistryError
+    from xray_ai.analysis import analyze
+    from xray_ai.serving.manager import ModelManager
+    from xray_ai.registry import RegistryError
 
     if args.condition is None and args.model_id is None:
         raise BadInput("give --condition ID or --model MODEL_ID (see `python -m xray_ai registry list`)")
@@ -206,7 +206,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.heatmap:
         _write_overlays(result, args.heatmap, args.intensity, not args.no_annotations)
     if args.report:
-        from .report import build_report
+        from xray_ai.outputs.report import build_report
 
         args.report.write_bytes(build_report(result, include_patient=args.include_patient, intensity=args.intensity))
     if args.json:
@@ -219,7 +219,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _write_overlays(result, target: Path, intensity: float, annotate: bool) -> None:
     from PIL import Image
 
-    from .overlay import render_overlay
+    from xray_ai.outputs.overlay import render_overlay
 
     for i, view in enumerate(result.views, start=1):
         rgb = render_overlay(
@@ -262,8 +262,8 @@ def _summary(result) -> str:
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
-    from .manager import check_entry
-    from .registry import RegistryError, load_registry, save_registry
+    from xray_ai.serving.manager import check_entry
+    from xray_ai.registry import RegistryError, load_registry, save_registry
 
     try:
         registry = load_registry(args.registry)
@@ -305,9 +305,9 @@ def _cmd_registry(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .architectures import BACKBONES, WeightsUnavailableError
-    from .registry import RegistryError
-    from .training import TrainConfig, train
+    from xray_ai.training.architectures import BACKBONES, WeightsUnavailableError
+    from xray_ai.registry import RegistryError
+    from xray_ai.training.trainer import TrainConfig, train
 
     if args.arch not in BACKBONES:
         raise BadInput(f"--arch {args.arch}: unknown; valid: {', '.join(sorted(BACKBONES))}")
@@ -337,8 +337,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .manager import ModelManager, check_model_file
-    from .registry import RegistryError
+    from xray_ai.serving.manager import ModelManager, check_model_file
+    from xray_ai.registry import RegistryError
 
     try:
         manager = ModelManager(args.registry, backend="auto", warm_up=False)
@@ -376,8 +376,8 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit_input_check(args: argparse.Namespace) -> int:
-    from .analysis import pooled_features
-    from .input_check import DEFAULT_PERCENTILE, fit, save, sidecar_path
+    from xray_ai.analysis import pooled_features
+    from xray_ai.serving.input_check import DEFAULT_PERCENTILE, fit, save, sidecar_path
 
     manager, loaded, df = _model_and_dataset(args, "fit its input check")
     if loaded.entry.is_ensemble:
@@ -409,7 +409,7 @@ def _over_images(paths, per_chunk, chunk: int = 32):
     a time so that memory stays bounded; the results concatenated, in the order of `paths`."""
     import numpy as np
 
-    from .imaging import load_image
+    from xray_ai.images.load import load_image
 
     return np.concatenate([per_chunk([load_image(p).pixels for p in paths.iloc[start : start + chunk]])
                            for start in range(0, len(paths), chunk)])
@@ -418,9 +418,9 @@ def _over_images(paths, per_chunk, chunk: int = 32):
 def _model_and_dataset(args: argparse.Namespace, purpose: str = "evaluate"):
     """(manager, loaded model, dataset frame) for evaluate, explain-eval and fit-input-check;
     BadInput, naming `purpose`, when unusable."""
-    from . import data as datamod
-    from .manager import ModelManager
-    from .registry import RegistryError
+    from xray_ai.training import data as datamod
+    from xray_ai.serving.manager import ModelManager
+    from xray_ai.registry import RegistryError
 
     try:
         manager = ModelManager(args.registry)
@@ -437,8 +437,8 @@ def _model_and_dataset(args: argparse.Namespace, purpose: str = "evaluate"):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .analysis import predict_probabilities
-    from .evaluation import evaluation_report
+    from xray_ai.analysis import predict_probabilities
+    from xray_ai.training.evaluation import evaluation_report
 
     manager, loaded, df = _model_and_dataset(args)
     if args.split:
@@ -469,8 +469,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain_eval(args: argparse.Namespace) -> int:
-    from .explain import explainer_for
-    from .explain_eval import evaluate_explanations, explain_json_path, format_table, lesion_cases, save
+    from xray_ai.explain.methods import explainer_for
+    from xray_ai.explain.scores import evaluate_explanations, explain_json_path, format_table, lesion_cases, save
 
     manager, loaded, df = _model_and_dataset(args)
     if loaded.entry.is_ensemble:
@@ -498,7 +498,7 @@ def _cmd_explain_eval(args: argparse.Namespace) -> int:
 def _cmd_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
-    from .auth import ENV_VAR, hash_password
+    from xray_ai.auth import ENV_VAR, hash_password
 
     if args.stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -514,7 +514,7 @@ def _cmd_hash_password(args: argparse.Namespace) -> int:
 
 
 def _cmd_phantoms(args: argparse.Namespace) -> int:
-    from . import phantoms
+    from xray_ai import phantoms
 
     return phantoms.run_cli(args)
 

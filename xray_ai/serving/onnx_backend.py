@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from .cam import GradCamOutput, normalise_map
+from xray_ai.explain.base import GradCamOutput, normalise_map
 
 __all__ = [
     "BACKEND_NAME",
@@ -287,7 +287,7 @@ def detect_head(model: Any) -> Head:
     """
     import keras
 
-    from .gradcam import find_target_layer, _resolve_path  # tensorflow: only when a model is at hand
+    from xray_ai.explain.gradcam import find_target_layer, _resolve_path  # tensorflow: only when a model is at hand
 
     if len(model.outputs) != 1:
         raise UnsupportedHead(f"model {model.name!r} has {len(model.outputs)} outputs, not one")
@@ -598,7 +598,7 @@ def export_model(model: Any, keras_sha256: str, directory: str | Path | None = N
 def _sidecar(model: Any, keras_sha256: str, head: Head, onnx_file: Path, session: Any, diff: float, seconds: float) -> dict:
     import keras
 
-    from . import __version__
+    from xray_ai.version import __version__
 
     try:
         import tf2onnx

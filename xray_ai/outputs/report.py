@@ -36,8 +36,8 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from .overlay import Marker, render_overlay, to_rgb8
-from .result import DISCLAIMER, PLACEHOLDER_WATERMARK, AnalysisResult
+from xray_ai.outputs.overlay import Marker, render_overlay, to_rgb8
+from xray_ai.result import DISCLAIMER, PLACEHOLDER_WATERMARK, AnalysisResult
 
 __all__ = ["build_report", "REPORT_TITLE", "MAX_EMBED_SIDE"]
 
