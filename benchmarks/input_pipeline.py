@@ -27,9 +27,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xray_ai.training import data as D  # noqa: E402
 from xray_ai.phantoms import LABELS, write_dataset  # noqa: E402
 from xray_ai.registry import InputSpec  # noqa: E402
+from xray_ai.training.augment import AugmentConfig  # noqa: E402
+from xray_ai.training.datasets import read_folders  # noqa: E402
+from xray_ai.training.heads import DEFAULT_LESION_WEIGHT, compile_for_training, with_heads  # noqa: E402
+from xray_ai.training.pipeline import make_dataset, measure_throughput  # noqa: E402
+from xray_ai.training.splits import class_weights  # noqa: E402
 
 
 def main() -> None:
@@ -42,17 +46,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from xray_ai.training.architectures import build_classifier
-    from xray_ai.training.trainer import DEFAULT_LESION_WEIGHT, compile_for_training, with_heads
 
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(Path(tmp), args.condition, args.images, layout="folders", size=2 * args.size, seed=0)
-        rows = D.read_folders(Path(tmp), *LABELS[args.condition])
+        rows = read_folders(Path(tmp), *LABELS[args.condition])
         spec = InputSpec(args.size, args.size, 3)
         model = build_classifier(args.arch, spec.shape, weights="none")
         fit_model, heads = with_heads(model, DEFAULT_LESION_WEIGHT)
-        ds = D.make_dataset(rows, spec, batch_size=args.batch_size, training=True, augment=D.AugmentConfig(),
-                            class_weight=D.class_weights(rows["label"]), lesion_grid=heads.grid)
-        pipeline = D.measure_throughput(ds, batches=max(1, len(rows) // args.batch_size))
+        ds = make_dataset(rows, spec, batch_size=args.batch_size, training=True, augment=AugmentConfig(),
+                          class_weight=class_weights(rows["label"]), lesion_grid=heads.grid)
+        pipeline = measure_throughput(ds, batches=max(1, len(rows) // args.batch_size))
 
         compile_for_training(fit_model, 1e-3, heads)  # as `python -m xray_ai train` compiles it
         held = list(ds.take(6))

@@ -5,10 +5,10 @@
 machines lent to this project carry JAX and PyTorch instead. This script runs the same fit
 as `train`: the same dataset readers and patient-level split, class weights, classifier,
 training heads (lesion masks; body part with --body-part-weight) and losses, protocol
-stages and callbacks (`training.fit_stages`). Only the
+stages and callbacks (`fitting.fit_stages`). Only the
 input differs: images are decoded with `load_image` and resized as inference resizes
 (`preprocessing.resize_image`), and augmented on CPU threads by the affine warp and the
-photometric changes of `data.AugmentConfig`'s defaults, written here with OpenCV.
+photometric changes of `augment.AugmentConfig`'s defaults, written here with OpenCV.
 
 It writes OUT/MODEL_ID.keras, OUT/MODEL_ID.fit.json (how the model was fitted, and a
 digest of which image is in which split) and, with a body-part head, OUT/MODEL_ID.bodypart.npz.
@@ -46,14 +46,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keras  # noqa: E402
 
-from xray_ai.serving import body_part  # noqa: E402
-from xray_ai.training import data as datamod  # noqa: E402
-from xray_ai.training import trainer as training  # noqa: E402
-from xray_ai.training.architectures import build_classifier  # noqa: E402
 from xray_ai.images.load import load_image  # noqa: E402
-from xray_ai.serving.manager import file_sha256  # noqa: E402
-from xray_ai.serving.preprocessing import resize_image  # noqa: E402
 from xray_ai.registry import InputSpec, load_registry  # noqa: E402
+from xray_ai.serving import artifacts, body_part  # noqa: E402
+from xray_ai.serving.preprocessing import resize_image  # noqa: E402
+from xray_ai.training.architectures import build_classifier  # noqa: E402
+from xray_ai.training.augment import AugmentConfig  # noqa: E402
+from xray_ai.training.config import PROTOCOLS, TrainConfig  # noqa: E402
+from xray_ai.training.datasets import read_dataset  # noqa: E402
+from xray_ai.training.fitting import fit_stages, training_summary  # noqa: E402
+from xray_ai.training.heads import body_part_head_of, body_parts_of, lesion_weight_for, with_heads  # noqa: E402
+from xray_ai.training.pipeline import LESION_PRESENCE  # noqa: E402
+from xray_ai.training.splits import body_part_targets, class_weights, split_dataset, split_digest  # noqa: E402
 
 
 def read_images(df, spec: InputSpec, threads: int) -> np.ndarray:
@@ -76,8 +80,8 @@ def read_masks(df, spec: InputSpec, threads: int) -> np.ndarray:
         return np.stack(list(pool.map(one, df["mask_path"])))
 
 
-def warp(rng: np.random.Generator, cfg: datamod.AugmentConfig, h: int, w: int) -> np.ndarray:
-    """The forward 2x3 affine map of `data._augment_batch`: zoom * rotation @ shear @ flip
+def warp(rng: np.random.Generator, cfg: AugmentConfig, h: int, w: int) -> np.ndarray:
+    """The forward 2x3 affine map of `augment.augment_batch`: zoom * rotation @ shear @ flip
     about the centre, then the shift."""
     theta = rng.uniform(-1, 1) * math.radians(cfg.rotation_degrees)
     zoom = rng.uniform(1 - cfg.zoom_fraction, 1 + cfg.zoom_fraction)
@@ -96,7 +100,7 @@ _BORDER = {"nearest": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT,
 
 
 class Batches(keras.utils.PyDataset):
-    """Batches of (images, targets[, weights]) as `data.make_dataset` gives them: augmented
+    """Batches of (images, targets[, weights]) as `pipeline.make_dataset` gives them: augmented
     and reshuffled every epoch when training, in order otherwise."""
 
     def __init__(self, images, labels, *, batch_size: int, channels: int, augment=None, seed: int = 0,
@@ -105,7 +109,7 @@ class Batches(keras.utils.PyDataset):
         self.images, self.labels, self.masks = images, labels.astype(np.float32), masks
         self.batch_size, self.channels, self.augment, self.seed = batch_size, channels, augment, seed
         self.sample_weight, self.lesion_weight, self.grid = sample_weight, lesion_weight, grid
-        self.body_parts = body_parts  # (index, weight) arrays from data.body_part_targets, or None
+        self.body_parts = body_parts  # (index, weight) arrays from splits.body_part_targets, or None
         self.epoch = 0
         self._lock = threading.Lock()
         self.order = self._order()
@@ -151,10 +155,10 @@ class Batches(keras.utils.PyDataset):
         targets = {"probability": y}
         weights = {"probability": self.sample_weight[idx] if self.sample_weight is not None else np.ones_like(y)}
         if self.grid is not None:
-            # As data.make_dataset: 1 where the (warped) lesion's area share of a cell passes
-            # data.LESION_PRESENCE.
+            # As pipeline.make_dataset: 1 where the (warped) lesion's area share of a cell passes
+            # pipeline.LESION_PRESENCE.
             share = np.stack([cv2.resize(mk, self.grid[::-1], interpolation=cv2.INTER_AREA) for mk in m])
-            targets["lesion_map"] = (share > datamod.LESION_PRESENCE).astype(np.float32).reshape(len(idx), -1)
+            targets["lesion_map"] = (share > LESION_PRESENCE).astype(np.float32).reshape(len(idx), -1)
             weights["lesion_map"] = self.lesion_weight[idx]
         if self.body_parts is not None:
             targets["body_part"], weights["body_part"] = self.body_parts[0][idx], self.body_parts[1][idx]
@@ -196,7 +200,7 @@ def main(argv=None) -> int:
     p.add_argument("--arch", required=True)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--layout", choices=["mura", "folders"], default="folders")
-    p.add_argument("--protocol", choices=sorted(training.PROTOCOLS), default="quick")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="quick")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--epochs", type=int)
     p.add_argument("--patience", type=int)
@@ -212,26 +216,26 @@ def main(argv=None) -> int:
                    help="stop before an epoch that would end later than this after the fit began")
     args = p.parse_args(argv)
 
-    protocol = training.PROTOCOLS[args.protocol]
+    protocol = PROTOCOLS[args.protocol]
     epochs = args.epochs or protocol.epochs
     batch_size = args.batch_size or protocol.batch_size
     learning_rate = args.learning_rate or protocol.learning_rate
-    config = training.TrainConfig(condition=args.condition, architecture=args.arch, data=args.data,
+    config = TrainConfig(condition=args.condition, architecture=args.arch, data=args.data,
                                   layout=args.layout, seed=args.seed, image_size=args.image_size, weights=args.weights)
     condition = load_registry(None).condition(args.condition)
-    parts = training._splits(training._read_dataset(config, condition.negative_label, condition.positive_label),
-                             args.seed)
+    parts = split_dataset(read_dataset(args.layout, args.data, condition.negative_label, condition.positive_label),
+                          args.seed)
     spec = InputSpec(args.image_size, args.image_size, 3)
     train_df, valid_df = parts["train"], parts["valid"]
     print(f"data: train {len(train_df)} ({int(train_df['label'].sum())} positive), valid {len(valid_df)}, "
           f"test {len(parts['test'])} images (the test split is not read here)", flush=True)
-    lesion_weight = training._lesion_weight(config, train_df)
+    lesion_weight = lesion_weight_for(config, train_df)
 
     keras.utils.set_random_seed(args.seed)
     model = build_classifier(args.arch, spec.shape, weights=args.weights)
-    body_parts = training.body_parts_of(train_df, args.body_part_weight)
-    fit_model, heads = training.with_heads(model, lesion_weight, body_parts, args.body_part_weight)
-    class_weight = datamod.class_weights(train_df["label"])
+    body_parts = body_parts_of(train_df, args.body_part_weight)
+    fit_model, heads = with_heads(model, lesion_weight, body_parts, args.body_part_weight)
+    class_weight = class_weights(train_df["label"])
 
     def batches(df, augment):
         labels = df["label"].to_numpy()
@@ -239,30 +243,31 @@ def main(argv=None) -> int:
         if heads.grid:
             masks = read_masks(df, spec, args.threads)
             lesion = np.where((labels == 1) & df["mask_path"].isna().to_numpy(), 0.0, 1.0).astype(np.float32)
-        parts = datamod.body_part_targets(df, heads.body_parts) if heads.body_parts else None
+        parts = body_part_targets(df, heads.body_parts) if heads.body_parts else None
         weights = np.array([class_weight[int(v)] for v in labels], np.float32) if augment else None
         return Batches(read_images(df, spec, args.threads), labels, batch_size=batch_size, channels=spec.channels,
                        augment=augment, seed=args.seed, sample_weight=weights, masks=masks, lesion_weight=lesion,
                        grid=heads.grid, body_parts=parts, workers=args.threads)
 
-    train_data = batches(train_df, datamod.AugmentConfig())
+    train_data = batches(train_df, AugmentConfig())
     valid_data = batches(valid_df, None)
     limit = TimeLimit(args.time_limit) if args.time_limit else None
-    history, done, seconds = training.fit_stages(
+    history, done, seconds = fit_stages(
         model, fit_model, train_data, valid_data, protocol=protocol, epochs=epochs, learning_rate=learning_rate,
         heads=heads, patience=args.patience, stream=sys.stdout, callbacks=(limit,) if limit else ())
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.model_id}.keras"
     model.save(path)
-    head = training.body_part_head_of(fit_model, heads)
+    head = body_part_head_of(fit_model, heads)
     if head is not None:
-        body_part.save(dataclasses.replace(head, model_sha256=file_sha256(path)), body_part.sidecar_path(path))
+        body_part.save(dataclasses.replace(head, model_sha256=artifacts.file_sha256(path)),
+                       artifacts.body_part_path(path))
     record = {
         "format": 1, "model_id": args.model_id, "condition": args.condition, "architecture": args.arch,
-        "split_digest": training.split_digest(parts, args.data),
+        "split_digest": split_digest(parts, args.data),
         "training": {
-            **training.training_summary(
+            **training_summary(
                 config, protocol, epochs_run=done, batch_size=batch_size, learning_rate=learning_rate,
                 seconds=seconds, train_images=len(train_df), valid_images=len(valid_df), class_weights=class_weight,
                 augmentation="seeds' defaults (OpenCV warp)", heads=heads),
@@ -272,7 +277,7 @@ def main(argv=None) -> int:
         },
         "history": history,
     }
-    training.fit_record_path(path).write_text(json.dumps(record, indent=1) + "\n")
+    artifacts.fit_record_path(path).write_text(json.dumps(record, indent=1) + "\n")
     best = max(history.get(heads.monitor, [float("nan")]))
     print(f"saved {path}: {done} epochs in {seconds:.0f} s, best validation AUC {best:.3f}", flush=True)
     return 0

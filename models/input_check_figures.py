@@ -11,10 +11,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from xray_ai import XRay
-from xray_ai import analyze
-from xray_ai import load_image
-from xray_ai import phantoms  # noqa: E402
+from xray_ai import XRay, analyze, load_image, phantoms  # noqa: E402
 from xray_ai.serving.manager import ModelManager  # noqa: E402
 
 manager = ModelManager(REPO / "model_registry.json", backend="tensorflow")

@@ -7,6 +7,7 @@ from ui.markers import marker_editor
 from xray_ai import ImageLoadError
 from xray_ai import load_image
 from xray_ai import analysis
+from xray_ai.explain.base import METHOD_NAMES, METHODS  # the method table; numpy only
 from xray_ai.outputs.overlay import render_overlay
 from xray_ai.outputs.report import build_report
 
@@ -33,9 +34,7 @@ def model_label(model_id: str) -> str:
 
 model_id = right.selectbox("Model", model_ids, index=model_ids.index(active) if active in model_ids else 0,
                            format_func=model_label, key=f"analyse.model.{condition}")
-METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "saliency": "Gradient saliency",
-                "smoothgrad": "SmoothGrad", "lime": "LIME (slow: hundreds of model runs)"}
-method = st.selectbox("Heatmap method", list(METHOD_NAMES), format_func=METHOD_NAMES.get, key="analyse.method")
+method = st.selectbox("Heatmap method", list(METHODS), format_func=METHOD_NAMES.get, key="analyse.method")
 uploads = st.file_uploader("Radiographs (PNG, JPEG or DICOM; several files = the views of one study)",
                            type=["png", "jpg", "jpeg", "dcm", "dicom"], accept_multiple_files=True, key="analyse.uploads")
 if st.button("Try an example", key="analyse.example"):

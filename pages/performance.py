@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from ui.common import get_manager, registry_or_stop
-from xray_ai.explain.scores import explain_json_path, load_report
+from xray_ai.explain.evaluate import explain_json_path, load_report
 
 SCALARS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "kappa", "ece")
 

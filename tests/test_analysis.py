@@ -9,6 +9,7 @@ from xray_ai import load_image
 from xray_ai.serving.manager import ModelManager
 from xray_ai.serving.preprocessing import prepare_batch, resize_image
 from xray_ai.registry import InputSpec
+from xray_ai.result import BodyPartEstimate
 from conftest import EXAMPLES, write_tiny_registry
 
 
@@ -152,7 +153,7 @@ def test_a_body_part_head_beside_the_model_names_the_part_of_each_view(tiny_regi
     pooled = loaded.analyzer(prepare_batch([v.pixels for v in views], InputSpec(32, 32, 1))).pooled_features
     expected = loaded.body_part_head.predict(pooled)
     for view, (part, p) in zip(result.views, expected):
-        assert view.body_part == ("tiny-test", part, pytest.approx(p))
+        assert view.body_part == BodyPartEstimate("tiny-test", part, pytest.approx(p))
     assert result.to_json()["views"][0]["body_part"] == {"model_id": "tiny-test", "part": expected[0][0],
                                                          "probability": round(expected[0][1], 6)}
     assert result.body_part_summary.startswith(f"view 1: {expected[0][0]} ({expected[0][1]:.0%}); view 2:")

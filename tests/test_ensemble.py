@@ -171,7 +171,7 @@ def test_editing_a_member_revalidates_its_ensembles(tmp_path):
 @pytest.fixture(scope="session")
 def model_b_file(tmp_path_factory, keras_mod):
     """A second tiny model, 40x48x3, with other weights: the ensemble's second member."""
-    from xray_ai.serving.manager import file_sha256
+    from xray_ai.serving.artifacts import file_sha256
 
     keras = keras_mod
     keras.utils.set_random_seed(7)
@@ -345,7 +345,7 @@ def test_report_names_the_ensemble_and_its_members(manager):
 
 
 def test_predict_json_on_an_ensemble(ensemble_registry, capsys):
-    from xray_ai.cli.main import main
+    from xray_ai.cli import main
 
     code = main(["predict", str(EXAMPLES / "rg3_tibia.png"), "--condition", "fracture", "--json",
                  "--registry", str(ensemble_registry), "--backend", "tensorflow"])
@@ -360,7 +360,7 @@ def test_predict_json_on_an_ensemble(ensemble_registry, capsys):
 
 
 def test_predict_on_a_placeholder_ensemble_warns(ensemble_registry, capsys):
-    from xray_ai.cli.main import main
+    from xray_ai.cli import main
 
     (ensemble_registry.parent / "tiny.keras").unlink()
     code = main(["predict", str(EXAMPLES / "rg3_tibia.png"), "--model", "tiny-ens", "--json",
@@ -371,7 +371,7 @@ def test_predict_on_a_placeholder_ensemble_warns(ensemble_registry, capsys):
 
 
 def test_registry_list_and_validate_show_the_ensemble(ensemble_registry, capsys):
-    from xray_ai.cli.main import main
+    from xray_ai.cli import main
 
     assert main(["registry", "list", "--registry", str(ensemble_registry)]) == 0
     assert "mean of: tiny-test, tiny-b" in capsys.readouterr().out
@@ -398,7 +398,7 @@ def _folder_dataset(root, n=8):
 def test_evaluate_an_ensemble_averages_its_members_per_image(ensemble_registry, tmp_path, capsys):
     from xray_ai.training import data as datamod
     from xray_ai import load_image
-    from xray_ai.cli.main import main
+    from xray_ai.cli import main
     from xray_ai.serving.manager import ModelManager
 
     root = _folder_dataset(tmp_path / "data")
@@ -422,7 +422,7 @@ def test_evaluate_an_ensemble_averages_its_members_per_image(ensemble_registry, 
 
 
 def test_explain_eval_refuses_an_ensemble(ensemble_registry, tmp_path, capsys):
-    from xray_ai.cli.main import main
+    from xray_ai.cli import main
 
     root = _folder_dataset(tmp_path / "data", n=2)
     assert main(["explain-eval", "--model", "tiny-ens", "--data", str(root), "--registry", str(ensemble_registry)]) == 2

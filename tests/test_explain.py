@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from conftest import bright_square_data
-from xray_ai.explain.methods import METHODS, Explainer
+from xray_ai.explain.base import METHOD_NAMES, METHOD_TABLE, METHODS
+from xray_ai.explain.methods import Explainer
 
 GRADIENT_METHODS = ("gradcam", "gradcam++", "saliency", "smoothgrad")
 
@@ -81,6 +82,27 @@ def test_lime_reports_progress(tiny):
     assert seen and seen[-1] == pytest.approx(1.0)
 
 
+def test_the_method_table_names_each_method_once_and_every_implementation_exists():
+    assert METHODS == ("gradcam", "gradcam++", "saliency", "smoothgrad", "lime")  # the order the app offers
+    assert list(METHOD_NAMES) == list(METHODS) and all(METHOD_NAMES.values())
+    for spec in METHOD_TABLE:
+        assert callable(spec.load()), spec
+
+
+def test_the_method_table_imports_no_tensorflow():
+    """The pages and the CLI read it before any model is loaded."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, xray_ai.explain.base; "
+            "print([m for m in ('tensorflow', 'keras', 'streamlit') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_unknown_method_lists_the_valid_ones(flat_model):
     with pytest.raises(ValueError, match="gradcam\\+\\+"):
         Explainer(flat_model).explain(np.zeros((1, 32, 32, 1), np.float32), "occlusion")
@@ -102,7 +124,8 @@ def test_deletion_insertion_reward_a_faithful_map(square_model):
 
 
 def test_evaluate_explanations_table(square_model):
-    from xray_ai.explain.scores import evaluate_explanations, format_table
+    from xray_ai.explain.evaluate import format_table
+    from xray_ai.explain.scores import evaluate_explanations
 
     x_test, y_test, boxes = bright_square_data(8, seed=9)
     images, masks = [], []

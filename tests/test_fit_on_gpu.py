@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 from xray_ai import phantoms
-from xray_ai.cli.main import main
+from xray_ai.cli import main
 
 SIZE = 32
 
@@ -63,7 +63,7 @@ def test_a_model_fitted_elsewhere_is_evaluated_and_registered_as_fitted(fitted, 
     # The fit's own figures, said to come from where it ran; the evaluation from here.
     assert training["fitted_with"] == record["training"]["fitted_with"] and training["epochs_run"] == 1
     assert training["evaluated_by"].startswith("train --epochs 0")
-    from xray_ai.serving.manager import file_sha256
+    from xray_ai.serving.artifacts import file_sha256
 
     assert training["initial_model"]["sha256"] == file_sha256(fitted)
     assert entry["metrics"]["split"] == "test" and "validation split" in entry["threshold_method"]
@@ -100,20 +100,19 @@ def test_epochs_zero_needs_an_initial_model_and_the_model_its_input_size(fitted,
 
 
 def test_unaugmented_batches_match_the_tf_pipeline(fit_on_gpu, dataset):
-    """Validation batches (images and lesion-cell targets) equal data.make_dataset's."""
-    from xray_ai.training import data as datamod
-    from xray_ai.registry import InputSpec
-
-    from xray_ai.registry import load_registry
+    """Validation batches (images and lesion-cell targets) equal pipeline.make_dataset's."""
+    from xray_ai.registry import InputSpec, load_registry
+    from xray_ai.training.datasets import read_folders
+    from xray_ai.training.pipeline import make_dataset
 
     condition = load_registry(REPO / "model_registry.json").condition("fracture")
-    df = datamod.read_folders(dataset, condition.negative_label, condition.positive_label)
+    df = read_folders(dataset, condition.negative_label, condition.positive_label)
     df = df[df["split"] == "train"].reset_index(drop=True)
     spec, grid = InputSpec(SIZE, SIZE, 3), (4, 4)
     ours = fit_on_gpu.Batches(fit_on_gpu.read_images(df, spec, 1), df["label"].to_numpy(), batch_size=len(df),
                               channels=3, masks=fit_on_gpu.read_masks(df, spec, 1), grid=grid,
                               lesion_weight=np.ones(len(df), np.float32), workers=1)[0]
-    theirs = next(iter(datamod.make_dataset(df, spec, batch_size=len(df), training=False, lesion_grid=grid)))
+    theirs = next(iter(make_dataset(df, spec, batch_size=len(df), training=False, lesion_grid=grid)))
     np.testing.assert_allclose(ours[0], theirs[0].numpy(), atol=1e-5)
     np.testing.assert_array_equal(ours[1]["lesion_map"], theirs[1]["lesion_map"].numpy())
     assert 0 < df["label"].mean() < 1 and ours[1]["lesion_map"].any()  # both classes; the masks reach the targets
@@ -123,18 +122,19 @@ def test_augmentation_warps_the_mask_with_the_image(fit_on_gpu):
     """An image that *is* its lesion mask keeps matching its lesion cells after augmentation."""
     import cv2
 
-    from xray_ai.training import data as datamod
+    from xray_ai.training.augment import AugmentConfig
+    from xray_ai.training.pipeline import LESION_PRESENCE
 
     images = np.zeros((16, SIZE, SIZE), np.float32)
     for k in range(16):
         images[k, 4 + k % 8:12 + k % 8, 6:14] = 1.0
     batches = fit_on_gpu.Batches(images, np.ones(16), batch_size=16, channels=1, masks=images.copy(), grid=(4, 4),
-                                 augment=datamod.AugmentConfig(brightness=0, contrast=0, fill_mode="constant"),
+                                 augment=AugmentConfig(brightness=0, contrast=0, fill_mode="constant"),
                                  lesion_weight=np.ones(16, np.float32), seed=3, workers=1)
     x, targets, _ = batches[0]
     assert not np.allclose(x[..., 0], images)  # it did move them
     share = np.stack([cv2.resize(im, (4, 4), interpolation=cv2.INTER_AREA) for im in x[..., 0]])
-    np.testing.assert_array_equal(targets["lesion_map"], (share > datamod.LESION_PRESENCE).reshape(16, -1))
+    np.testing.assert_array_equal(targets["lesion_map"], (share > LESION_PRESENCE).reshape(16, -1))
 
 
 def test_the_time_limit_stops_before_an_epoch_that_would_overrun(fit_on_gpu, monkeypatch):

@@ -3,7 +3,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import bright_square_data
-from xray_ai.explain.gradcam import GradCam, compute_gradcam, find_target_layer, normalise_map
+from xray_ai.explain.base import normalise_map
+from xray_ai.explain.gradcam import GradCam, compute_gradcam, find_target_layer
 
 
 @pytest.fixture(params=["flat_model", "nested_model", "sequential_model"])

@@ -1,4 +1,4 @@
-"""Tests for xray_ai.imaging: DICOM pipeline, PNG/JPEG conversion, limits and refusals.
+"""Tests for xray_ai.images: DICOM pipeline, PNG/JPEG conversion, limits and refusals.
 
 Real files come from pydicom's test data and pydicom-data (no downloads); the rest is
 built here: synthetic DICOM datasets, hand-made PNG headers, EXIF-rotated JPEGs.
@@ -22,8 +22,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
 
-from xray_ai.images import load as imaging
-from xray_ai.images.load import ImageLoadError, ImageLoadWarning, XRay, load_image
+from xray_ai.images import ImageLoadError, ImageLoadWarning, XRay, load_image
+from xray_ai.images import common  # the limits live here
 
 REPO = Path(__file__).resolve().parents[1]
 METADATA_KEYS = {
@@ -369,7 +369,7 @@ def test_png_bomb_is_refused_before_pillow_parses_it(monkeypatch):
 def test_pixel_limit_applies_to_every_format_before_decoding(monkeypatch):
     jpeg = encode(Image.new("L", (20, 20), 128), "JPEG")
     bmp = encode(Image.new("L", (20, 20), 128), "BMP")
-    monkeypatch.setattr(imaging, "MAX_PIXELS", 100)
+    monkeypatch.setattr(common, "MAX_PIXELS", 100)
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded despite the limit"))
     for data, name in ((jpeg, "big.jpg"), (bmp, "big.bmp")):
         with pytest.raises(ImageLoadError, match="20 x 20 = 400 pixels"):
@@ -377,7 +377,7 @@ def test_pixel_limit_applies_to_every_format_before_decoding(monkeypatch):
 
 
 def test_dicom_pixel_limit_counts_frames_and_skips_decoding(monkeypatch):
-    monkeypatch.setattr(imaging, "MAX_PIXELS", 64 * 64 * 5)
+    monkeypatch.setattr(common, "MAX_PIXELS", 64 * 64 * 5)
     decoder = type(get_decoder(ExplicitVRLittleEndian))
     monkeypatch.setattr(decoder, "as_array", lambda *a, **k: pytest.fail("decoded despite the limit"))
     with pytest.raises(ImageLoadError, match="64 x 64 x 10 frames"):
@@ -404,12 +404,12 @@ def test_jpeg_without_libjpeg_names_the_package(name, syntax):
 @pytest.mark.parametrize("as_path", [False, True])
 def test_file_over_byte_limit(monkeypatch, tmp_path, as_path):
     data = encode(Image.new("L", (64, 64), 10))
-    monkeypatch.setattr(imaging, "MAX_FILE_BYTES", len(data) - 1)
+    monkeypatch.setattr(common, "MAX_FILE_BYTES", len(data) - 1)
     source = tmp_path / "big.png"
     source.write_bytes(data)
     with pytest.raises(ImageLoadError, match="MAX_FILE_BYTES"):
         load_image(source if as_path else data, None if as_path else "big.png")
-    monkeypatch.setattr(imaging, "MAX_FILE_BYTES", len(data))
+    monkeypatch.setattr(common, "MAX_FILE_BYTES", len(data))
     assert load_image(source if as_path else data).pixels.shape == (64, 64)
 
 
@@ -560,7 +560,7 @@ def test_examples_are_deidentified_and_render_like_their_png(stem, body_part):
 
 def test_import_stays_light():
     code = (
-        "import sys, xray_ai.imaging as m\n"
+        "import sys, xray_ai.images.load as m\n"
         "heavy = [n for n in ('tensorflow', 'keras', 'streamlit', 'pydicom') if n in sys.modules]\n"
         "assert not heavy, heavy\n"
         "import io; from PIL import Image\n"

@@ -10,6 +10,7 @@ from xray_ai import XRay
 from xray_ai import analyze
 
 from xray_ai.serving import input_check
+from xray_ai.serving.artifacts import input_check_path
 from xray_ai.analysis import pooled_features
 from xray_ai.serving.manager import ModelManager
 from conftest import REPO, bright_square_data
@@ -47,7 +48,7 @@ def test_fit_refuses_too_few_calibration_images_or_mismatched_widths():
 
 def test_saved_distribution_loads_only_for_its_own_model(tmp_path):
     dist = input_check.fit(_gaussian(300, 0), _gaussian(100, 1), "a" * 64, "gaussian")
-    path = input_check.save(dist, input_check.sidecar_path(tmp_path / "m.keras"))
+    path = input_check.save(dist, input_check_path(tmp_path / "m.keras"))
     assert path == tmp_path / "m.features.npz"
     loaded, reason = input_check.load(path, "a" * 64)
     assert reason is None and loaded.threshold == pytest.approx(dist.threshold)
@@ -67,7 +68,7 @@ def _fit_beside_the_model(manager, images_fit, images_cal):
     loaded = manager.get("fracture")
     dist = input_check.fit(pooled_features(loaded, images_fit), pooled_features(loaded, images_cal),
                            loaded.entry.sha256, "bright-square noise images")
-    input_check.save(dist, input_check.sidecar_path(loaded.entry.resolve_path(manager.registry.base_dir)))
+    input_check.save(dist, input_check_path(loaded.entry.resolve_path(manager.registry.base_dir)))
     manager.clear()  # the check is read when the model loads
     return dist
 
@@ -97,7 +98,7 @@ def test_analysis_flags_an_image_unlike_the_training_images(tiny_registry):
 def test_cli_fits_the_check_then_predict_reports_it(tiny_registry, tmp_path, capsys, monkeypatch):
     from PIL import Image
 
-    from xray_ai.cli.main import main
+    from xray_ai.cli import main
 
     monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
     x, y, _ = bright_square_data(120, seed=5)
@@ -122,7 +123,7 @@ def test_cli_fits_the_check_then_predict_reports_it(tiny_registry, tmp_path, cap
 def test_cli_refuses_a_dataset_without_a_valid_split(tiny_registry, tmp_path, capsys, monkeypatch):
     from PIL import Image
 
-    from xray_ai.cli.main import main
+    from xray_ai.cli import main
 
     monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
     for i, label in enumerate(("fracture", "no fracture")):
@@ -157,7 +158,7 @@ def test_every_shipped_model_has_an_input_check_that_knows_its_own_images(model_
 
 def test_cli_will_not_fit_the_check_of_a_placeholder(tmp_path, capsys, monkeypatch):
     from conftest import write_tiny_registry
-    from xray_ai.cli.main import main
+    from xray_ai.cli import main
 
     monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
     from PIL import Image

@@ -34,7 +34,7 @@ def test_missing_file_gives_placeholder(tmp_path):
 
 
 def test_corrupt_file_gives_placeholder(tmp_path):
-    from xray_ai.serving.manager import file_sha256
+    from xray_ai.serving.artifacts import file_sha256
 
     bad = tmp_path / "corrupt.keras"
     bad.write_bytes(b"PK\x03\x04 this is not a keras archive")

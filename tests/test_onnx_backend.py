@@ -14,8 +14,11 @@ from conftest import EXAMPLES, REPO, TINY_SHAPE, write_tiny_registry
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
+from xray_ai.serving import head as hd  # noqa: E402
 from xray_ai.serving import onnx_backend as ob  # noqa: E402
-from xray_ai.serving.manager import ModelManager, file_sha256  # noqa: E402
+from xray_ai.serving import settings  # noqa: E402
+from xray_ai.serving.artifacts import file_sha256  # noqa: E402
+from xray_ai.serving.manager import ModelManager  # noqa: E402
 
 PROB_TOL = 1e-4
 MIN_CORR = 0.999
@@ -98,7 +101,7 @@ def _assert_equivalent(model, analyzer, x):
 
 
 def test_module_imports_neither_tensorflow_nor_onnxruntime():
-    code = ("import sys, xray_ai.onnx_backend\n"
+    code = ("import sys, xray_ai.serving.onnx_backend, xray_ai.serving.head, xray_ai.serving.manager\n"
             "print([m for m in ('tensorflow', 'keras', 'onnxruntime') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -109,7 +112,7 @@ def test_channel_weights_equal_the_tape_gradient(keras_mod):
     import tensorflow as tf
 
     model = _head_model(keras_mod)
-    head = ob.detect_head(model)
+    head = hd.detect_head(model)
     assert [s[0] for s in head.steps] == ["affine", "dense"] and head.target_layer == "conv2"
     x = _inputs(model, n=6)
     features_model = keras_mod.Model(model.inputs[0], [model.get_layer("conv2").output, model.get_layer("logit").output])
@@ -147,7 +150,7 @@ def test_folding_batch_norms_keeps_a_deep_head_exact(keras_mod):
                                rng.normal(0, 0.05, mean.shape), rng.uniform(0.01, 0.2, var.shape)])
     logit = keras_mod.layers.Dense(1, name="logit")(x)
     model = keras_mod.Model(inputs, keras_mod.layers.Activation("sigmoid")(logit))
-    head = ob.detect_head(model)
+    head = hd.detect_head(model)
     assert [s[0] for s in head.steps] == ["affine", "affine", "dense", "affine", "dense", "affine"]
     assert len(head._folded[0]) == 2  # the four batch norms are gone
     features_model = keras_mod.Model(inputs, [model.get_layer("conv").output, logit])
@@ -212,11 +215,11 @@ def _other_head(keras, kind):
 )
 def test_a_different_head_is_refused_with_the_layer_named(kind, layer, keras_mod, tmp_path):
     model = _other_head(keras_mod, kind)
-    with pytest.raises(ob.UnsupportedHead, match=repr(layer)):
-        ob.detect_head(model)
+    with pytest.raises(hd.UnsupportedHead, match=repr(layer)):
+        hd.detect_head(model)
     analyzer, reason = ob.load_export(model, "b" * 64, tmp_path)
     assert analyzer is None and "head not supported" in reason and repr(layer) in reason
-    with pytest.raises(ob.UnsupportedHead):
+    with pytest.raises(hd.UnsupportedHead):
         ob.export_model(model, "b" * 64, tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written
 
@@ -302,14 +305,14 @@ def test_a_damaged_or_foreign_export_is_ignored_with_a_reason(damage, exported, 
 
 def test_cache_dir_and_backend_switch_come_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XRAY_AI_ONNX_CACHE", str(tmp_path / "c"))
-    assert ob.cache_dir() == tmp_path / "c"
+    assert settings.cache_dir() == tmp_path / "c"
     monkeypatch.delenv("XRAY_AI_ONNX_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert ob.cache_dir() == tmp_path / "xray_ai" / "onnx"
+    assert settings.cache_dir() == tmp_path / "xray_ai" / "onnx"
     monkeypatch.delenv("XRAY_AI_BACKEND", raising=False)
-    assert ob.default_backend() == "auto"
+    assert settings.default_backend() == "auto"
     monkeypatch.setenv("XRAY_AI_BACKEND", "TensorFlow")
-    assert ob.default_backend() == "tensorflow"
+    assert settings.default_backend() == "tensorflow"
     monkeypatch.setenv("XRAY_AI_BACKEND", "cuda")
     with pytest.raises(ValueError, match="XRAY_AI_BACKEND='cuda'"):
         ModelManager(tmp_path / "registry.json")
@@ -420,7 +423,7 @@ def test_a_placeholder_is_never_served_by_onnx(tmp_path):
 
 
 def test_cli_export_then_predict_json_reports_the_backend(exported, tmp_path, capsys, monkeypatch):
-    from xray_ai.cli.main import main
+    from xray_ai.cli import main
 
     registry = _registry_for(exported, tmp_path)
     monkeypatch.setenv("XRAY_AI_ONNX_CACHE", str(tmp_path / "cli_cache"))
@@ -442,7 +445,7 @@ def test_cli_export_then_predict_json_reports_the_backend(exported, tmp_path, ca
 
 
 def test_cli_export_of_a_model_that_cannot_be_exported_exits_2(tmp_path, capsys, keras_mod, monkeypatch):
-    from xray_ai.cli.main import main
+    from xray_ai.cli import main
 
     monkeypatch.setenv("XRAY_AI_ONNX_CACHE", str(tmp_path / "c"))
     model = _other_head(keras_mod, "flatten")
@@ -460,7 +463,7 @@ def test_cli_export_of_a_model_that_cannot_be_exported_exits_2(tmp_path, capsys,
 
 
 def _shipped_models():
-    from xray_ai.serving.manager import check_model_file
+    from xray_ai.serving.verify import check_model_file
     from xray_ai.registry import load_registry
 
     registry = load_registry(REPO / "model_registry.json")
@@ -480,8 +483,8 @@ def test_every_shipped_model_is_equivalent_on_onnx(model_id, tmp_path):
     loaded = manager.get(model_id=model_id)
     assert not loaded.placeholder, loaded.placeholder_reason
     try:
-        ob.detect_head(loaded.model)
-    except ob.UnsupportedHead as exc:
+        hd.detect_head(loaded.model)
+    except hd.UnsupportedHead as exc:
         pytest.fail(f"{model_id}: a model this project trains must have the closed-form head: {exc}")
     manager.export_onnx(model_id)
     analyzer, reason = ob.load_export(loaded.model, loaded.entry.sha256, tmp_path)

@@ -1,4 +1,4 @@
-"""Tests for xray_ai.overlay: blending, intensity, annotations, markers, watermark, speed."""
+"""Tests for xray_ai.outputs.overlay: blending, intensity, annotations, markers, watermark, speed."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def test_placeholder_watermark_is_red():
 
 def test_importing_overlay_and_report_does_not_import_tensorflow_or_streamlit():
     code = (
-        "import sys, xray_ai.overlay, xray_ai.report; "
+        "import sys, xray_ai.outputs.overlay, xray_ai.outputs.report; "
         "bad = [m for m in ('tensorflow', 'keras', 'streamlit') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

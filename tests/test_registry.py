@@ -108,7 +108,7 @@ def test_registry_module_does_not_import_tensorflow():
     import subprocess
     import sys
 
-    code = "import sys, xray_ai.registry, xray_ai.preprocessing, xray_ai.result; print('tensorflow' in sys.modules)"
+    code = "import sys, xray_ai.registry, xray_ai.serving.preprocessing, xray_ai.result; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
 
@@ -128,3 +128,23 @@ def test_replacing_an_entry_whose_metrics_have_int_keys_saves_and_audits(tmp_pat
     changes = save_registry(load_registry(path).with_model(second), path)
     assert any("class_weights.0" in c for c in changes)
     assert load_registry(path).models[entry.id].metrics["training"]["class_weights"] == {"0": 0.75, "1": 1.5}
+
+
+def test_default_registry_is_the_one_at_the_repository_root(monkeypatch):
+    """repo_root() climbs from its own file; it must still land on the checkout's root."""
+    from xray_ai.registry import default_registry_path, repo_root
+
+    monkeypatch.delenv("XRAY_AI_REGISTRY", raising=False)
+    assert repo_root() == REPO.resolve()
+    assert default_registry_path() == REPO.resolve() / "model_registry.json"
+
+
+def test_the_package_keeps_every_name_the_flat_module_had():
+    import xray_ai.registry as registry
+
+    names = {"SCHEMA_VERSION", "ARCHITECTURES", "PREPROCESSING", "PROFILES", "KINDS", "ENSEMBLE_ARCHITECTURE",
+             "RegistryError", "Condition", "InputSpec", "TrainingData", "ModelEntry", "Registry",
+             "default_registry_path", "parse_registry", "load_registry", "save_registry", "audit_db_path",
+             "read_audit_log", "repo_root"}
+    assert names <= set(registry.__all__)
+    assert all(hasattr(registry, n) for n in registry.__all__)

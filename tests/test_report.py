@@ -1,4 +1,4 @@
-"""Tests for xray_ai.report: the PDF holds what DESIGN.md says a report must say."""
+"""Tests for xray_ai.outputs.report: the PDF holds what the README says a report must say."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pypdf import PdfReader
 from xray_ai.images.load import XRay
 from xray_ai.outputs.overlay import Marker
 from xray_ai.outputs.report import build_report
-from xray_ai.result import PLACEHOLDER_WATERMARK, AnalysisResult, ViewResult
+from xray_ai.result import PLACEHOLDER_WATERMARK, AnalysisResult, BodyPartEstimate, ViewResult
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
 
@@ -127,7 +127,7 @@ def test_the_body_part_row_appears_only_for_a_model_with_a_body_part_head():
     result = make_result(n_views=1)
     assert "Body part" not in flat(pdf_text(build_report(result, report_id="abc123", now=NOW)))
     with_part = dataclasses.replace(result, views=(dataclasses.replace(result.views[0],
-                                                                       body_part=("msk-x", "wrist", 0.934)),))
+                                                                       body_part=BodyPartEstimate("msk-x", "wrist", 0.934)),))
     text = flat(pdf_text(build_report(with_part, report_id="abc123", now=NOW)))
     assert "Body part wrist (93%), the model's own estimate" in text
 

@@ -9,8 +9,9 @@ import pytest
 
 from conftest import REPO
 from xray_ai import phantoms
-from xray_ai.cli.main import main
-from xray_ai.training.trainer import PROTOCOLS, _set_trainable_fraction, _stage_epochs
+from xray_ai.cli import main
+from xray_ai.training.config import PROTOCOLS
+from xray_ai.training.fitting import set_trainable_fraction, stage_epochs
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     assert "lesion-mask supervision: weight 5" in out.err  # phantoms carry masks: on by default
 
     # The operating point was chosen on the validation split only.
-    from xray_ai.training.data import read_mura
+    from xray_ai.training.datasets import read_mura
 
     df = read_mura(tiny_dataset)
     valid = df[df["split"] == "valid"]["label"].to_numpy()
@@ -95,19 +96,19 @@ def test_training_fits_the_input_check_on_the_pipelines_images(tiny_dataset):
     """`train` fits the check on the training split's pooled Grad-CAM features, read through
     the training pipeline; the same images measured through analyze() sit at the same
     distances (pipeline and inference preprocessing agree)."""
-    from xray_ai.training import data as datamod
     from xray_ai import load_image
-    from xray_ai.training.architectures import build_classifier
     from xray_ai.explain.gradcam import GradCam
-    from xray_ai.serving.preprocessing import prepare_batch
     from xray_ai.registry import InputSpec
-    from xray_ai.training.trainer import _fit_input_check
+    from xray_ai.serving.preprocessing import prepare_batch
+    from xray_ai.training.architectures import build_classifier
+    from xray_ai.training.datasets import read_mura
+    from xray_ai.training.features import fit_input_check
 
-    df = datamod.read_mura(tiny_dataset)
+    df = read_mura(tiny_dataset)
     train = df[df["split"] == "train"].reset_index(drop=True)
     spec = InputSpec(32, 32, 3)
     model = build_classifier("compactcnn", spec.shape, dense_units=8)
-    check = _fit_input_check(model, {"train": train, "valid": train}, spec, "c" * 64, "tiny phantoms")
+    check = fit_input_check(model, train, train, spec, "c" * 64, "tiny phantoms")
     assert check.n_fit == check.n_calibration == len(train) and check.model_sha256 == "c" * 64
     pooled = GradCam(model)(prepare_batch([load_image(p).pixels for p in train["path"]], spec)).pooled_features
     distances = check.distances(pooled)
@@ -115,17 +116,17 @@ def test_training_fits_the_input_check_on_the_pipelines_images(tiny_dataset):
 
 
 def test_stage_epochs_sum_to_the_requested_epochs():
-    assert _stage_epochs(PROTOCOLS["quick"], 5) == [(1.0, 5)]
-    stages = _stage_epochs(PROTOCOLS["intensive"], 50)
+    assert stage_epochs(PROTOCOLS["quick"], 5) == [(1.0, 5)]
+    stages = stage_epochs(PROTOCOLS["intensive"], 50)
     assert [f for f, _ in stages] == [0.0, 0.3, 1.0] and sum(n for _, n in stages) == 50
-    assert sum(n for _, n in _stage_epochs(PROTOCOLS["intensive"], 2)) == 2
+    assert sum(n for _, n in stage_epochs(PROTOCOLS["intensive"], 2)) == 2
 
 
 def test_gradual_unfreezing_freezes_the_bottom_of_the_backbone():
     from xray_ai.training.architectures import build_classifier
 
     model = build_classifier("mobilenetv2", (32, 32, 3))
-    _set_trainable_fraction(model, 0.3)
+    set_trainable_fraction(model, 0.3)
     names = [layer.name for layer in model.layers]
     backbone = model.layers[names.index("input_norm") + 1 : names.index("gap")]
     trainable = [layer.trainable for layer in backbone]
@@ -142,39 +143,39 @@ def test_train_refuses_bad_arguments(tmp_path, capsys):
 
 
 def test_train_refuses_a_split_with_one_class(tmp_path):
-    from xray_ai.training.trainer import _splits
+    from xray_ai.training.splits import split_dataset
 
     df = pd.DataFrame({"path": ["a", "b", "c", "d"], "label": [1, 1, 0, 1], "split": ["train", "train", "valid", "valid"],
                        "study_id": list("abcd"), "patient_id": list("abcd")})
     with pytest.raises(ValueError, match="train split holds only positive images"):
-        _splits(df, seed=0)
+        split_dataset(df, seed=0)
 
 
 def test_a_folded_temperature_makes_the_model_serve_sigmoid_of_logit_over_t():
     from xray_ai.training.architectures import build_classifier
-    from xray_ai.training.trainer import _fold_temperature
+    from xray_ai.training.temperature import fold_temperature
 
     model = build_classifier("compactcnn", (32, 32, 3), dense_units=8)
     x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
     p = np.asarray(model(x, training=False)).ravel().astype(np.float64)
     logits = np.log(p) - np.log1p(-p)
-    _fold_temperature(model, 2.5)
+    fold_temperature(model, 2.5)
     np.testing.assert_allclose(np.asarray(model(x, training=False)).ravel(), 1 / (1 + np.exp(-logits / 2.5)), atol=1e-6)
 
 
 def test_trained_on_names_a_pretrained_backbone(tmp_path):
-    from xray_ai.training.trainer import TrainConfig, _describe_data
+    from xray_ai.training.config import TrainConfig
+    from xray_ai.training.registration import describe_data
 
     phantoms.write_dataset(tmp_path / "ph", "fracture", 4, layout="folders", size=32, seed=1)
-    plain = _describe_data(TrainConfig("fracture", "compactcnn", tmp_path / "ph"))
+    plain = describe_data(TrainConfig("fracture", "compactcnn", tmp_path / "ph"))
     assert plain.synthetic and "pretrained" not in plain.version
-    pretrained = _describe_data(TrainConfig("fracture", "efficientnetlite0", tmp_path / "ph", weights="imagenet"))
+    pretrained = describe_data(TrainConfig("fracture", "efficientnetlite0", tmp_path / "ph", weights="imagenet"))
     assert pretrained.synthetic and pretrained.version == f"{plain.version}; backbone pretrained: ImageNet weights"
 
 
 def test_a_body_part_head_trains_with_the_label_and_is_saved_beside_the_model(tiny_dataset, tmp_path, capsys):
-    from xray_ai.serving import body_part
-    from xray_ai.serving.manager import file_sha256
+    from xray_ai.serving import artifacts, body_part
 
     code = main(["train", "--condition", "fracture", "--arch", "compactcnn", "--data", str(tiny_dataset),
                  "--layout", "mura", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
@@ -183,7 +184,7 @@ def test_a_body_part_head_trains_with_the_label_and_is_saved_beside_the_model(ti
     assert code == 0, out.err
     assert "body-part head: weight 1" in out.err
     model = tmp_path / "with-parts.keras"
-    head, reason = body_part.load(body_part.sidecar_path(model), file_sha256(model))
+    head, reason = body_part.load(artifacts.body_part_path(model), artifacts.file_sha256(model))
     assert reason is None and len(head.classes) >= 2 and head.kernel.shape[1] == len(head.classes)
     metrics = json.loads((tmp_path / "with-parts.metrics.json").read_text())
     assert metrics["body_part"]["split"] == "test" and 0 <= metrics["body_part"]["accuracy"] <= 1
@@ -196,7 +197,7 @@ def test_a_body_part_head_trains_with_the_label_and_is_saved_beside_the_model(ti
 
 
 def test_body_part_targets_index_the_listed_parts_and_weigh_unknown_ones_zero():
-    from xray_ai.training.data import body_part_targets
+    from xray_ai.training.splits import body_part_targets
 
     df = pd.DataFrame({"body_part": ["wrist", None, "elbow", "knee"]})
     index, weight = body_part_targets(df, ("elbow", "wrist"))

@@ -2,6 +2,6 @@
 
 import sys
 
-from xray_ai.cli.main import main
+from xray_ai.cli import main
 
 sys.exit(main())

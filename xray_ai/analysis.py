@@ -20,9 +20,9 @@ import numpy as np
 
 from xray_ai.explain.base import METHODS
 from xray_ai.images.load import XRay
+from xray_ai.result import AnalysisResult, BodyPartEstimate, ViewResult
 from xray_ai.serving.manager import LoadedEnsemble, LoadedModel, ModelManager
 from xray_ai.serving.preprocessing import prepare_batch, resize_image
-from xray_ai.result import AnalysisResult, ViewResult
 
 __all__ = ["analyze", "predict_probabilities", "pooled_features", "default_manager", "MAX_VIEWS"]
 
@@ -111,11 +111,11 @@ def analyze(
             warnings.append(f"ONNX Runtime was requested but TensorFlow computed {which}: {model.backend_reason}")
     for view in views:
         warnings.extend(f"{view.filename or 'image'}: {w}" for w in view.warnings)
-    for view, flag in zip(views, run.flags):
-        if flag:
-            warnings.append(f"{view.filename or 'image'}: heatmap {flag}")
-    for view, checks in zip(views, run.input_checks):
-        for checked_by, distance, threshold in checks:
+    for view in run.views:
+        if view.heatmap_flag:
+            warnings.append(f"{view.filename or 'image'}: heatmap {view.heatmap_flag}")
+    for view in run.views:
+        for checked_by, distance, threshold in view.input_checks:
             if distance > threshold:
                 warnings.append(
                     f"{view.filename or 'image'}: UNLIKE THE IMAGES {checked_by} WAS TRAINED ON (input-check "
@@ -138,16 +138,12 @@ def analyze(
         intended_use=entry.intended_use,
         threshold=entry.threshold,
         threshold_method=entry.threshold_method,
-        probability=float(np.mean(run.probabilities)),
+        probability=float(np.mean([v.probability for v in run.views])),
         placeholder=loaded.placeholder,
         placeholder_reason=loaded.placeholder_reason,
         heatmap_method=run.method,
         target_layer=run.target_layer,
-        views=tuple(
-            ViewResult(v, p, h, f, mp, c, b)
-            for v, p, h, f, mp, c, b in zip(views, run.probabilities, run.heatmaps, run.flags,
-                                            run.member_probabilities, run.input_checks, run.body_parts)
-        ),
+        views=run.views,
         warnings=tuple(warnings),
         backend=run.backend,
         synthetic=entry.trained_on.synthetic,
@@ -178,7 +174,7 @@ def predict_probabilities(loaded: LoadedModel | LoadedEnsemble, images: Sequence
 
 def pooled_features(loaded: LoadedModel, images: Sequence[np.ndarray]) -> np.ndarray:
     """Each image's Grad-CAM feature map, globally averaged as the head pools it: (N, K) float.
-    What the input check (xray_ai.input_check) is fitted on and measures.
+    What the input check (xray_ai.serving.input_check) is fitted on and measures.
 
     Raises:
         ValueError: the model gives no feature map (Grad-CAM is unavailable for it).
@@ -204,63 +200,57 @@ def _batches(loaded: LoadedModel, images: list[np.ndarray]):
 class _Run:
     """What one model (or the mean of an ensemble's members) said about the views of a study.
 
-    probabilities, heatmaps (float32 2-D in [0, 1]), flags, member_probabilities and
-    input_checks hold one item per view; member_probabilities[k] is empty for a single
-    model; input_checks[k] holds (model id, distance, threshold) for each model with an
-    input check (xray_ai.input_check); body_parts[k] is (model id, part, probability) from a
-    model's body-part head (xray_ai.body_part), or None.
+    `views` holds one ViewResult per view, in the order given: its probability, heatmap
+    (float32 2-D in [0, 1]) and flag, member probabilities (empty for a single model), input
+    checks and body-part estimate. The rest describes the run as a whole.
     """
 
-    probabilities: list[float]
-    heatmaps: list[np.ndarray]
-    flags: list[str | None]
+    views: tuple[ViewResult, ...]
     method: str
     target_layer: str | None
     backend: str
-    member_probabilities: list[tuple[float, ...]]
-    input_checks: list[tuple[tuple[str, float, float], ...]]
-    body_parts: list[tuple[str, str, float] | None]
 
 
 def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
                progress: Callable[[float], None] | None) -> _Run:
     """Probability and heatmap of every view from one model, prepared as its entry says."""
-    probabilities: list[float] = []
-    heatmaps: list[np.ndarray] = []
-    flags: list[str | None] = []
-    checks: list[tuple[tuple[str, float, float], ...]] = []
-    parts: list[tuple[str, str, float] | None] = []
+    results: list[ViewResult] = []
     heatmap_method, target_layer = loaded.heatmap_method, loaded.target_layer
     distribution, part_head = loaded.input_check, loaded.body_part_head
     for start, batch, out in _batches(loaded, [v.pixels for v in views]):
-        probabilities.extend(float(p) for p in out.probabilities)
+        n = len(batch)
+        probabilities = [float(p) for p in out.probabilities]
+        # The input check and the body-part head both read the pooled features of this same
+        # pass: no second forward call. A model without a feature map has neither.
         if part_head is not None and out.pooled_features is not None:
-            parts.extend((loaded.entry.id, part, p) for part, p in part_head.predict(out.pooled_features))
+            parts = [BodyPartEstimate(loaded.entry.id, part, p) for part, p in part_head.predict(out.pooled_features)]
         else:
-            parts.extend(None for _ in range(len(batch)))
+            parts = [None] * n
         if distribution is not None and out.pooled_features is not None:
-            distances = distribution.distances(out.pooled_features)
-            checks.extend(((loaded.entry.id, float(d), distribution.threshold),) for d in distances)
+            checks = [((loaded.entry.id, float(d), distribution.threshold),)
+                      for d in distribution.distances(out.pooled_features)]
         else:
-            checks.extend(() for _ in range(len(batch)))
+            checks = [()] * n
         if method == "gradcam":
-            heatmaps.extend(out.heatmaps)
-            flags.extend(out.flags)
+            maps = list(zip(out.heatmaps, out.flags))
         else:
             from xray_ai.explain.methods import explainer_for  # tensorflow; only for the non-default methods
 
             explainer = explainer_for(loaded.model)
-            for k in range(len(batch)):
+            maps = []
+            for k in range(n):
                 done = (start + k) / len(views)
                 step = (lambda f, done=done: progress(done + f / len(views))) if progress else None
                 explanation = explainer.explain(batch[k : k + 1], method, step)
-                heatmaps.append(explanation.heatmap)
-                flags.append(explanation.flag)
+                maps.append((explanation.heatmap, explanation.flag))
                 heatmap_method, target_layer = explanation.method, explanation.target_layer
+        for k in range(n):
+            heatmap, flag = maps[k]
+            results.append(ViewResult(image=views[start + k], probability=probabilities[k],
+                                      heatmap=heatmap, heatmap_flag=flag, input_checks=checks[k], body_part=parts[k]))
     backend = (loaded.backend if method == "gradcam" or loaded.backend == "tensorflow"
                else f"{loaded.backend} (probability), tensorflow ({method})")
-    return _Run(probabilities, heatmaps, flags, heatmap_method, target_layer, backend, [()] * len(views), checks,
-                parts)
+    return _Run(tuple(results), heatmap_method, target_layer, backend)
 
 
 def _mean_of_members(ids: list[str], runs: list[_Run]) -> _Run:
@@ -271,13 +261,22 @@ def _mean_of_members(ids: list[str], runs: list[_Run]) -> _Run:
     among them and the mean taken there. A mean of maps in [0, 1] stays in [0, 1]; it is not
     re-scaled, so a region that only some members mark shows fainter than one they all mark.
     """
-    n_views = len(runs[0].probabilities)
-    heatmaps, flags = [], []
-    for k in range(n_views):
-        maps = [r.heatmaps[k] for r in runs]
+    merged = []
+    for k in range(len(runs[0].views)):
+        said = [r.views[k] for r in runs]  # what each member said about view k
+        maps = [v.heatmap for v in said]
         height, width = max(m.shape[0] for m in maps), max(m.shape[1] for m in maps)
-        heatmaps.append(np.mean([resize_image(m, height, width) for m in maps], axis=0).astype(np.float32))
-        flags.append("; ".join(f"member {i}: {r.flags[k]}" for i, r in zip(ids, runs) if r.flags[k]) or None)
+        probabilities = tuple(v.probability for v in said)
+        merged.append(ViewResult(
+            image=said[0].image,
+            probability=float(np.mean(probabilities)),
+            heatmap=np.mean([resize_image(m, height, width) for m in maps], axis=0).astype(np.float32),
+            heatmap_flag="; ".join(f"member {i}: {v.heatmap_flag}" for i, v in zip(ids, said) if v.heatmap_flag) or None,
+            member_probabilities=probabilities,
+            input_checks=tuple(c for v in said for c in v.input_checks),
+            # the first member with a body-part head says which part a view shows
+            body_part=next((v.body_part for v in said if v.body_part is not None), None),
+        ))
     methods = [r.method for r in runs]
     method = (f"{methods[0]} (mean of {len(runs)} members)" if len(set(methods)) == 1
               else f"mean of {len(runs)} members ({_per_member(ids, methods)})")
@@ -286,19 +285,8 @@ def _mean_of_members(ids: list[str], runs: list[_Run]) -> _Run:
         target_layer = None
     else:
         target_layer = _per_member(ids, [layer or "input space" for layer in layers])
-    per_view = [tuple(r.probabilities[k] for r in runs) for k in range(n_views)]
-    return _Run(
-        probabilities=[float(np.mean(p)) for p in per_view],
-        heatmaps=heatmaps,
-        flags=flags,
-        method=method,
-        target_layer=target_layer,
-        backend=_per_member(ids, [r.backend for r in runs]),
-        member_probabilities=per_view,
-        input_checks=[tuple(c for r in runs for c in r.input_checks[k]) for k in range(n_views)],
-        # the first member with a body-part head says which part a view shows
-        body_parts=[next((r.body_parts[k] for r in runs if r.body_parts[k]), None) for k in range(n_views)],
-    )
+    return _Run(views=tuple(merged), method=method, target_layer=target_layer,
+                backend=_per_member(ids, [r.backend for r in runs]))
 
 
 def _per_member(ids: list[str], values: list[str]) -> str:

@@ -1,7 +1,8 @@
 """The result of one analysis: plain data, no tensorflow, shared by the app, CLI and report.
 
-`AnalysisResult.to_json()` is the `predict --json` contract of DESIGN.md; the heatmaps
-and images ride along as arrays for the overlay and the report but stay out of the JSON.
+`AnalysisResult.to_json()` is the `predict --json` contract (README, "Command line"); the
+heatmaps and images ride along as arrays for the overlay and the report but stay out of
+the JSON.
 """
 
 from __future__ import annotations
@@ -13,13 +14,33 @@ import numpy as np
 
 from xray_ai.images.load import XRay
 
-__all__ = ["ViewResult", "AnalysisResult", "PLACEHOLDER_WATERMARK", "DISCLAIMER"]
+__all__ = ["BodyPartEstimate", "ViewResult", "AnalysisResult", "PLACEHOLDER_WATERMARK", "DISCLAIMER"]
 
 PLACEHOLDER_WATERMARK = "PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT"
 DISCLAIMER = (
     "Decision support only, not a diagnosis. The result comes from a machine-learning model "
     "and must be reviewed by a qualified clinician, who makes the decision."
 )
+
+
+@dataclass(frozen=True)
+class BodyPartEstimate:
+    """Which body part a model's auxiliary body-part head (xray_ai.serving.body_part) reads
+    in one view: its most probable class.
+
+    Attributes:
+        model_id: the registered model whose head said it.
+        part: the body part ('wrist', 'elbow', ...).
+        probability: the head's softmax probability of `part`, 0..1.
+    """
+
+    model_id: str
+    part: str
+    probability: float
+
+    def to_json(self) -> dict[str, Any]:
+        """A view's `body_part` object in `predict --json`."""
+        return {"model_id": self.model_id, "part": self.part, "probability": round(float(self.probability), 6)}
 
 
 @dataclass(frozen=True)
@@ -35,11 +56,10 @@ class ViewResult:
         member_probabilities: for an ensemble, each member's probability in the order of
             `AnalysisResult.members` (`probability` is their mean); empty for a single model.
         input_checks: (model id, distance, threshold) for each model that checked whether
-            this image is like its training images (xray_ai.input_check); the image is
-            unlike them where distance > threshold. Empty when no model has the check.
-        body_part: (model id, body part, probability) from the model's auxiliary body-part
-            head (xray_ai.body_part): which part the model takes the image to show; None
-            when the model has no such head.
+            this image is like its training images (xray_ai.serving.input_check); the image
+            is unlike them where distance > threshold. Empty when no model has the check.
+        body_part: which part the model takes the image to show, from its auxiliary
+            body-part head; None when the model has no such head.
     """
 
     image: XRay
@@ -48,7 +68,7 @@ class ViewResult:
     heatmap_flag: str | None = None
     member_probabilities: tuple[float, ...] = ()
     input_checks: tuple[tuple[str, float, float], ...] = ()
-    body_part: tuple[str, str, float] | None = None
+    body_part: BodyPartEstimate | None = None
 
     @property
     def unlike_training_data(self) -> bool:
@@ -106,7 +126,7 @@ class AnalysisResult:
     @property
     def input_check_summary(self) -> str:
         """One line for the app, the report and the CLI: did the images look like the
-        model's training images (xray_ai.input_check)?"""
+        model's training images (xray_ai.serving.input_check)?"""
         checks = [c for v in self.views for c in v.input_checks]
         if not checks:
             return "not available for this model (no training-feature distribution)"
@@ -121,16 +141,16 @@ class AnalysisResult:
     @property
     def body_part_summary(self) -> str | None:
         """One line for the app, the report and the CLI: the body part the model's auxiliary
-        head reads in each view (xray_ai.body_part); None when the model has no such head."""
+        head reads in each view (xray_ai.serving.body_part); None when the model has no such head."""
         parts = [v.body_part for v in self.views]
-        if not any(parts):
+        if all(p is None for p in parts):
             return None
-        said = [f"{p[1]} ({p[2]:.0%})" if p else "not estimated" for p in parts]
+        said = [f"{p.part} ({p.probability:.0%})" if p is not None else "not estimated" for p in parts]
         text = said[0] if len(said) == 1 else "; ".join(f"view {i}: {s}" for i, s in enumerate(said, start=1))
         return f"{text}, the model's own estimate (an auxiliary output; check it against the image)"
 
     def to_json(self) -> dict[str, Any]:
-        """The `predict --json` object of DESIGN.md (no arrays, no patient identifiers).
+        """The `predict --json` object (README, "Command line"): no arrays, no patient identifiers.
 
         On top of its keys: `members` (an ensemble's member ids; [] for a single model); each
         view's `input_check` and `body_part` (null without a body-part head); for an ensemble,
@@ -167,15 +187,13 @@ class AnalysisResult:
             "file": view.filename,
             "probability": round(float(view.probability), 6),
             "heatmap_flag": view.heatmap_flag,
-            # [] when no model checks its input; see xray_ai.input_check
+            # [] when no model checks its input; see xray_ai.serving.input_check
             "input_check": [
                 {"model_id": m, "distance": round(d, 4), "threshold": round(t, 4), "unlike_training_data": d > t}
                 for m, d, t in view.input_checks
             ],
-            # null when the model has no body-part head; see xray_ai.body_part
-            "body_part": None if view.body_part is None else {
-                "model_id": view.body_part[0], "part": view.body_part[1],
-                "probability": round(float(view.body_part[2]), 6)},
+            # null when the model has no body-part head; see xray_ai.serving.body_part
+            "body_part": None if view.body_part is None else view.body_part.to_json(),
         }
         if self.members:  # an ensemble: what each member said about this view
             out["member_probabilities"] = {

@@ -1,1 +1,3 @@
-"""Explanations: heatmap methods (the method table in `base`), and how well they point at a lesion (`scores`)."""
+"""Explanations: the heatmap methods (their table in `base`, the `Explainer` in `methods`, one
+module per family: `cam_family`, `gradients`, `lime`), and how far to trust them (`scores`,
+`evaluate`)."""

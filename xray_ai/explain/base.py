@@ -1,22 +1,122 @@
-"""What every Grad-CAM backend returns, and how a raw map becomes a [0, 1] heatmap.
+"""The heatmap methods' table and protocol, what every Grad-CAM backend returns, and how a raw
+map becomes a [0, 1] heatmap.
 
-Kept free of tensorflow so that the ONNX Runtime backend (xray_ai.onnx_backend) and the
-TensorFlow one (xray_ai.gradcam) share one output type and one normalisation.
+numpy only: the pages and the CLI read the method table before any model (or tensorflow) is
+loaded, and the ONNX Runtime backend (xray_ai.serving.onnx_backend) shares the output type and
+the normalisation with the TensorFlow one (xray_ai.explain.gradcam).
+
+Adding a method: write its function (the `HeatmapMethod` protocol) in the module of its
+family and add one `MethodSpec` row to `METHOD_TABLE`; the Explainer, the app's method
+picker and the CLI's `--method` choices all read the table.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
-__all__ = ["METHODS", "GradCamOutput", "normalise_map"]
-
-# Heatmap methods, in the order the app and the CLI offer them (xray_ai.explain computes them).
-METHODS = ("gradcam", "gradcam++", "saliency", "smoothgrad", "lime")
+__all__ = [
+    "METHODS",
+    "METHOD_NAMES",
+    "METHOD_TABLE",
+    "MethodSpec",
+    "MethodContext",
+    "MethodOutput",
+    "HeatmapMethod",
+    "Progress",
+    "method_spec",
+    "GradCamOutput",
+    "normalise_map",
+]
 
 _EPS = 1e-7
+_T = TypeVar("_T")
+
+#: Called with the share of the work done, in [0, 1] (only LIME reports progress).
+Progress = Callable[[float], None]
+
+
+class MethodOutput(NamedTuple):
+    """One method's map for one image: heatmap (h, w) in [0, 1] with no NaN; flag: why it is
+    empty or degraded, else None; target_layer: the CAM methods' layer, None for input-space ones."""
+
+    heatmap: np.ndarray
+    flag: str | None
+    target_layer: str | None = None
+
+
+class MethodContext(Protocol):
+    """What a heatmap method may use of the model's Explainer (xray_ai.explain.methods.Explainer):
+    the model, the methods' settings, and the pieces several methods share, built once per model."""
+
+    model: Any
+    smoothgrad_samples: int
+    smoothgrad_noise: float
+    lime_samples: int
+    lime_segments: int
+
+    def cached(self, key: str, build: Callable[[], _T]) -> _T:
+        """`build()` on the first call for `key`, the same object afterwards (thread-safe)."""
+
+    def grad_cam(self) -> Any:
+        """The model's GradCam (xray_ai.explain.gradcam), built once."""
+
+    def logit_model(self) -> Any:
+        """The (features, logit, probability) replay of the model (gradcam.build_gradcam_model)."""
+
+
+class HeatmapMethod(Protocol):
+    """A heatmap method: one model-ready batch `x` of shape (1, H, W, C) -> its map."""
+
+    def __call__(self, context: MethodContext, x: np.ndarray, progress: Progress | None) -> MethodOutput: ...
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of the method table.
+
+    id: what `--method`, the JSON and the PDF say; name: what the app's picker shows;
+    implementation: "module:function" of its `HeatmapMethod`, imported on first use so
+    that reading the table never imports tensorflow.
+    """
+
+    id: str
+    name: str
+    implementation: str
+
+    def load(self) -> HeatmapMethod:
+        module, _, function = self.implementation.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+# In the order the app and the CLI offer them; Grad-CAM first, it is the default.
+METHOD_TABLE: tuple[MethodSpec, ...] = (
+    MethodSpec("gradcam", "Grad-CAM", "xray_ai.explain.cam_family:gradcam_map"),
+    MethodSpec("gradcam++", "Grad-CAM++", "xray_ai.explain.cam_family:gradcam_pp_map"),
+    MethodSpec("saliency", "Gradient saliency", "xray_ai.explain.gradients:saliency_map"),
+    MethodSpec("smoothgrad", "SmoothGrad", "xray_ai.explain.gradients:smoothgrad_map"),
+    MethodSpec("lime", "LIME (slow: hundreds of model runs)", "xray_ai.explain.lime:lime_map"),
+)
+
+#: The method ids, in table order.
+METHODS: tuple[str, ...] = tuple(spec.id for spec in METHOD_TABLE)
+#: id -> the name the app shows (read-only).
+METHOD_NAMES: Mapping[str, str] = MappingProxyType({spec.id: spec.name for spec in METHOD_TABLE})
+_BY_ID = {spec.id: spec for spec in METHOD_TABLE}
+
+
+def method_spec(method: str) -> MethodSpec:
+    """The table row of a method id; ValueError listing the valid ones for any other."""
+    try:
+        return _BY_ID[method]
+    except (KeyError, TypeError):  # TypeError: an unhashable value is no method either
+        raise ValueError(f"unknown explanation method {method!r}; valid: {', '.join(METHODS)}") from None
 
 
 def normalise_map(cam: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -38,7 +138,7 @@ def normalise_map(cam: np.ndarray) -> tuple[np.ndarray, str | None]:
 class GradCamOutput:
     """probabilities (N,) in [0, 1]; heatmaps (N, h, w) in [0, 1]; flags per image (None = fine);
     pooled_features: the target layer's feature map, globally averaged as the head pools it
-    (N, K), for the input check (xray_ai.input_check); None where Grad-CAM was unavailable."""
+    (N, K), for the input check (xray_ai.serving.input_check); None where Grad-CAM was unavailable."""
 
     probabilities: np.ndarray
     heatmaps: np.ndarray

@@ -24,9 +24,11 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
 
-from xray_ai.explain.base import GradCamOutput, normalise_map  # shared with the ONNX Runtime backend
+# The output type and the normalisation live in base: the ONNX Runtime backend shares them
+# without importing keras.
+from xray_ai.explain.base import GradCamOutput, normalise_map
 
-__all__ = ["find_target_layer", "compute_gradcam", "GradCam", "GradCamOutput", "normalise_map"]
+__all__ = ["find_target_layer", "resolve_layer_path", "build_gradcam_model", "compute_gradcam", "GradCam"]
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,9 @@ def _search(model: keras.Model) -> list[str] | None:
     return None
 
 
-def _resolve_path(model: keras.Model, path: str) -> list[keras.layers.Layer]:
-    """The chain of layers a `/`-joined path names; ValueError quoting the bad part."""
+def resolve_layer_path(model: keras.Model, path: str) -> list[keras.layers.Layer]:
+    """The chain of layers a `/`-joined path (as `find_target_layer` gives) names, outermost
+    first; ValueError quoting the bad part."""
     chain, current = [], model
     for part in path.split("/"):
         if not _is_container(current):
@@ -85,6 +88,10 @@ def _resolve_path(model: keras.Model, path: str) -> list[keras.layers.Layer]:
             raise ValueError(f"layer path {path!r}: no layer {part!r} in {current.name!r} (last layers: {names})") from None
         chain.append(current)
     return chain
+
+
+# serving/ (head.py, formerly onnx_backend.py) imports the old private name.
+_resolve_path = resolve_layer_path  # re-exported for importers outside explain/ (to be repointed)
 
 
 def _final_layer(model: keras.Model) -> keras.layers.Layer:
@@ -164,7 +171,7 @@ def _contains(model: keras.Model, target: keras.layers.Layer) -> bool:
 
 def build_gradcam_model(model: keras.Model, target_layer: str) -> keras.Model:
     """A model with outputs (feature map, logit, probability) sharing `model`'s weights."""
-    replay = _Replay(_resolve_path(model, target_layer), _final_layer(model))
+    replay = _Replay(resolve_layer_path(model, target_layer), _final_layer(model))
     inputs, prob, captured = replay.rebuild(model, 0)
     if "features" not in captured or "logit" not in captured:
         raise ValueError(f"replaying {model.name!r} did not reach layer {target_layer!r} and the output")
@@ -176,8 +183,9 @@ class GradCam:
 
     Build once per loaded model (the ModelManager does, and warms it up); calls are
     thread-safe. When no gradient path exists (no 4-D layer, or a graph the replay cannot
-    rebuild), it falls back to the plain forward pass and a class-agnostic activation map
-    ("feature_mean", flagged), or to no map at all ("none").
+    rebuild), it falls back to the plain forward pass: the probability still comes, with
+    no map (all zeros), `method` "none", and every image flagged with the reason
+    ("Grad-CAM unavailable: ...").
     """
 
     def __init__(self, model: keras.Model, target_layer: str | None = None):

@@ -1,8 +1,9 @@
-"""How far to trust a heatmap: localisation and faithfulness scores for every explanation method.
+"""How far to trust a heatmap: localisation and faithfulness scores, per image and per method.
 
-On abnormal images that carry a lesion mask (the phantoms do), for each method:
+On abnormal images that carry a lesion mask (the phantoms do):
 
-- pointing game: share of images whose map peaks inside the lesion mask;
+- pointing game: share of images whose map peaks inside the lesion mask (or near it, in the
+  tolerant game);
 - energy inside: mean share of the map's mass inside the mask;
 - deletion / insertion (Petsiuk et al. 2018): the model's probability as the most salient
   pixels are progressively replaced by a blurred copy of the image (deletion; a faithful
@@ -11,65 +12,136 @@ On abnormal images that carry a lesion mask (the phantoms do), for each method:
   images closer to radiographs (the concern ROAD raises about out-of-distribution masks);
 - seconds per image.
 
-`python -m xray_ai explain-eval --model ID --data DIR` prints the table and writes the JSON
-beside the model file (`<model>.explain.json`), where the performance page finds it.
+`evaluate_explanations` gives all of them for each method; xray_ai.explain.evaluate picks
+the images, prints the table and keeps the report (README, "Explanations and how far to
+trust them"). No tensorflow here: training scores its Grad-CAM with the same functions.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
-from xray_ai.training.evaluation import POINTING_TOLERANCE, energy_inside, pointing_game
+# The dataset-level names that lived here before explain/evaluate.py; trainer.py and the CLI still
+# import them from here.
+from xray_ai.explain.evaluate import (  # re-exported for importers outside explain/ (to be repointed)
+    explain_json_path,
+    format_table,
+    lesion_cases,
+    load_report,
+    save,
+)
 
-__all__ = ["lesion_cases", "deletion_insertion", "evaluate_explanations", "format_table", "explain_json_path", "save", "load_report", "STEPS"]
+__all__ = [
+    "POINTING_TOLERANCE",
+    "STEPS",
+    "pointing_game",
+    "energy_inside",
+    "deletion_insertion",
+    "evaluate_explanations",
+    # re-exported for importers outside explain/ (to be repointed)
+    "lesion_cases",
+    "format_table",
+    "explain_json_path",
+    "save",
+    "load_report",
+]
+
+# Zhang et al. (2016), "Top-down neural attention by excitation backprop": a hit when the
+# maximum lies within 15 pixels of the object, on inputs of about 224 pixels.
+POINTING_TOLERANCE = 15 / 224
 
 STEPS = 10  # perturbation steps of the deletion/insertion curves
 
 
-def explain_json_path(model_path: Path) -> Path:
-    """Where the explanation scores of a model file are kept."""
-    return model_path.with_suffix(".explain.json")
+# --------------------------------------------------------------------------- localisation
 
 
-def lesion_cases(rows: Any, spec: Any, preprocessing: str = "unit",
-                 limit: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Model-ready images and boolean lesion masks of the abnormal rows that have a non-empty mask.
+def _localisation_pairs(heatmaps: Sequence[Any], masks: Sequence[Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    # Yields (heatmap resized to the mask, mask) for each abnormal image.
+    if len(heatmaps) != len(masks):
+        raise ValueError(f"{len(heatmaps)} heatmaps but {len(masks)} masks")
+    found = False
+    for i, (heatmap, mask) in enumerate(zip(heatmaps, masks)):
+        m = np.asarray(mask).astype(bool)
+        h = np.asarray(heatmap, dtype=np.float32)
+        if m.ndim != 2 or h.ndim != 2:
+            raise ValueError(f"item {i}: heatmap and mask must be 2-D; got {h.shape} and {m.shape}")
+        if not m.any():
+            continue  # a normal image: nothing to point at
+        found = True
+        if h.shape != m.shape:
+            h = cv2.resize(h, (m.shape[1], m.shape[0]), interpolation=cv2.INTER_LINEAR)
+        yield h, m
+    if not found:
+        raise ValueError("no abnormal image: every mask is empty")
+
+
+def pointing_game(heatmaps: Sequence[Any], masks: Sequence[Any], tolerance: float = 0.0) -> float:
+    """Share of abnormal images whose heatmap maximum falls inside the lesion mask (or
+    within `tolerance` of it).
+
+    Each heatmap (2-D, any size) is resized to its mask's size with bilinear interpolation
+    before the argmax. Images with an empty mask (normal) are skipped. A constant heatmap
+    (e.g. the all-zero map of a failed Grad-CAM) points nowhere and counts as a miss.
 
     Args:
-        rows: a dataset frame (xray_ai.data readers) with `path`, `label` and `mask_path`.
-        spec: the model's InputSpec; preprocessing: its registry `preprocessing`.
-        limit: stop after this many cases.
+        heatmaps: Sequence (or N x h x w array) of 2-D float heatmaps.
+        masks: Sequence (or N x H x W array) of 2-D boolean lesion masks.
+        tolerance: 0 (strict), or the allowed distance from the mask as a fraction of the
+            mask's larger side (POINTING_TOLERANCE is the original game's 15 px at 224). A
+            thin lesion (a fracture line) is missed by a 7 x 7 map's maximum even when it
+            sits in the right cell; the tolerant game tells those apart from misses.
 
     Returns:
-        (images, masks): float32 (H, W, C) arrays ready for the model, and bool masks at the
-        mask file's own resolution.
-    """
-    from xray_ai.images.load import load_image
-    from xray_ai.serving.preprocessing import prepare_batch
+        Hit rate in [0, 1].
 
-    images, masks = [], []
-    for _, row in rows[(rows["label"] == 1) & rows["mask_path"].notna()].iterrows():
-        mask = cv2.imread(str(row["mask_path"]), cv2.IMREAD_GRAYSCALE)
-        if mask is None or not mask.any():
-            continue
-        images.append(prepare_batch([load_image(row["path"]).pixels], spec, preprocessing)[0])
-        masks.append(mask > 0)
-        if limit is not None and len(images) >= limit:
-            break
-    return images, masks
+    Raises:
+        ValueError: When the lengths differ, an item is not 2-D, or no mask is non-empty.
+    """
+    hits = []
+    for h, m in _localisation_pairs(heatmaps, masks):
+        radius = int(round(tolerance * max(m.shape)))
+        if radius > 0:  # the mask grown by a disk of that radius
+            disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+            m = cv2.dilate(m.astype(np.uint8), disk).astype(bool)
+        hits.append(bool(h.max() > h.min() and m.flat[int(np.argmax(h))]))
+    return float(np.mean(hits))
+
+
+def energy_inside(heatmaps: Sequence[Any], masks: Sequence[Any]) -> float:
+    """Mean share of heatmap energy inside the lesion mask, over abnormal images.
+
+    Per image: sum(heatmap inside mask) / sum(heatmap), after bilinear resizing to the
+    mask's size and clipping negative values to 0; a map with no energy scores 0.
+
+    Args:
+        heatmaps: Sequence (or N x h x w array) of 2-D float heatmaps.
+        masks: Sequence (or N x H x W array) of 2-D boolean lesion masks.
+
+    Returns:
+        Mean fraction in [0, 1].
+    """
+    shares = []
+    for h, m in _localisation_pairs(heatmaps, masks):
+        h = h.astype(np.float64).clip(0.0, None)
+        total = h.sum()
+        shares.append(float(h[m].sum() / total) if total > 0 else 0.0)
+    return float(np.mean(shares))
+
+
+# --------------------------------------------------------------------------- faithfulness
 
 
 def _blurred(x: np.ndarray) -> np.ndarray:
     h, w = x.shape[:2]
     sigma = max(h, w) / 16.0
     out = cv2.GaussianBlur(x, (0, 0), sigma)
-    return out.reshape(x.shape)
+    return out.reshape(x.shape)  # GaussianBlur drops a trailing channel axis of 1
 
 
 def deletion_insertion(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, heatmap: np.ndarray,
@@ -100,9 +172,12 @@ def deletion_insertion(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarra
         i[top] = flat_x[top]
         deleted.append(d.reshape(x.shape))
         inserted.append(i.reshape(x.shape))
-    probs = predict(np.stack(deleted + inserted).astype(np.float32))
+    probs = predict(np.stack(deleted + inserted).astype(np.float32))  # both curves in one batch
     p_del, p_ins = probs[: steps + 1], probs[steps + 1 :]
     return float(np.trapezoid(p_del, fractions)), float(np.trapezoid(p_ins, fractions))
+
+
+# --------------------------------------------------------------------------- per method
 
 
 def evaluate_explanations(explainer: Any, predict: Callable[[np.ndarray], np.ndarray],
@@ -111,12 +186,15 @@ def evaluate_explanations(explainer: Any, predict: Callable[[np.ndarray], np.nda
                           progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """Scores per method over abnormal images with lesion masks.
 
+    Kept here rather than in explain/evaluate.py while this module re-exports that one's
+    names: evaluate importing these scores back would be an import circle.
+
     Args:
-        explainer: an xray_ai.explain.Explainer for the model.
+        explainer: an xray_ai.explain.methods.Explainer for the model.
         predict: model-ready batch -> probabilities (N,).
         images: model-ready images (H, W, C), abnormal cases only.
         masks: boolean lesion masks (any size), one per image, non-empty.
-        methods: names from xray_ai.explain.METHODS.
+        methods: ids from xray_ai.explain.base.METHODS.
     """
     if not images:
         raise ValueError("no abnormal images with a lesion mask to evaluate explanations on")
@@ -147,30 +225,3 @@ def evaluate_explanations(explainer: Any, predict: Callable[[np.ndarray], np.nda
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "methods": results,
     }
-
-
-def format_table(report: dict[str, Any]) -> str:
-    lines = [
-        f"{report['model_id']}: {report['n_images']} abnormal images with lesion masks",
-        f"{'method':12s} {'pointing':>9s} {'<=15px@224':>10s} {'energy in':>10s} {'deletion':>9s} {'insertion':>10s} {'s/image':>9s}",
-    ]
-    for method, r in report["methods"].items():
-        lines.append(
-            f"{method:12s} {r['pointing_game']:9.3f} {r['pointing_game_tolerant']:10.3f} {r['energy_inside']:10.3f} {r['deletion_auc']:9.3f} "
-            f"{r['insertion_auc']:10.3f} {r['seconds_per_image']:9.3f}"
-        )
-    lines.append("pointing game / energy inside / insertion: higher is better; deletion: lower is better")
-    return "\n".join(lines)
-
-
-def save(report: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(report, indent=2) + "\n")
-
-
-def load_report(path: Path) -> dict[str, Any] | None:
-    """A saved report, or None when there is none or it cannot be read (the page says nothing then)."""
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return report if isinstance(report, dict) and isinstance(report.get("methods"), dict) else None

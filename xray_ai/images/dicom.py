@@ -1,12 +1,13 @@
-"""DICOM -> gray float32 in [0, 1], bone bright, with the tags that matter (see xray_ai.imaging).
+"""DICOM -> gray float32 in [0, 1], bone bright, with the tags that matter (see xray_ai.images.load).
 
 Grayscale pipeline in the order of DICOM PS3.3 C.11 (the grayscale transformation
 pipeline of PS3.4 N.2.1): modality LUT (rescale slope/intercept or LUT sequence), then the
 VOI LUT or window centre/width (else the image's own range), then MONOCHROME1 inversion
 (after the VOI step, so a window keeps its meaning), then scaling to [0, 1]. Compressed
 transfer syntaxes are decoded by pydicom's pixel backends with the MIT-licensed plugins the
-project ships; see xray_ai.imaging's docstring for the licence decision on JPEG Lossless.
-Called by `load_image`; pydicom is imported here only, on first DICOM.
+project ships; see xray_ai.images.load's docstring for the licence decision on JPEG
+Lossless. Called by `load_image`; pydicom is imported here only, on first DICOM (it is
+slow to import and PNG/JPEG never need it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from xray_ai.images.load import _LUMA, ImageLoadError, _base_metadata, _check_pixels, _min_max
+from xray_ai.images.common import LUMA, ImageLoadError, base_metadata, check_pixels, min_max
 
 __all__ = ["load_dicom", "looks_like_bare_dicom"]
 
@@ -76,7 +77,7 @@ def load_dicom(
         frames = int(ds.get("NumberOfFrames") or 1)
     except (AttributeError, TypeError, ValueError) as exc:
         raise ImageLoadError(name, f"DICOM image without valid Rows/Columns/Number of Frames: {exc}") from exc
-    _check_pixels(name, cols, rows, max(frames, 1))
+    check_pixels(name, cols, rows, max(frames, 1))
 
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
     if tsyntax is None:  # no file meta (bare dataset): use the encoding it was read with
@@ -116,10 +117,10 @@ def load_dicom(
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(arr, ds)  # uint8 or uint16, by the LUT's entry size
         top = np.iinfo(rgb.dtype).max if rgb.dtype.kind in "ui" else 1.0
-        gray, voi = (np.asarray(rgb, dtype=np.float64) @ _LUMA) / top, "bit_depth"
+        gray, voi = (np.asarray(rgb, dtype=np.float64) @ LUMA) / top, "bit_depth"
     elif arr.ndim == 3:  # RGB (pydicom has already converted YBR_* to RGB)
         top = 2 ** int(ds.get("BitsStored") or 8) - 1
-        gray, voi = (np.asarray(arr, dtype=np.float64) @ _LUMA) / top, "bit_depth"
+        gray, voi = (np.asarray(arr, dtype=np.float64) @ LUMA) / top, "bit_depth"
     else:
         gray, voi = _grayscale_pipeline(arr, ds, apply_modality_lut, notes)
         if photometric == "MONOCHROME1":
@@ -163,7 +164,7 @@ def _grayscale_pipeline(
             notes.append("VOI LUT/window has an empty output range; used the image's minimum and maximum")
         except Exception as exc:  # malformed VOI attributes: fall back rather than refuse the image
             notes.append(f"VOI LUT/window could not be applied ({exc}); used the image's minimum and maximum")
-    return _min_max(values.astype(np.float64), notes), "min_max"
+    return min_max(values.astype(np.float64), notes), "min_max"
 
 
 def _voi_output_range(ds: Any, apply_voi_lut: Any) -> tuple[float, float]:
@@ -204,7 +205,7 @@ def _dicom_metadata(ds: Any, rows: int, cols: int, frames: int, tsyntax: Any) ->
         spacing = spacing if spacing and min(spacing) > 0 else None
     except (TypeError, ValueError, IndexError):
         spacing = None
-    meta = _base_metadata("dicom", (rows, cols), int(ds.BitsStored) if "BitsStored" in ds else None)
+    meta = base_metadata("dicom", (rows, cols), int(ds.BitsStored) if "BitsStored" in ds else None)
     meta.update(
         photometric_interpretation=text("PhotometricInterpretation"),
         modality=text("Modality"),

@@ -46,74 +46,29 @@ Metadata keys (all present for every format; None or empty where not applicable)
     view_position, window, voi_source, modality_lut, frames, transfer_syntax,
     pixel_spacing, mode, exif_orientation, warnings, patient, study.
 Patient identifiers live only in `metadata['patient']`.
+
+This module reads the source and dispatches on the content; the readers are
+`xray_ai.images.raster` (Pillow formats) and `xray_ai.images.dicom`, and what they
+share (XRay, the errors, the limits, the metadata schema) is `xray_ai.images.common`.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import struct
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = [
-    "XRay",
-    "ImageLoadError",
-    "ImageLoadWarning",
-    "load_image",
-    "MAX_FILE_BYTES",
-    "MAX_PIXELS",
-    "PIL_FORMATS",
-]
+from xray_ai.images import common
+from xray_ai.images.common import ImageLoadError, ImageLoadWarning, XRay
+from xray_ai.images.dicom import load_dicom, looks_like_bare_dicom
+from xray_ai.images.raster import PIL_FORMATS, load_raster
 
-MAX_FILE_BYTES = 200 * 1024 * 1024
-MAX_PIXELS = 8192 * 8192
-
-# Pillow formats we accept: plain raster formats only. Restricting Image.open keeps
-# Pillow away from plugins that shell out (EPS runs Ghostscript) or that we never test.
-PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
-
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# ITU-R BT.601 luma, the weights Pillow uses for RGB -> L.
-_LUMA = np.array([0.299, 0.587, 0.114])
-
-
-
-
-class ImageLoadError(ValueError):
-    """An image could not be loaded; the message names the file and the reason."""
-
-    def __init__(self, filename: str | None, reason: str):
-        self.filename = filename or "<bytes>"
-        self.reason = reason
-        super().__init__(f"{self.filename}: {reason}")
-
-
-class ImageLoadWarning(UserWarning):
-    """A recoverable oddity in an image (also listed in `metadata['warnings']`)."""
-
-
-@dataclass(frozen=True)
-class XRay:
-    """A radiograph in the internal form.
-
-    Attributes:
-        pixels: float32 array H x W in [0, 1]; display-ready (bone bright).
-        metadata: source format, original size, DICOM tags that matter, warnings.
-        filename: the name the image came with, for messages and reports.
-    """
-
-    pixels: np.ndarray
-    metadata: dict[str, Any] = field(default_factory=dict)
-    filename: str | None = None
-
-    @property
-    def warnings(self) -> list[str]:
-        return list(self.metadata.get("warnings", []))
+# XRay, ImageLoadError and ImageLoadWarning live in xray_ai.images.common; they are
+# re-exported here for the importers of the old flat module (prefer xray_ai.images).
+__all__ = ["load_image", "XRay", "ImageLoadError", "ImageLoadWarning"]
 
 
 def load_image(source: bytes | str | Path | BinaryIO, filename: str | None = None) -> XRay:
@@ -140,13 +95,13 @@ def load_image(source: bytes | str | Path | BinaryIO, filename: str | None = Non
         raise ImageLoadError(name, "empty file (0 bytes)")
     notes: list[str] = []
     if data[128:132] == b"DICM":
-        pixels, meta = _dicom().load_dicom(data, name, notes, force=False)
+        pixels, meta = load_dicom(data, name, notes, force=False)
     else:
-        loaded = _load_pil(data, name, notes)
+        loaded = load_raster(data, name, notes)
         if loaded is not None:
             pixels, meta = loaded
-        elif _dicom().looks_like_bare_dicom(data, name):
-            pixels, meta = _dicom().load_dicom(data, name, notes, force=True)
+        elif looks_like_bare_dicom(data, name):
+            pixels, meta = load_dicom(data, name, notes, force=True)
         else:
             raise ImageLoadError(
                 name,
@@ -163,19 +118,12 @@ def load_image(source: bytes | str | Path | BinaryIO, filename: str | None = Non
     return XRay(pixels=pixels, metadata=meta, filename=name)
 
 
-def _dicom():
-    """The DICOM reader (xray_ai.dicom), imported on first use so PNG/JPEG never load pydicom."""
-    from xray_ai.images import dicom
-
-    return dicom
-
-
 # --------------------------------------------------------------------------- input
 
 
 def _read_source(source: Any, filename: str | None) -> tuple[bytes, str]:
     """Return (bytes, display name); never reads more than MAX_FILE_BYTES + 1 bytes."""
-    limit = MAX_FILE_BYTES
+    limit = common.MAX_FILE_BYTES  # read at call time: the one place to change it
     too_big = f"file is larger than the limit of {limit:,} bytes (MAX_FILE_BYTES)"
     if isinstance(source, (bytes, bytearray, memoryview)):
         name = filename or "<bytes>"
@@ -208,141 +156,3 @@ def _read_source(source: Any, filename: str | None) -> tuple[bytes, str]:
     if len(data) > limit:
         raise ImageLoadError(name, too_big)
     return bytes(data), name
-
-
-def _base_metadata(fmt: str, size: tuple[int, int], bits: int | None) -> dict[str, Any]:
-    return {
-        "format": fmt,
-        "original_size": size,
-        "bits": bits,
-        "photometric_interpretation": None,
-        "modality": None,
-        "body_part": None,
-        "view_position": None,
-        "window": None,
-        "voi_source": None,
-        "modality_lut": None,
-        "frames": 1,
-        "transfer_syntax": None,
-        "pixel_spacing": None,
-        "mode": None,
-        "exif_orientation": None,
-        "warnings": [],
-        "patient": {},
-        "study": {},
-    }
-
-
-def _check_pixels(name: str, width: int, height: int, frames: int = 1) -> None:
-    if width <= 0 or height <= 0:
-        raise ImageLoadError(name, f"invalid image size {width} x {height} in the header")
-    total = width * height * frames
-    if total > MAX_PIXELS:
-        what = f"{width} x {height}" + (f" x {frames} frames" if frames > 1 else "")
-        raise ImageLoadError(
-            name,
-            f"image is {what} = {total:,} pixels, above the limit of {MAX_PIXELS:,} (MAX_PIXELS); "
-            "refused without decoding",
-        )
-
-
-# --------------------------------------------------------------------------- PNG / JPEG
-
-
-def _sniff_size(data: bytes, name: str) -> tuple[int, int] | None:
-    """(width, height) from a PNG IHDR or JPEG SOF header, without Pillow; None if unknown."""
-    if data.startswith(_PNG_MAGIC):
-        if len(data) < 33 or data[12:16] != b"IHDR":
-            raise ImageLoadError(name, "truncated or corrupt PNG: no IHDR header")
-        return struct.unpack(">II", data[16:24])
-    if data.startswith(b"\xff\xd8"):
-        i = 2
-        while i + 9 <= len(data) and data[i] == 0xFF:
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-                i += 2
-                continue
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
-                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-                return width, height
-            i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
-    return None
-
-
-def _load_pil(data: bytes, name: str, notes: list[str]) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """Decode with Pillow; None when Pillow does not recognise the content."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    size = _sniff_size(data, name)
-    if size is not None:
-        _check_pixels(name, *size)  # our own check, before Pillow parses anything
-    try:
-        im = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
-    except UnidentifiedImageError:
-        return None
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(name, f"refused without decoding: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise ImageLoadError(name, f"corrupt image header: {exc}") from exc
-    with im:
-        fmt = (im.format or "image").lower()
-        _check_pixels(name, *im.size)
-        frames = int(getattr(im, "n_frames", 1) or 1)
-        png_bits = data[24] if fmt == "png" else None
-        try:
-            im.load()
-            orientation = im.getexif().get(0x0112)
-            upright = ImageOps.exif_transpose(im)
-            gray, bits = _pil_to_gray(upright, png_bits, notes)
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-            raise ImageLoadError(name, f"truncated or corrupt {fmt.upper()} image: {exc}") from exc
-        meta = _base_metadata(fmt, (gray.shape[0], gray.shape[1]), bits)
-        meta.update(mode=im.mode, frames=frames, voi_source="bit_depth",
-                    exif_orientation=int(orientation) if orientation else None)
-    if frames > 1:
-        notes.append(f"{fmt.upper()} has {frames} frames; only the first is used")
-    return gray, meta
-
-
-def _pil_to_gray(im: Any, png_bits: int | None, notes: list[str]) -> tuple[np.ndarray, int]:
-    """Pillow image -> (float64 H x W in [0, 1], bit depth used for scaling)."""
-    mode = im.mode
-    if mode.startswith("I;16"):
-        return np.asarray(im, dtype=np.float64) / 65535.0, 16
-    if mode == "I":
-        arr = np.asarray(im, dtype=np.float64)
-        if png_bits == 16 or (arr.size and arr.min() >= 0 and arr.max() <= 65535):
-            return arr / 65535.0, 16
-        notes.append("32-bit integer image scaled by its own minimum and maximum")
-        return _min_max(arr, notes), 32
-    if mode == "F":
-        arr = np.asarray(im, dtype=np.float64)
-        finite = arr[np.isfinite(arr)]
-        if finite.size and finite.min() >= 0 and finite.max() <= 1:
-            return arr, 32
-        notes.append("floating-point image scaled by its own minimum and maximum")
-        return _min_max(arr, notes), 32
-    if mode == "1":
-        return np.asarray(im.convert("L"), dtype=np.float64) / 255.0, 1
-    if mode == "L":
-        return np.asarray(im, dtype=np.float64) / 255.0, png_bits or 8
-    if png_bits == 16:
-        notes.append("16-bit colour PNG: Pillow decodes it with 8 bits per channel")
-    if mode in ("LA", "La", "PA", "P", "RGBA", "RGBa"):
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float64) / 255.0
-        # Transparent areas become black (no signal), not white.
-        return (rgba[..., :3] @ _LUMA) * rgba[..., 3], 8
-    rgb = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
-    return rgb @ _LUMA, 8
-
-
-def _min_max(values: np.ndarray, notes: list[str]) -> np.ndarray:
-    finite = values[np.isfinite(values)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    if hi <= lo:
-        notes.append("image has a single value; it is shown as black")
-        return np.zeros(values.shape, dtype=np.float64)
-    return (values - lo) / (hi - lo)

@@ -4,6 +4,7 @@ The report says which model produced the result, how its threshold was chosen, a
 clinician decides. A placeholder model's report carries PLACEHOLDER_WATERMARK diagonally on
 every page. Patient and study identifiers appear only when asked for. Apart from the report
 id and the date, the same inputs give the same bytes (reportlab's invariant mode).
+How each piece looks (styles, tables, embedded images) is `xray_ai.outputs.report_layout`.
 """
 
 from __future__ import annotations
@@ -13,36 +14,33 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
-from xml.sax.saxutils import escape
 
-import cv2
 import numpy as np
-from PIL import Image as PILImage
 from reportlab.lib import colors
-from reportlab.lib.enums import TA_CENTER
 from reportlab.lib.pagesizes import A4
-from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.pdfbase.pdfmetrics import stringWidth
-from reportlab.platypus import (
-    BaseDocTemplate,
-    Frame,
-    Image,
-    KeepTogether,
-    PageTemplate,
-    Paragraph,
-    Spacer,
-    Table,
-    TableStyle,
-)
+from reportlab.platypus import BaseDocTemplate, Frame, KeepTogether, PageTemplate, Paragraph, Spacer, Table, TableStyle
 
 from xray_ai.outputs.overlay import Marker, render_overlay, to_rgb8
+from xray_ai.outputs.report_layout import (
+    MAX_EMBED_SIDE,
+    banner,
+    downscale,
+    embed_image,
+    escape_markup,
+    format_metrics,
+    grid_table,
+    key_value_table,
+    percent,
+    present_fields,
+    report_styles,
+)
 from xray_ai.result import DISCLAIMER, PLACEHOLDER_WATERMARK, AnalysisResult
 
 __all__ = ["build_report", "REPORT_TITLE", "MAX_EMBED_SIDE"]
 
 REPORT_TITLE = "X-ray decision-support report"
-MAX_EMBED_SIDE = 1024  # images are downscaled to this long side before embedding
 AGREEMENTS = {
     "agree": "The reviewing clinician agrees with the model's decision.",
     "disagree": "The reviewing clinician disagrees with the model's decision.",
@@ -98,17 +96,17 @@ def build_report(
     report_id = report_id or uuid.uuid4().hex[:12]
     now = now or datetime.now(timezone.utc)
     now = now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now.astimezone(timezone.utc)
-    styles = _styles()
+    styles = report_styles()
 
     story: list[Any] = [Paragraph(REPORT_TITLE, styles["Title"])]
     if result.placeholder:
         reason = result.placeholder_reason or "reason not recorded"
-        story.append(_banner(
+        story.append(banner(
             f"<b>{PLACEHOLDER_WATERMARK}</b><br/>The active model could not be loaded and an "
             f"untrained placeholder produced this output: the probability, decision and heatmap "
-            f"carry no meaning. Reason: {_esc(reason)}", styles, _RED))
+            f"carry no meaning. Reason: {escape_markup(reason)}", styles, _RED))
     if result.synthetic:
-        story.append(_banner(
+        story.append(banner(
             "<b>Model trained on synthetic data — no clinical meaning.</b> This demonstration "
             "model learned from generated phantoms, not from patient radiographs.",
             styles, colors.Color(0.75, 0.4, 0.0)))
@@ -117,7 +115,7 @@ def build_report(
         header.append(("Analysis time", result.created))
     if clinician:
         header.append(("Clinician", clinician))
-    story += [_table(header, styles), Spacer(1, 3 * mm)]
+    story += [key_value_table(header, styles), Spacer(1, 3 * mm)]
 
     story += _patient_section(result, include_patient, styles)
     story += _result_section(result, styles)
@@ -126,7 +124,7 @@ def build_report(
     story += _review_section(result, notes, agreement, markers, clinician, styles)
     story += _model_section(result, styles)
     story += [Spacer(1, 4 * mm), Paragraph("Disclaimer", styles["Heading2"]),
-              Paragraph(_esc(DISCLAIMER), styles["Body"])]
+              Paragraph(escape_markup(DISCLAIMER), styles["Body"])]
 
     buffer = io.BytesIO()
     doc = BaseDocTemplate(
@@ -152,10 +150,10 @@ def _patient_section(result: AnalysisResult, include: bool, styles: Mapping) -> 
                               styles["Body"]))
         return flow
     metadata = result.views[0].image.metadata
-    rows = _present(metadata.get("patient"), _PATIENT_FIELDS)
-    rows += _present(metadata.get("study"), _STUDY_FIELDS)
+    rows = present_fields(metadata.get("patient"), _PATIENT_FIELDS)
+    rows += present_fields(metadata.get("study"), _STUDY_FIELDS)
     if rows:
-        flow.append(_table(rows, styles))
+        flow.append(key_value_table(rows, styles))
     else:
         flow.append(Paragraph("The image carries no patient or study identifiers.",
                               styles["Body"]))
@@ -165,9 +163,9 @@ def _patient_section(result: AnalysisResult, include: bool, styles: Mapping) -> 
 def _result_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
     rows = [
         ("Condition", result.condition_name),
-        ("Probability", f"{_percent(result.probability)} ({result.positive_label})"),
+        ("Probability", f"{percent(result.probability)} ({result.positive_label})"),
         ("Decision", result.decision),
-        ("Threshold", f"{result.threshold:.3f} ({_percent(result.threshold)})"),
+        ("Threshold", f"{result.threshold:.3f} ({percent(result.threshold)})"),
         ("Threshold chosen by", result.threshold_method),
         ("Model", f"{result.model_id} version {result.model_version} ({result.architecture})"),
         ("Heatmap", f"{result.heatmap_method}; target layer {result.target_layer or 'none'}; "
@@ -178,12 +176,12 @@ def _result_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
         rows.append(("Body part", result.body_part_summary))
     if len(result.views) > 1:
         rows.insert(2, ("Study score", f"mean of {len(result.views)} views"))
-    flow: list[Any] = [Paragraph("Result", styles["Heading2"]), _table(rows, styles)]
+    flow: list[Any] = [Paragraph("Result", styles["Heading2"]), key_value_table(rows, styles)]
     if len(result.views) > 1:
         head = ["View", "File", "Probability", "Heatmap note"]
-        body = [[str(i), v.filename or "(unnamed)", _percent(v.probability), v.heatmap_flag or ""]
+        body = [[str(i), v.filename or "(unnamed)", percent(v.probability), v.heatmap_flag or ""]
                 for i, v in enumerate(result.views, start=1)]
-        flow += [Spacer(1, 2 * mm), _grid([head, *body], styles, (12 * mm, None, 28 * mm, 40 * mm))]
+        flow += [Spacer(1, 2 * mm), grid_table([head, *body], styles, (12 * mm, None, 28 * mm, 40 * mm))]
     return flow
 
 
@@ -202,11 +200,11 @@ def _model_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
         if all(len(v.member_probabilities) == len(result.members) for v in result.views):
             means = [sum(v.member_probabilities[i] for v in result.views) / len(result.views)
                      for i in range(len(result.members))]
-            said = "; ".join(f"{m}: {_percent(p)}" for m, p in zip(result.members, means))
+            said = "; ".join(f"{m}: {percent(p)}" for m, p in zip(result.members, means))
             rows.insert(2, ("Member probabilities", f"{said} (the result is their mean)"))
     if result.metrics:
-        rows.append(("Held-out metrics", _format_metrics(result.metrics)))
-    return [Paragraph("Model", styles["Heading2"]), _table(rows, styles)]
+        rows.append(("Held-out metrics", format_metrics(result.metrics)))
+    return [Paragraph("Model", styles["Heading2"]), key_value_table(rows, styles)]
 
 
 def _warning_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
@@ -220,7 +218,7 @@ def _warning_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
         return []
     unique = list(dict.fromkeys(warnings))
     return [Paragraph("Warnings", styles["Heading2"])] + [
-        Paragraph(_esc(w), styles["Bullet"], bulletText="•") for w in unique
+        Paragraph(escape_markup(w), styles["Bullet"], bulletText="•") for w in unique
     ]
 
 
@@ -236,18 +234,18 @@ def _review_section(
         return []
     flow: list[Any] = [Paragraph("Clinician review", styles["Heading2"])]
     if clinician:
-        flow.append(Paragraph(f"Reviewed by: {_esc(clinician)}", styles["Body"]))
+        flow.append(Paragraph(f"Reviewed by: {escape_markup(clinician)}", styles["Body"]))
     if agreement:
         flow.append(Paragraph(AGREEMENTS[agreement], styles["Body"]))
     if notes:
-        flow += [Paragraph("<b>Notes</b>", styles["Body"]), Paragraph(_esc(notes), styles["Body"])]
+        flow += [Paragraph("<b>Notes</b>", styles["Body"]), Paragraph(escape_markup(notes), styles["Body"])]
     if markers:
         flow.append(Paragraph("<b>Markers</b>", styles["Body"]))
         for number, marker in enumerate(markers, start=1):
             view = _view_name(result, marker.view)
             label = marker.label or "(no label)"
             text = f"{number}. {label} — x {marker.x:.0%}, y {marker.y:.0%} of {view}"
-            flow.append(Paragraph(_esc(text), styles["Bullet"]))
+            flow.append(Paragraph(escape_markup(text), styles["Bullet"]))
     return flow
 
 
@@ -257,7 +255,7 @@ def _image_section(
     flow: list[Any] = [Paragraph("Images", styles["Heading2"])]
     half = (A4[0] - 2 * _MARGIN - 6 * mm) / 2
     for index, view in enumerate(result.views):
-        pixels = _downscale(np.asarray(view.image.pixels, dtype=np.float32))
+        pixels = downscale(np.asarray(view.image.pixels, dtype=np.float32))
         overlay = render_overlay(
             pixels, view.heatmap, intensity, probability=view.probability,
             markers=[m for m in markers if m.view == index], placeholder=result.placeholder,
@@ -267,16 +265,16 @@ def _image_section(
         draw_h = draw_w * height / width
         if draw_h > 110 * mm:  # keep tall images on one page with their caption
             draw_w, draw_h = draw_w * 110 * mm / draw_h, 110 * mm
-        images = [_embed(to_rgb8(pixels)[:, :, 0], draw_w, draw_h),
-                  _embed(overlay, draw_w, draw_h)]
+        images = [embed_image(to_rgb8(pixels)[:, :, 0], draw_w, draw_h),
+                  embed_image(overlay, draw_w, draw_h)]
         captions = [Paragraph("Original", styles["Caption"]),
                     Paragraph(f"Heatmap overlay (intensity {intensity:.2f})", styles["Caption"])]
         grid = Table([images, captions], colWidths=[half + 3 * mm] * 2)
         grid.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"),
                                   ("VALIGN", (0, 0), (-1, -1), "TOP")]))
         title = (f"View {index + 1}: {view.filename or '(unnamed)'} — "
-                 f"probability {_percent(view.probability)}")
-        flow.append(KeepTogether([Paragraph(_esc(title), styles["Heading3"]), grid]))
+                 f"probability {percent(view.probability)}")
+        flow.append(KeepTogether([Paragraph(escape_markup(title), styles["Heading3"]), grid]))
     return flow
 
 
@@ -311,129 +309,7 @@ def _page_decorator(report_id: str, placeholder: bool):
 # --- helpers -----------------------------------------------------------------------------
 
 
-def _styles() -> dict[str, ParagraphStyle]:
-    base = getSampleStyleSheet()
-    body = ParagraphStyle("Body", parent=base["BodyText"], fontSize=9.5, leading=12.5)
-    return {
-        "Title": ParagraphStyle("ReportTitle", parent=base["Title"], fontSize=18, spaceAfter=4),
-        "Heading2": ParagraphStyle("H2", parent=base["Heading2"], fontSize=12.5, spaceBefore=8,
-                                   spaceAfter=3, keepWithNext=1),
-        "Heading3": ParagraphStyle("H3", parent=base["Heading3"], fontSize=10.5, spaceBefore=6,
-                                   spaceAfter=2),
-        "Body": body,
-        "Cell": ParagraphStyle("Cell", parent=body, fontSize=9, leading=11.5),
-        "Key": ParagraphStyle("Key", parent=body, fontSize=9, leading=11.5,
-                              fontName="Helvetica-Bold"),
-        "Bullet": ParagraphStyle("Bullet", parent=body, leftIndent=10, bulletIndent=2),
-        "Caption": ParagraphStyle("Caption", parent=body, fontSize=8.5, alignment=TA_CENTER,
-                                  textColor=colors.Color(0.3, 0.3, 0.3)),
-        "Banner": ParagraphStyle("Banner", parent=body, fontSize=10.5, leading=14,
-                                 textColor=colors.white),
-    }
-
-
-def _esc(value: Any) -> str:
-    """Plain text -> reportlab Paragraph markup (escapes <, >, &; keeps line breaks)."""
-    return escape(str(value)).replace("\r\n", "\n").replace("\n", "<br/>")
-
-
-def _percent(value: float) -> str:
-    return f"{100.0 * float(value):.1f} %"
-
-
-def _table(rows: Sequence[tuple[str, Any]], styles: Mapping) -> Table:
-    data = [[Paragraph(_esc(k), styles["Key"]), Paragraph(_esc(v), styles["Cell"])]
-            for k, v in rows]
-    table = Table(data, colWidths=[42 * mm, None], hAlign="LEFT")
-    table.setStyle(TableStyle([
-        ("VALIGN", (0, 0), (-1, -1), "TOP"),
-        ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.Color(0.85, 0.85, 0.85)),
-        ("TOPPADDING", (0, 0), (-1, -1), 2), ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
-    ]))
-    return table
-
-
-def _grid(rows: Sequence[Sequence[Any]], styles: Mapping, widths: Sequence[Any]) -> Table:
-    data = [[Paragraph(_esc(c), styles["Key" if r == 0 else "Cell"]) for c in row]
-            for r, row in enumerate(rows)]
-    table = Table(data, colWidths=list(widths), hAlign="LEFT", repeatRows=1)
-    table.setStyle(TableStyle([
-        ("GRID", (0, 0), (-1, -1), 0.4, colors.Color(0.7, 0.7, 0.7)),
-        ("BACKGROUND", (0, 0), (-1, 0), colors.Color(0.92, 0.92, 0.92)),
-        ("VALIGN", (0, 0), (-1, -1), "TOP"),
-    ]))
-    return table
-
-
-def _banner(markup: str, styles: Mapping, colour: colors.Color) -> Table:
-    table = Table([[Paragraph(markup, styles["Banner"])]], colWidths=[None])
-    table.setStyle(TableStyle([
-        ("BACKGROUND", (0, 0), (-1, -1), colour),
-        ("LEFTPADDING", (0, 0), (-1, -1), 8), ("RIGHTPADDING", (0, 0), (-1, -1), 8),
-        ("TOPPADDING", (0, 0), (-1, -1), 6), ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
-    ]))
-    return KeepTogether([table, Spacer(1, 3 * mm)])
-
-
-def _present(values: Any, fields: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    if not isinstance(values, Mapping):
-        return []
-    return [(label, str(values[key])) for key, label in fields
-            if values.get(key) not in (None, "")]
-
-
-def _format_metrics(metrics: Mapping[str, Any]) -> str:
-    """The registry's held-out figures in one paragraph: the headline numbers with their CIs.
-
-    Not the whole `metrics` dict: per-body-part tables, ROC and calibration data and the
-    training record would not fit one table cell (and reportlab cannot split a cell across
-    pages); they are in the registry entry and `models/<id>.metrics.json`.
-    """
-    ci = metrics.get("ci95", {}) if isinstance(metrics.get("ci95"), Mapping) else {}
-
-    def figure(key: str, label: str, source: Mapping[str, Any] = metrics) -> str | None:
-        value = source.get(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return None
-        bounds = ci.get(key) if source is metrics else None
-        interval = f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if isinstance(bounds, (list, tuple)) and len(bounds) == 2 else ""
-        return f"{label} {value:.3f}{interval}"
-
-    split = metrics.get("split")
-    head = f"{split} split" + (f", n = {metrics['n']}" if isinstance(metrics.get("n"), int) else "") if split else ""
-    study = metrics.get("study_level") if isinstance(metrics.get("study_level"), Mapping) else {}
-    where = metrics.get("localisation") if isinstance(metrics.get("localisation"), Mapping) else {}
-    part = metrics.get("body_part") if isinstance(metrics.get("body_part"), Mapping) else {}
-    parts = [head, figure("auc", "AUC"), figure("sensitivity", "sensitivity"), figure("specificity", "specificity"),
-             figure("kappa", "Cohen's kappa"), figure("ece", "ECE"),
-             # shown where studies have several views (else it repeats the image-level AUC)
-             figure("auc", "study-level AUC", study) if 0 < study.get("n", 0) < metrics.get("n", 0) else None,
-             figure("pointing_game", "Grad-CAM pointing game", where),
-             figure("accuracy", "body-part accuracy", part)]
-    said = "; ".join(p for p in parts if p)
-    return (said + ". All figures: the registry entry's metrics.") if said else "see the registry entry's metrics"
-
-
 def _view_name(result: AnalysisResult, index: int) -> str:
     if 0 <= index < len(result.views):
         return f"view {index + 1} ({result.views[index].filename or 'unnamed'})"
     return f"view {index + 1} (not in this study)"
-
-
-def _downscale(pixels: np.ndarray) -> np.ndarray:
-    """Float H x W image with its long side at most MAX_EMBED_SIDE (area interpolation)."""
-    height, width = pixels.shape
-    factor = MAX_EMBED_SIDE / max(height, width)
-    if factor >= 1.0:
-        return pixels
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-
-
-def _embed(array: np.ndarray, width: float, height: float) -> Image:
-    """uint8 H x W (gray) or H x W x 3 (RGB) -> a platypus Image of the given size in points."""
-    buffer = io.BytesIO()
-    # PNG keeps the radiograph lossless; level 1 because reportlab recompresses the pixels.
-    PILImage.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    buffer.seek(0)
-    return Image(buffer, width=width, height=height)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import cv2
 import numpy as np
 
-from .render import Bone, Canvas, draw_bone, draw_soft, draw_tubes, draw_blob
+from .render import Bone, Canvas, Cut, draw_blob, draw_bone, draw_soft, draw_tubes
 
 __all__ = ["Scene", "Joint", "build_limb", "render_scene", "patient_params", "PART_VIEWS"]
 
@@ -221,7 +222,6 @@ def build_limb(part: str, view: str, pp: dict) -> Scene:
 
 
 def _flat(y: float):
-    from .render import Cut
     return Cut((0.5, y), (0.0, 1.0), 0.0, "pos")
 
 
@@ -230,7 +230,6 @@ def render_scene(sc: Scene, cv: Canvas) -> None:
     for args in sc.soft:
         draw_soft(cv, *args)
     if sc.air:
-        import cv2
         m = np.zeros((cv.size, cv.size), np.uint8)
         cv2.fillPoly(m, [np.round(a * cv.size).astype(np.int32) for a in sc.air], 1)
         cv.soft -= np.minimum(draw_blob(m, 0.3 * cv.size, 0.08 * cv.size), cv.soft * 0.8)

