@@ -85,7 +85,8 @@ def bench(arch: str, repeats: int, tmp: Path) -> dict[str, float]:
 
     from xray_ai import load_image
     from xray_ai.training.architectures import build_classifier
-    from xray_ai.serving.manager import ModelManager, file_sha256
+    from xray_ai.serving.artifacts import file_sha256
+    from xray_ai.serving.manager import ModelManager
     from xray_ai.serving.onnx_backend import open_session
     from xray_ai.serving.preprocessing import prepare_batch
 

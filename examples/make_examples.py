@@ -34,7 +34,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing the package
 
-from xray_ai.images.load import load_image  # noqa: E402
+from xray_ai.images import load_image  # noqa: E402
 
 TARGET = 512
 EXAMPLES = {

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keras  # noqa: E402
 
-from xray_ai.images.load import load_image  # noqa: E402
+from xray_ai.images import load_image  # noqa: E402
 from xray_ai.registry import InputSpec, load_registry  # noqa: E402
 from xray_ai.serving import artifacts, body_part  # noqa: E402
 from xray_ai.serving.preprocessing import resize_image  # noqa: E402

@@ -5,7 +5,7 @@ import dataclasses
 import streamlit as st
 
 from ui.common import admin_gate, get_manager, registry_or_stop
-from xray_ai.serving.manager import check_entry
+from xray_ai.serving.verify import check_entry
 from xray_ai.registry import RegistryError, read_audit_log, save_registry
 
 st.title("Model registry")

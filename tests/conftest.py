@@ -132,7 +132,7 @@ def write_tiny_registry(tmp_path: Path, model_file: Path | None, *, sha256: str 
 @pytest.fixture(scope="session")
 def tiny_model_file(tmp_path_factory, flat_model):
     """The tiny flat model saved as .keras, with its sha256."""
-    from xray_ai.serving.manager import file_sha256
+    from xray_ai.serving.artifacts import file_sha256
 
     path = tmp_path_factory.mktemp("models") / "tiny.keras"
     flat_model.save(path)

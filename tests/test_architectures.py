@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from xray_ai.training.architectures import WeightsUnavailableError, build_classifier, build_placeholder
+from xray_ai.training.architectures import build_classifier, build_placeholder
+from xray_ai.training.weights import WeightsUnavailableError
 from xray_ai.explain.gradcam import GradCam, find_target_layer
 
 

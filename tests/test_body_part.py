@@ -1,4 +1,4 @@
-"""xray_ai.body_part: the auxiliary body-part head beside a model."""
+"""xray_ai.serving.body_part: the auxiliary body-part head beside a model."""
 
 import numpy as np
 

@@ -235,7 +235,7 @@ def _active_model_for(condition_name: str) -> str:
 def _served_as(model_id: str) -> tuple[bool, bool]:
     """(placeholder?, trained on synthetic data?) for a registry model, by the check the app's
     ModelManager makes: the page must show the placeholder banner exactly when it fails."""
-    from xray_ai.serving.manager import check_entry
+    from xray_ai.serving.verify import check_entry
     from xray_ai.registry import load_registry
 
     registry = load_registry(REPO / "model_registry.json")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xray_ai.images.load import load_image
+from xray_ai.images import load_image
 from xray_ai.phantoms import LABELS, MURA_PARTS, generate, write_dataset
 from xray_ai.serving.preprocessing import prepare_batch
 from xray_ai.registry import InputSpec

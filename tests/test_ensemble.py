@@ -15,7 +15,7 @@ import pytest
 from conftest import EXAMPLES, REPO, assert_registry_refused, write_tiny_registry
 from xray_ai.registry import RegistryError, load_registry, parse_registry, save_registry
 
-CONTRACT_FIELDS = {  # DESIGN.md, predict --json (as tests/test_cli.py checks for single models)
+CONTRACT_FIELDS = {  # README "Command line", predict --json (as tests/test_cli.py checks for single models)
     "condition", "model_id", "model_version", "architecture", "probability", "decision", "threshold",
     "placeholder", "placeholder_reason", "heatmap_method", "target_layer", "views", "warnings",
 }
@@ -396,13 +396,13 @@ def _folder_dataset(root, n=8):
 
 
 def test_evaluate_an_ensemble_averages_its_members_per_image(ensemble_registry, tmp_path, capsys):
-    from xray_ai.training import data as datamod
+    from xray_ai.training.datasets import read_folders
     from xray_ai import load_image
     from xray_ai.cli import main
     from xray_ai.serving.manager import ModelManager
 
     root = _folder_dataset(tmp_path / "data")
-    df = datamod.read_folders(root, "no fracture", "fracture")
+    df = read_folders(root, "no fracture", "fracture")
     loaded = ModelManager(ensemble_registry, backend="tensorflow").get(model_id="tiny-ens")
     pixels = [load_image(p).pixels for p in df["path"]]
     probs = np.array([np.mean([_keras_probability(m, x) for m in loaded.members]) for x in pixels])

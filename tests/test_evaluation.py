@@ -336,13 +336,3 @@ def test_evaluation_module_does_not_import_tensorflow():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
-
-
-def test_evaluation_still_offers_what_its_importers_read_from_it():
-    """trainer.py reads these as evaluation.X until it is repointed to their homes."""
-    assert ev.choose_threshold is calibration.choose_threshold
-    assert ev.calibrate_if_helpful is calibration.calibrate_if_helpful
-    assert ev.reliability is calibration.reliability
-    assert ev.pointing_game is heatmap_scores.pointing_game
-    assert ev.energy_inside is heatmap_scores.energy_inside
-    assert ev.POINTING_TOLERANCE == heatmap_scores.POINTING_TOLERANCE == 15 / 224

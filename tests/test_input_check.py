@@ -187,6 +187,6 @@ def test_a_shipped_body_part_head_names_the_part_of_fresh_phantoms(model_id):
     views = [XRay(phantoms.generate("msk_abnormality", abnormal=bool(i), seed=910_000 + 10 * k + i, size=224,
                                     body_part=part).image)
              for k, part in enumerate(phantoms.MURA_PARTS) for i in range(2)]
-    named = [v.body_part[1] for v in analyze(views, None, manager=manager, model_id=model_id).views]
+    named = [v.body_part.part for v in analyze(views, None, manager=manager, model_id=model_id).views]
     expected = [part for part in phantoms.MURA_PARTS for _ in range(2)]
     assert sum(n == e for n, e in zip(named, expected)) >= 12, list(zip(named, expected))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pypdf import PdfReader
 
-from xray_ai.images.load import XRay
+from xray_ai.images import XRay
 from xray_ai.outputs.overlay import Marker
 from xray_ai.outputs.report import build_report
 from xray_ai.result import PLACEHOLDER_WATERMARK, AnalysisResult, BodyPartEstimate, ViewResult

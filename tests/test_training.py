@@ -25,11 +25,11 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
     registry = tmp_path / "registry.json"
     shutil.copy(REPO / "model_registry.json", registry)
-    import xray_ai.training.evaluation as evaluation
+    import xray_ai.training.held_out as held_out
 
     seen = []
-    real_choose = evaluation.choose_threshold
-    monkeypatch.setattr(evaluation, "choose_threshold",
+    real_choose = held_out.choose_threshold
+    monkeypatch.setattr(held_out, "choose_threshold",
                         lambda y, p, *a, **k: seen.append(np.asarray(y).copy()) or real_choose(y, p, *a, **k))
     code = main([
         "train", "--protocol", "quick", "--condition", "fracture", "--arch", "mobilenetv2", "--data", str(tiny_dataset),
@@ -102,13 +102,14 @@ def test_training_fits_the_input_check_on_the_pipelines_images(tiny_dataset):
     from xray_ai.serving.preprocessing import prepare_batch
     from xray_ai.training.architectures import build_classifier
     from xray_ai.training.datasets import read_mura
-    from xray_ai.training.features import fit_input_check
+    from xray_ai.training.features import fit_input_check, pipeline_features
 
     df = read_mura(tiny_dataset)
     train = df[df["split"] == "train"].reset_index(drop=True)
     spec = InputSpec(32, 32, 3)
     model = build_classifier("compactcnn", spec.shape, dense_units=8)
-    check = fit_input_check(model, train, train, spec, "c" * 64, "tiny phantoms")
+    check = fit_input_check(pipeline_features(model, spec), train, train, "c" * 64, "tiny phantoms")
+    assert check.source == f"tiny phantoms (train {len(train)}, valid {len(train)} images)"
     assert check.n_fit == check.n_calibration == len(train) and check.model_sha256 == "c" * 64
     pooled = GradCam(model)(prepare_batch([load_image(p).pixels for p in train["path"]], spec)).pooled_features
     distances = check.distances(pooled)
@@ -202,3 +203,14 @@ def test_body_part_targets_index_the_listed_parts_and_weigh_unknown_ones_zero():
     df = pd.DataFrame({"body_part": ["wrist", None, "elbow", "knee"]})
     index, weight = body_part_targets(df, ("elbow", "wrist"))
     assert index.tolist() == [1, 0, 0, 0] and weight.tolist() == [1, 0, 1, 0]
+
+
+def test_importing_the_training_steps_imports_neither_tensorflow_nor_keras():
+    """Every step of `train` imports TensorFlow and Keras where it runs them, so that the CLI
+    and models/fit_on_gpu.py (Keras on JAX) can import the steps without them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, xray_ai.training.trainer, xray_ai.training.datasets; "
+            "assert not {'tensorflow', 'keras'} & set(sys.modules), 'tensorflow or keras imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

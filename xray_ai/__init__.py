@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xray_ai.images.load import ImageLoadError, XRay, load_image
+from xray_ai.images import ImageLoadError, XRay, load_image
 from xray_ai.result import AnalysisResult, ViewResult
 from xray_ai.version import __version__
 

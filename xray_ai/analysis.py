@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from xray_ai.explain.base import METHODS
-from xray_ai.images.load import XRay
+from xray_ai.images import XRay
 from xray_ai.result import AnalysisResult, BodyPartEstimate, ViewResult
 from xray_ai.serving.manager import LoadedEnsemble, LoadedModel, ModelManager
 from xray_ai.serving.preprocessing import prepare_batch, resize_image

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from xray_ai.images.load import XRay
+from xray_ai.images import XRay
 
 __all__ = ["BodyPartEstimate", "ViewResult", "AnalysisResult", "PLACEHOLDER_WATERMARK", "DISCLAIMER"]
 

@@ -39,7 +39,7 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train, evaluate and optionally register a model")
     t.add_argument("--protocol", choices=["quick", "intensive"], default="quick")
     t.add_argument("--condition", required=True)
-    t.add_argument("--arch", required=True, help="densenet121, mobilenetv2 (or another backbone of architectures.py)")
+    t.add_argument("--arch", required=True, help="densenet121, mobilenetv2 (or another backbone of xray_ai.training.architectures)")
     t.add_argument("--data", type=Path, required=True, help="dataset root")
     t.add_argument("--layout", choices=["mura", "folders"], default="folders")
     t.add_argument("--out", type=Path, default=Path("models"))
@@ -101,7 +101,8 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from xray_ai.registry import RegistryError
-    from xray_ai.training.architectures import BACKBONES, WeightsUnavailableError
+    from xray_ai.training.architectures import BACKBONES
+    from xray_ai.training.weights import WeightsUnavailableError
     from xray_ai.training.trainer import TrainConfig, train
 
     if args.arch not in BACKBONES:
@@ -133,7 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from xray_ai.registry import RegistryError
-    from xray_ai.serving.manager import ModelManager, check_model_file
+    from xray_ai.serving.manager import ModelManager
+    from xray_ai.serving.verify import check_model_file
 
     try:
         manager = ModelManager(args.registry, backend="auto", warm_up=False)
@@ -172,7 +174,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 def cmd_fit_input_check(args: argparse.Namespace) -> int:
     from xray_ai.analysis import pooled_features
-    from xray_ai.serving.input_check import DEFAULT_PERCENTILE, fit, save, sidecar_path
+    from xray_ai.serving.artifacts import input_check_path
+    from xray_ai.serving.input_check import DEFAULT_PERCENTILE, save
+    from xray_ai.training.features import fit_input_check
 
     manager, loaded, df = _model_and_dataset(args, "fit its input check")
     if loaded.entry.is_ensemble:
@@ -188,12 +192,11 @@ def cmd_fit_input_check(args: argparse.Namespace) -> int:
         return _over_images(part["path"], lambda pixels: pooled_features(loaded, pixels))
 
     try:
-        distribution = fit(features(parts["train"]), features(parts["valid"]), loaded.entry.sha256,
-                           source=f"{args.data.name} (train {len(parts['train'])}, valid {len(parts['valid'])} images)",
-                           percentile=percentile)
+        distribution = fit_input_check(features, parts["train"], parts["valid"], loaded.entry.sha256, args.data.name,
+                                       percentile=percentile)
     except ValueError as exc:
         raise BadInput(f"{args.model_id}: {exc}") from None
-    path = save(distribution, sidecar_path(loaded.entry.resolve_path(manager.registry.base_dir)))
+    path = save(distribution, input_check_path(loaded.entry.resolve_path(manager.registry.base_dir)))
     print(f"{args.model_id}: input check fitted on {distribution.n_fit} images, threshold {distribution.threshold:.3f} "
           f"(the {percentile:g}th percentile of {distribution.n_calibration} valid images) -> {path}")
     return EXIT_OK
@@ -204,7 +207,7 @@ def _over_images(paths, per_chunk, chunk: int = 32):
     a time so that memory stays bounded; the results concatenated, in the order of `paths`."""
     import numpy as np
 
-    from xray_ai.images.load import load_image
+    from xray_ai.images import load_image
 
     return np.concatenate([per_chunk([load_image(p).pixels for p in paths.iloc[start : start + chunk]])
                            for start in range(0, len(paths), chunk)])
@@ -215,14 +218,13 @@ def _model_and_dataset(args: argparse.Namespace, purpose: str = "evaluate"):
     BadInput, naming `purpose`, when unusable."""
     from xray_ai.registry import RegistryError
     from xray_ai.serving.manager import ModelManager
-    from xray_ai.training import data as datamod
+    from xray_ai.training.datasets import read_dataset
 
     try:
         manager = ModelManager(args.registry)
         loaded = manager.get(model_id=args.model_id)
         condition = manager.registry.condition(loaded.entry.condition)
-        df = (datamod.read_mura(args.data) if args.layout == "mura"
-              else datamod.read_folders(args.data, condition.negative_label, condition.positive_label))
+        df = read_dataset(args.layout, args.data, condition.negative_label, condition.positive_label)
     except (RegistryError, ValueError) as exc:
         raise BadInput(str(exc)) from None
     if loaded.placeholder:
@@ -265,7 +267,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_explain_eval(args: argparse.Namespace) -> int:
     from xray_ai.explain.methods import explainer_for
-    from xray_ai.explain.scores import evaluate_explanations, explain_json_path, format_table, lesion_cases, save
+    from xray_ai.explain.evaluate import evaluate_explanations, explain_json_path, format_table, lesion_cases, save
 
     manager, loaded, df = _model_and_dataset(args)
     if loaded.entry.is_ensemble:

@@ -52,7 +52,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_images(paths: Sequence[Path]):
-    from xray_ai.images.load import ImageLoadError, load_image
+    from xray_ai.images import ImageLoadError, load_image
 
     images = []
     for path in paths:

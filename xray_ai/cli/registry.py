@@ -32,7 +32,7 @@ def add_registry_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_registry(args: argparse.Namespace) -> int:
     from xray_ai.registry import RegistryError, load_registry, save_registry
-    from xray_ai.serving.manager import check_entry
+    from xray_ai.serving.verify import check_entry
 
     try:
         registry = load_registry(args.registry)

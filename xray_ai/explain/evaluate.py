@@ -1,5 +1,5 @@
 """The heatmap-trust report around the scores (xray_ai.explain.scores): which images it is
-measured on, how it is printed, and where it is kept.
+measured on, every method scored on them, how it is printed, and where it is kept.
 
 `python -m xray_ai explain-eval --model ID --data DIR` prints the table and writes the JSON
 beside the model file (`<model>.explain.json`, named by xray_ai.serving.artifacts), where
@@ -8,18 +8,21 @@ the performance page finds it.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from xray_ai.images.load import load_image
+from xray_ai.explain.scores import POINTING_TOLERANCE, STEPS, deletion_insertion, energy_inside, pointing_game
+from xray_ai.images import load_image
 from xray_ai.serving import artifacts
 from xray_ai.serving.preprocessing import prepare_batch
 
-__all__ = ["lesion_cases", "format_table", "explain_json_path", "save", "load_report"]
+__all__ = ["lesion_cases", "evaluate_explanations", "format_table", "explain_json_path", "save", "load_report"]
 
 
 def explain_json_path(model_path: str | Path) -> Path:
@@ -32,7 +35,7 @@ def lesion_cases(rows: Any, spec: Any, preprocessing: str = "unit",
     """Model-ready images and boolean lesion masks of the abnormal rows that have a non-empty mask.
 
     Args:
-        rows: a dataset frame (xray_ai.training.data readers) with `path`, `label` and `mask_path`.
+        rows: a dataset frame (xray_ai.training.datasets readers) with `path`, `label` and `mask_path`.
         spec: the model's InputSpec; preprocessing: its registry `preprocessing`.
         limit: stop after this many cases.
 
@@ -79,3 +82,47 @@ def load_report(path: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return report if isinstance(report, dict) and isinstance(report.get("methods"), dict) else None
+
+
+def evaluate_explanations(explainer: Any, predict: Callable[[np.ndarray], np.ndarray],
+                          images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                          methods: Sequence[str], *, model_id: str = "",
+                          progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+    """Scores per method over abnormal images with lesion masks.
+
+    Args:
+        explainer: an xray_ai.explain.methods.Explainer for the model.
+        predict: model-ready batch -> probabilities (N,).
+        images: model-ready images (H, W, C), abnormal cases only.
+        masks: boolean lesion masks (any size), one per image, non-empty.
+        methods: ids from xray_ai.explain.base.METHODS.
+    """
+    if not images:
+        raise ValueError("no abnormal images with a lesion mask to evaluate explanations on")
+    results: dict[str, Any] = {}
+    for method in methods:
+        maps, seconds, deletion, insertion = [], [], [], []
+        for i, x in enumerate(images):
+            out = explainer.explain(x[None], method)
+            maps.append(out.heatmap)
+            seconds.append(out.seconds)
+            d, ins = deletion_insertion(predict, x, out.heatmap)
+            deletion.append(d)
+            insertion.append(ins)
+            if progress:
+                progress(method, i + 1)
+        results[method] = {
+            "pointing_game": pointing_game(maps, masks),
+            "pointing_game_tolerant": pointing_game(maps, masks, POINTING_TOLERANCE),  # 15 px at 224
+            "energy_inside": energy_inside(maps, masks),
+            "deletion_auc": float(np.mean(deletion)),
+            "insertion_auc": float(np.mean(insertion)),
+            "seconds_per_image": float(np.median(seconds)),
+        }
+    return {
+        "model_id": model_id,
+        "n_images": len(images),
+        "steps": STEPS,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "methods": results,
+    }

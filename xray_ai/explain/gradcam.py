@@ -90,10 +90,6 @@ def resolve_layer_path(model: keras.Model, path: str) -> list[keras.layers.Layer
     return chain
 
 
-# serving/ (head.py, formerly onnx_backend.py) imports the old private name.
-_resolve_path = resolve_layer_path  # re-exported for importers outside explain/ (to be repointed)
-
-
 def _final_layer(model: keras.Model) -> keras.layers.Layer:
     """The layer producing the model's output, descending into nested models."""
     layer = model.layers[-1]

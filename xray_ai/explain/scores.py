@@ -12,44 +12,20 @@ On abnormal images that carry a lesion mask (the phantoms do):
   images closer to radiographs (the concern ROAD raises about out-of-distribution masks);
 - seconds per image.
 
-`evaluate_explanations` gives all of them for each method; xray_ai.explain.evaluate picks
+xray_ai.explain.evaluate gives all of them for each method (`evaluate_explanations`), picks
 the images, prints the table and keeps the report (README, "Explanations and how far to
 trust them"). No tensorflow here: training scores its Grad-CAM with the same functions.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
-# The dataset-level names that lived here before explain/evaluate.py; trainer.py and the CLI still
-# import them from here.
-from xray_ai.explain.evaluate import (  # re-exported for importers outside explain/ (to be repointed)
-    explain_json_path,
-    format_table,
-    lesion_cases,
-    load_report,
-    save,
-)
-
-__all__ = [
-    "POINTING_TOLERANCE",
-    "STEPS",
-    "pointing_game",
-    "energy_inside",
-    "deletion_insertion",
-    "evaluate_explanations",
-    # re-exported for importers outside explain/ (to be repointed)
-    "lesion_cases",
-    "format_table",
-    "explain_json_path",
-    "save",
-    "load_report",
-]
+__all__ = ["POINTING_TOLERANCE", "STEPS", "pointing_game", "energy_inside", "deletion_insertion"]
 
 # Zhang et al. (2016), "Top-down neural attention by excitation backprop": a hit when the
 # maximum lies within 15 pixels of the object, on inputs of about 224 pixels.
@@ -178,50 +154,3 @@ def deletion_insertion(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarra
 
 
 # --------------------------------------------------------------------------- per method
-
-
-def evaluate_explanations(explainer: Any, predict: Callable[[np.ndarray], np.ndarray],
-                          images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                          methods: Sequence[str], *, model_id: str = "",
-                          progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
-    """Scores per method over abnormal images with lesion masks.
-
-    Kept here rather than in explain/evaluate.py while this module re-exports that one's
-    names: evaluate importing these scores back would be an import circle.
-
-    Args:
-        explainer: an xray_ai.explain.methods.Explainer for the model.
-        predict: model-ready batch -> probabilities (N,).
-        images: model-ready images (H, W, C), abnormal cases only.
-        masks: boolean lesion masks (any size), one per image, non-empty.
-        methods: ids from xray_ai.explain.base.METHODS.
-    """
-    if not images:
-        raise ValueError("no abnormal images with a lesion mask to evaluate explanations on")
-    results: dict[str, Any] = {}
-    for method in methods:
-        maps, seconds, deletion, insertion = [], [], [], []
-        for i, x in enumerate(images):
-            out = explainer.explain(x[None], method)
-            maps.append(out.heatmap)
-            seconds.append(out.seconds)
-            d, ins = deletion_insertion(predict, x, out.heatmap)
-            deletion.append(d)
-            insertion.append(ins)
-            if progress:
-                progress(method, i + 1)
-        results[method] = {
-            "pointing_game": pointing_game(maps, masks),
-            "pointing_game_tolerant": pointing_game(maps, masks, POINTING_TOLERANCE),  # 15 px at 224
-            "energy_inside": energy_inside(maps, masks),
-            "deletion_auc": float(np.mean(deletion)),
-            "insertion_auc": float(np.mean(insertion)),
-            "seconds_per_image": float(np.median(seconds)),
-        }
-    return {
-        "model_id": model_id,
-        "n_images": len(images),
-        "steps": STEPS,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "methods": results,
-    }

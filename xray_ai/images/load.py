@@ -66,9 +66,7 @@ from xray_ai.images.common import ImageLoadError, ImageLoadWarning, XRay
 from xray_ai.images.dicom import load_dicom, looks_like_bare_dicom
 from xray_ai.images.raster import PIL_FORMATS, load_raster
 
-# XRay, ImageLoadError and ImageLoadWarning live in xray_ai.images.common; they are
-# re-exported here for the importers of the old flat module (prefer xray_ai.images).
-__all__ = ["load_image", "XRay", "ImageLoadError", "ImageLoadWarning"]
+__all__ = ["load_image"]
 
 
 def load_image(source: bytes | str | Path | BinaryIO, filename: str | None = None) -> XRay:

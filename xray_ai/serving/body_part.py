@@ -1,4 +1,5 @@
-"""Which body part does an image show? A model's auxiliary body-part head (source 002).
+"""Which body part does an image show? A model's auxiliary body-part head (source document
+002, the MURA multi-task paper: a body-part head beside the abnormality head).
 
 `train --body-part-weight W` trains a softmax head over the MURA body parts next to the
 main task, on the pooled features the classifier's own head reads (multi-task learning:

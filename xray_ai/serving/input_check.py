@@ -31,11 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xray_ai.serving.artifacts import (  # re-exported for importers outside serving/ (to be repointed)
-    input_check_path as sidecar_path,
-)
-
-__all__ = ["FeatureDistribution", "fit", "sidecar_path", "load", "save", "DEFAULT_PERCENTILE"]
+__all__ = ["FeatureDistribution", "fit", "load", "save", "DEFAULT_PERCENTILE"]
 
 DEFAULT_PERCENTILE = 99.5
 

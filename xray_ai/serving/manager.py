@@ -42,17 +42,12 @@ from xray_ai.registry import ModelEntry, Registry, RegistryError, default_regist
 from xray_ai.serving import body_part, input_check
 from xray_ai.serving.analyzer import Analyzer
 from xray_ai.serving.artifacts import body_part_path, input_check_path
-from xray_ai.serving.artifacts import file_sha256  # re-exported for importers outside serving/ (to be repointed)
 from xray_ai.serving.body_part import BodyPartHead
 from xray_ai.serving.head import UnsupportedHead, detect_head
 from xray_ai.serving.input_check import FeatureDistribution
 from xray_ai.serving.onnx_backend import OnnxGradCam, export_model, export_paths, export_stamp, load_export
 from xray_ai.serving.settings import BACKENDS, cache_dir, default_backend
 from xray_ai.serving.verify import ModelProblem, load_verified
-from xray_ai.serving.verify import (  # re-exported for importers outside serving/ (to be repointed)
-    check_entry,
-    check_model_file,
-)
 
 if TYPE_CHECKING:
     import keras
@@ -61,10 +56,6 @@ __all__ = [
     "ModelManager",
     "LoadedModel",
     "LoadedEnsemble",
-    # re-exported for importers outside serving/ (to be repointed)
-    "file_sha256",
-    "check_model_file",
-    "check_entry",
 ]
 
 log = logging.getLogger(__name__)

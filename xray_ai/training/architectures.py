@@ -20,17 +20,16 @@ import keras
 from keras import layers
 
 from xray_ai.training.efficientnet_lite import INPUT_MEAN_255, INPUT_STD_255, EfficientNetLite0
-# Raised here too; defined in training.weights so that efficientnet_lite need not import this
-# module. Also re-exported for importers outside training/ (to be repointed).
+# Defined in training.weights, which efficientnet_lite raises it from too.
 from xray_ai.training.weights import WeightsUnavailableError
 
 __all__ = [
     "BACKBONES",
+    "CompactCNN",
     "Backbone",
     "build_classifier",
     "build_placeholder",
     "PLACEHOLDER_NAME",
-    "WeightsUnavailableError",  # re-exported for importers outside training/ (to be repointed)
 ]
 
 log = logging.getLogger(__name__)

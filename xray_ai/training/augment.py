@@ -24,9 +24,10 @@ __all__ = ["AugmentConfig", "augment_batch"]
 class AugmentConfig:
     """Training-time augmentation, applied per image inside the tf graph.
 
-    Defaults follow the seed documents (rotation 20 degrees, shifts and zoom 20 %, horizontal
-    flip; blur, shear and noise from the MobileNetV2 report, off by default). Rotation,
-    shift, zoom, shear and flip are composed into one affine warp (one resampling, not four).
+    Defaults follow the project's source documents (rotation 20 degrees, shifts and zoom 20 %,
+    horizontal flip; blur, shear and noise from source document 000, the MURA study of a
+    tuned MobileNetV2, off by default). Rotation, shift, zoom, shear and flip are composed
+    into one affine warp (one resampling, not four).
 
     Attributes:
         rotation_degrees: angle drawn uniformly from [-r, r].

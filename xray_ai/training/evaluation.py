@@ -26,29 +26,10 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-# trainer.py reads the localisation scores and the operating-point choice as evaluation.X.
-from xray_ai.explain.scores import (  # re-exported for importers outside training/evaluation (to be repointed)
-    POINTING_TOLERANCE,
-    energy_inside,
-    pointing_game,
-)
-from xray_ai.training.calibration import (  # re-exported for importers outside training/evaluation (to be repointed)
-    calibrate_if_helpful,
-    choose_threshold,
-)
 from xray_ai.training.calibration import reliability
 from xray_ai.training.metrics import SCALAR_METRICS, as_arrays, binary_metrics, bootstrap_ci, per_group, study_level
 
-__all__ = [
-    "evaluation_report",
-    "reliability",  # used here, and by trainer.py as evaluation.reliability
-    # re-exported for importers outside training/evaluation (to be repointed)
-    "calibrate_if_helpful",
-    "choose_threshold",
-    "pointing_game",
-    "energy_inside",
-    "POINTING_TOLERANCE",
-]
+__all__ = ["evaluation_report"]
 
 _MAX_ROC_POINTS = 101  # the stored ROC curve is thinned to this many points
 

@@ -68,7 +68,7 @@ def build_for_training(config: TrainConfig, spec: InputSpec, lesion_weight: floa
     """
     import keras
 
-    from xray_ai.training.architectures import build_classifier
+    from xray_ai.training.architectures import build_classifier  # imports keras
 
     keras.utils.set_random_seed(config.seed)
     with distribution_strategy().scope():

@@ -88,7 +88,7 @@ def with_heads(model, lesion_weight: float = 0.0, body_parts: tuple[str, ...] | 
     """
     import keras
 
-    from xray_ai.explain.gradcam import find_target_layer
+    from xray_ai.explain.gradcam import find_target_layer  # imports keras
 
     if not lesion_weight and not body_part_weight:
         return keras.Model(model.input, model.output), Heads()

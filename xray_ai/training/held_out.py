@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from xray_ai.explain import scores
 from xray_ai.explain.evaluate import lesion_cases
 from xray_ai.registry import InputSpec
 from xray_ai.training import evaluation
+from xray_ai.training.calibration import choose_threshold, reliability
 from xray_ai.training.features import pooled_features
 from xray_ai.training.temperature import Calibration, predict
 
@@ -33,8 +35,8 @@ class OperatingPoint:
 
 def choose_operating_point(y_valid, p_valid) -> OperatingPoint:
     """The operating points from the validation split's labels and (calibrated) probabilities."""
-    threshold, method = evaluation.choose_threshold(y_valid, p_valid, "youden")
-    high_sensitivity = evaluation.choose_threshold(y_valid, p_valid, "sensitivity", target=0.9)
+    threshold, method = choose_threshold(y_valid, p_valid, "youden")
+    high_sensitivity = choose_threshold(y_valid, p_valid, "sensitivity", target=0.9)
     return OperatingPoint(threshold, method, high_sensitivity)
 
 
@@ -60,7 +62,7 @@ def evaluate_held_out(model, parts: dict, spec: InputSpec, batch_size: int, cali
     metrics["temperature_scaling"] = {
         "temperature": calibration.temperature, "fitted_on": "valid",
         "valid_ece_before": calibration.valid_ece_before, "valid_ece_after": calibration.valid_ece_after,
-        f"{eval_name}_ece_after": evaluation.reliability(y_eval, p_eval)["ece"],
+        f"{eval_name}_ece_after": reliability(y_eval, p_eval)["ece"],
         # folded into the saved logit layer: the served probability is the calibrated one
         "applied_at_inference": calibration.temperature != 1.0,
     }
@@ -85,11 +87,11 @@ def localisation(model, df, spec: InputSpec) -> dict[str, Any] | None:
     heatmaps = [cam(x[None]).heatmaps[0] for x in images]
     return {
         "n": len(masks),
-        "pointing_game": evaluation.pointing_game(heatmaps, masks),
+        "pointing_game": scores.pointing_game(heatmaps, masks),
         # within 15 px at 224 (the original game's tolerance), scaled to the input size
-        "pointing_game_tolerant": evaluation.pointing_game(heatmaps, masks, evaluation.POINTING_TOLERANCE),
-        "pointing_tolerance": evaluation.POINTING_TOLERANCE,
-        "energy_inside": evaluation.energy_inside(heatmaps, masks),
+        "pointing_game_tolerant": scores.pointing_game(heatmaps, masks, scores.POINTING_TOLERANCE),
+        "pointing_tolerance": scores.POINTING_TOLERANCE,
+        "energy_inside": scores.energy_inside(heatmaps, masks),
         "target_layer": cam.target_layer,
     }
 

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image, UnidentifiedImageError
 
+from xray_ai.images import load_image
 from xray_ai.registry import InputSpec
 from xray_ai.training.augment import AugmentConfig, augment_batch
 from xray_ai.training.splits import body_part_targets
@@ -50,8 +52,6 @@ def _needs_loader(path: str) -> bool:
         return False
     if suffix not in (".jpg", ".jpeg"):
         return True
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:  # reads the header only
             return im.getexif().get(0x0112, 1) != 1
@@ -90,8 +90,6 @@ def _decode_tf(path: tf.Tensor) -> tf.Tensor:
 def _decode_loader(path: tf.Tensor) -> tf.Tensor:
     """Any format `load_image` reads (DICOM included), through Python: holds the GIL."""
     import tensorflow as tf
-
-    from xray_ai.images.load import load_image
 
     def load(p: bytes) -> np.ndarray:
         return load_image(p.decode("utf-8")).pixels

@@ -17,7 +17,7 @@ from typing import Any
 from xray_ai.registry import InputSpec
 from xray_ai.serving import artifacts, body_part, input_check
 from xray_ai.training.config import Protocol, TrainConfig
-from xray_ai.training.features import fit_input_check, input_check_source
+from xray_ai.training.features import fit_input_check, pipeline_features
 
 __all__ = ["default_model_id", "save_model", "save_input_check"]
 
@@ -48,8 +48,7 @@ def save_input_check(model, parts: dict, spec: InputSpec, path: Path, sha256: st
     the model at `path`; where it cannot be fitted (e.g. fewer than 20 validation images) say
     why and save none, since the model works without one. Returns it, or None."""
     try:
-        check = fit_input_check(model, parts["train"], parts["valid"], spec, sha256,
-                                input_check_source(data_name, parts["train"], parts["valid"]))
+        check = fit_input_check(pipeline_features(model, spec), parts["train"], parts["valid"], sha256, data_name)
     except ValueError as exc:
         print(f"input check not fitted: {exc}", file=stream, flush=True)
         return None

@@ -1,5 +1,5 @@
 """Calibrating a fitted model: a temperature fitted on the validation split, kept only where
-it helps there (`evaluation.calibrate_if_helpful`), then folded into the model's logit layer.
+it helps there (`calibration.calibrate_if_helpful`), then folded into the model's logit layer.
 
 Folded, the saved model itself serves the calibrated probability (every backend, the heatmap
 unchanged up to scale), and the operating point chosen afterwards is chosen on the
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xray_ai.registry import InputSpec
-from xray_ai.training import evaluation
+from xray_ai.training import calibration
 from xray_ai.training.pipeline import make_dataset
 
 __all__ = ["predict", "fold_temperature", "Calibration", "calibrate"]
@@ -48,7 +48,7 @@ def calibrate(model, valid_df, spec: InputSpec, batch_size: int) -> Calibration:
     """Fit a temperature on `valid_df` and, when one is kept, fold it into `model` (which
     changes it in place)."""
     y_valid, p_valid = valid_df["label"].to_numpy(), predict(model, valid_df, spec, batch_size)
-    temperature, ece_before, ece_after = evaluation.calibrate_if_helpful(y_valid, p_valid)
+    temperature, ece_before, ece_after = calibration.calibrate_if_helpful(y_valid, p_valid)
     if temperature != 1.0:
         fold_temperature(model, temperature)
         p_valid = predict(model, valid_df, spec, batch_size)  # what the folded model serves
