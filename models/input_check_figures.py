@@ -34,6 +34,6 @@ for mid, entry in manager.registry.models.items():
              f"flagged {sum(x > check.threshold for x in d)}/100"]
     for name, img in {**real, **{k: XRay(v) for k, v in others.items()}}.items():
         r = analyze(img, None, manager=manager, model_id=mid)
-        bp = f", part {r.views[0].body_part[1]}" if r.views[0].body_part else ""
+        bp = f", part {r.views[0].body_part.part}" if r.views[0].body_part else ""
         parts.append(f"{name} {r.views[0].input_checks[0][1]:.2f} (p={r.probability:.3f}{bp})")
     print("; ".join(parts), flush=True)

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_PIXELS",
     "LUMA",
+    "is_real_colour",
     "base_metadata",
     "check_pixels",
     "min_max",
@@ -85,11 +86,32 @@ def base_metadata(fmt: str, size: tuple[int, int], bits: int | None) -> dict[str
         "transfer_syntax": None,
         "pixel_spacing": None,
         "mode": None,
+        "colour": False,
         "exif_orientation": None,
         "warnings": [],
         "patient": {},
         "study": {},
     }
+
+
+# A pixel is coloured when its channels spread by more than this (of full scale); an image is
+# a real colour image when more than COLOUR_SHARE of its pixels are. Gray stored as RGB (and
+# its JPEG chroma noise, a few levels) stays well below; a photograph or a colour-Doppler
+# frame is far above; a small coloured marker burned into a radiograph is not enough.
+COLOUR_SPREAD = 0.1
+COLOUR_SHARE = 0.01
+
+
+def is_real_colour(rgb: np.ndarray) -> bool:
+    """Whether an H x W x 3 image (any scale; float or integer) holds real colour, not gray
+    stored in three channels."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] < 3 or rgb.size == 0:
+        return False
+    top = float(np.iinfo(rgb.dtype).max) if rgb.dtype.kind in "ui" else max(float(np.nanmax(rgb)), 1.0)
+    channels = rgb[..., :3].astype(np.float32)
+    spread = (channels.max(axis=-1) - channels.min(axis=-1)) / top
+    return bool(np.mean(spread > COLOUR_SPREAD) > COLOUR_SHARE)
 
 
 def check_pixels(name: str, width: int, height: int, frames: int = 1) -> None:

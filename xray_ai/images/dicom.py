@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from xray_ai.images.common import LUMA, ImageLoadError, base_metadata, check_pixels, min_max
+from xray_ai.images.common import LUMA, ImageLoadError, base_metadata, check_pixels, is_real_colour, min_max
 
 __all__ = ["load_dicom", "looks_like_bare_dicom"]
 
@@ -118,9 +118,11 @@ def load_dicom(
         rgb = apply_color_lut(arr, ds)  # uint8 or uint16, by the LUT's entry size
         top = np.iinfo(rgb.dtype).max if rgb.dtype.kind in "ui" else 1.0
         gray, voi = (np.asarray(rgb, dtype=np.float64) @ LUMA) / top, "bit_depth"
+        meta["colour"] = is_real_colour(rgb)
     elif arr.ndim == 3:  # RGB (pydicom has already converted YBR_* to RGB)
         top = 2 ** int(ds.get("BitsStored") or 8) - 1
         gray, voi = (np.asarray(arr, dtype=np.float64) @ LUMA) / top, "bit_depth"
+        meta["colour"] = is_real_colour(arr)
     else:
         gray, voi = _grayscale_pipeline(arr, ds, apply_modality_lut, notes)
         if photometric == "MONOCHROME1":

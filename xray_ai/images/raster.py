@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from xray_ai.images.common import LUMA, ImageLoadError, base_metadata, check_pixels, min_max
+from xray_ai.images.common import LUMA, ImageLoadError, base_metadata, check_pixels, is_real_colour, min_max
 
 __all__ = ["PIL_FORMATS", "load_raster"]
 
@@ -52,11 +52,11 @@ def load_raster(data: bytes, name: str, notes: list[str]) -> tuple[np.ndarray, d
             im.load()
             orientation = im.getexif().get(0x0112)
             upright = ImageOps.exif_transpose(im)
-            gray, bits = _pil_to_gray(upright, png_bits, notes)
+            gray, bits, colour = _pil_to_gray(upright, png_bits, notes)
         except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
             raise ImageLoadError(name, f"truncated or corrupt {fmt.upper()} image: {exc}") from exc
         meta = base_metadata(fmt, (gray.shape[0], gray.shape[1]), bits)
-        meta.update(mode=im.mode, frames=frames, voi_source="bit_depth",
+        meta.update(mode=im.mode, frames=frames, voi_source="bit_depth", colour=colour,
                     exif_orientation=int(orientation) if orientation else None)
     if frames > 1:
         notes.append(f"{fmt.upper()} has {frames} frames; only the first is used")
@@ -86,33 +86,35 @@ def _sniff_size(data: bytes, name: str) -> tuple[int, int] | None:
     return None
 
 
-def _pil_to_gray(im: Any, png_bits: int | None, notes: list[str]) -> tuple[np.ndarray, int]:
-    """Pillow image -> (float64 H x W in [0, 1], bit depth used for scaling)."""
+def _pil_to_gray(im: Any, png_bits: int | None, notes: list[str]) -> tuple[np.ndarray, int, bool]:
+    """Pillow image -> (float64 H x W in [0, 1], bit depth used for scaling, whether it held
+    real colour rather than gray in three channels)."""
     mode = im.mode
     if mode.startswith("I;16"):
-        return np.asarray(im, dtype=np.float64) / 65535.0, 16
+        return np.asarray(im, dtype=np.float64) / 65535.0, 16, False
     if mode == "I":
         arr = np.asarray(im, dtype=np.float64)
         if png_bits == 16 or (arr.size and arr.min() >= 0 and arr.max() <= 65535):
-            return arr / 65535.0, 16
+            return arr / 65535.0, 16, False
         notes.append("32-bit integer image scaled by its own minimum and maximum")
-        return min_max(arr, notes), 32
+        return min_max(arr, notes), 32, False
     if mode == "F":
         arr = np.asarray(im, dtype=np.float64)
         finite = arr[np.isfinite(arr)]
         if finite.size and finite.min() >= 0 and finite.max() <= 1:
-            return arr, 32
+            return arr, 32, False
         notes.append("floating-point image scaled by its own minimum and maximum")
-        return min_max(arr, notes), 32
+        return min_max(arr, notes), 32, False
     if mode == "1":
-        return np.asarray(im.convert("L"), dtype=np.float64) / 255.0, 1
+        return np.asarray(im.convert("L"), dtype=np.float64) / 255.0, 1, False
     if mode == "L":
-        return np.asarray(im, dtype=np.float64) / 255.0, png_bits or 8
+        return np.asarray(im, dtype=np.float64) / 255.0, png_bits or 8, False
     if png_bits == 16:
         notes.append("16-bit colour PNG: Pillow decodes it with 8 bits per channel")
     if mode in ("LA", "La", "PA", "P", "RGBA", "RGBa"):
         rgba = np.asarray(im.convert("RGBA"), dtype=np.float64) / 255.0
         # Transparent areas become black (no signal), not white.
-        return (rgba[..., :3] @ LUMA) * rgba[..., 3], 8
+        visible = rgba[..., :3] * (rgba[..., 3:] > 0)
+        return (rgba[..., :3] @ LUMA) * rgba[..., 3], 8, is_real_colour(visible)
     rgb = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
-    return rgb @ LUMA, 8
+    return rgb @ LUMA, 8, is_real_colour(rgb)
