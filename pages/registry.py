@@ -4,7 +4,8 @@ import dataclasses
 
 import streamlit as st
 
-from ui.common import admin_gate, get_manager, registry_or_stop
+from ui.admin import admin_gate
+from ui.common import get_manager, registry_or_stop
 from xray_ai.serving.verify import check_entry
 from xray_ai.registry import RegistryError, read_audit_log, save_registry
 

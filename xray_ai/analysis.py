@@ -1,8 +1,10 @@
 """analyze(): the one pipeline that the app, the CLI and the benchmarks call.
 
 images (the views of one study) -> model-ready batch -> one compiled pass giving each
-view's probability and Grad-CAM -> the study probability (mean of the views, as the MURA
-paper scores studies) -> an AnalysisResult that carries its own provenance.
+view's probability and Grad-CAM -> the scope gate (xray_ai.scope: is each view one the
+model may read?) -> the study probability (mean of the assessable views, as the MURA paper
+scores studies by the mean of its views) -> an AnalysisResult that carries its own
+provenance. A study with no assessable view is "not assessable".
 
 For an ensemble entry every member runs that same path with its own input size and
 preprocessing (and its own backend); per view, the result is the mean of the members'
@@ -11,6 +13,7 @@ probabilities and of their heatmaps (resized to a common size), then the study m
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import threading
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ import numpy as np
 from xray_ai.explain.base import METHODS
 from xray_ai.images import XRay
 from xray_ai.result import AnalysisResult, BodyPartEstimate, ViewResult
+from xray_ai.scope import view_scope_reasons
 from xray_ai.serving.manager import LoadedEnsemble, LoadedModel, ModelManager
 from xray_ai.serving.preprocessing import prepare_batch, resize_image
 
@@ -65,8 +69,9 @@ def analyze(
         progress: called with 0..1 while a slow method (LIME) runs.
 
     Returns:
-        AnalysisResult: study probability (mean of the views), decision at the entry's
-        threshold, per-view probabilities and heatmaps (float32 2-D in [0, 1]), provenance.
+        AnalysisResult: each view's scope reasons, probability and heatmap (float32 2-D in
+        [0, 1]); the study probability (mean of the assessable views) and decision at the
+        entry's threshold, or "not assessable" when no view is in scope; provenance.
 
     Raises:
         ValueError: no images or too many; RegistryError (a ValueError): unknown condition
@@ -96,6 +101,8 @@ def analyze(
     else:
         models, members = [loaded], ()
         run = _run_model(loaded, views, method, progress)
+    scoped = tuple(_with_scope(v, registry_condition, models) for v in run.views)
+    counted = [v for v in scoped if v.assessable] or list(scoped)  # none in scope: all, for the record
 
     warnings: list[str] = []
     if loaded.placeholder:
@@ -122,6 +129,12 @@ def analyze(
                     f"distance {distance:.2f}, above {threshold:.2f}, which few in-distribution images exceed): "
                     "its probability is unreliable for this image"
                 )
+    if not any(v.assessable for v in scoped):
+        warnings.append("NOT ASSESSABLE: no view is in the model's scope; the probability is kept for the "
+                        "record only and is unreliable")
+    elif len(counted) < len(scoped):
+        warnings.append(f"{len(scoped) - len(counted)} of {len(scoped)} views are out of the model's scope and "
+                        "do not count towards the study probability")
 
     architecture, trained_on = _describe_models(loaded, models)
     return AnalysisResult(
@@ -138,19 +151,35 @@ def analyze(
         intended_use=entry.intended_use,
         threshold=entry.threshold,
         threshold_method=entry.threshold_method,
-        probability=float(np.mean([v.probability for v in run.views])),
+        probability=float(np.mean([v.probability for v in counted])),
         placeholder=loaded.placeholder,
         placeholder_reason=loaded.placeholder_reason,
         heatmap_method=run.method,
         target_layer=run.target_layer,
-        views=run.views,
+        views=scoped,
         warnings=tuple(warnings),
         backend=run.backend,
         synthetic=entry.trained_on.synthetic,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         metrics=dict(entry.metrics),
         members=members,
+        high_sensitivity_threshold=_high_sensitivity_threshold(entry.metrics),
     )
+
+
+def _with_scope(view: ViewResult, condition, models: list[LoadedModel]) -> ViewResult:
+    """The view with its scope reasons (xray_ai.scope) from what the models said of it."""
+    head = (view.body_part.part, view.body_part.probability) if view.body_part is not None else None
+    reasons = view_scope_reasons(view.image, condition, [m.entry.input for m in models],
+                                 view.input_checks, head)
+    return dataclasses.replace(view, scope_reasons=reasons)
+
+
+def _high_sensitivity_threshold(metrics) -> float | None:
+    """The entry's second operating point (train stores it beside the Youden point), if any."""
+    point = metrics.get("high_sensitivity_operating_point") if metrics else None
+    value = point.get("threshold") if isinstance(point, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def predict_probabilities(loaded: LoadedModel | LoadedEnsemble, images: Sequence[np.ndarray]) -> np.ndarray:

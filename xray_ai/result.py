@@ -14,13 +14,19 @@ import numpy as np
 
 from xray_ai.images import XRay
 
-__all__ = ["BodyPartEstimate", "ViewResult", "AnalysisResult", "PLACEHOLDER_WATERMARK", "DISCLAIMER"]
+__all__ = ["BodyPartEstimate", "ViewResult", "AnalysisResult", "PLACEHOLDER_WATERMARK", "DISCLAIMER",
+           "NOT_ASSESSABLE", "FINDING", "POSSIBLE_FINDING"]
 
 PLACEHOLDER_WATERMARK = "PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT"
 DISCLAIMER = (
     "Decision support only, not a diagnosis. The result comes from a machine-learning model "
     "and must be reviewed by a qualified clinician, who makes the decision."
 )
+NOT_ASSESSABLE = "not assessable"  # the decision of a study with no view in the model's scope
+# What an automatic mark on a view says (README, "The app"): at or above the operating point a
+# finding (solid box); between the high-sensitivity point and it a possible finding (dotted).
+FINDING = "finding"
+POSSIBLE_FINDING = "possible finding"
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class ViewResult:
             is unlike them where distance > threshold. Empty when no model has the check.
         body_part: which part the model takes the image to show, from its auxiliary
             body-part head; None when the model has no such head.
+        scope_reasons: why the view is out of the model's scope (xray_ai.scope), one
+            sentence each naming the file; empty when it is in scope.
     """
 
     image: XRay
@@ -69,6 +77,12 @@ class ViewResult:
     member_probabilities: tuple[float, ...] = ()
     input_checks: tuple[tuple[str, float, float], ...] = ()
     body_part: BodyPartEstimate | None = None
+    scope_reasons: tuple[str, ...] = ()
+
+    @property
+    def assessable(self) -> bool:
+        """In the model's scope: its probability counts towards the study's."""
+        return not self.scope_reasons
 
     @property
     def unlike_training_data(self) -> bool:
@@ -86,6 +100,11 @@ class AnalysisResult:
     For an ensemble, `model_id`, `model_version`, `threshold` and `intended_use` are the
     ensemble entry's and `members` lists the ids of the models it averaged; `members` is
     empty for a single model.
+
+    `probability` is the mean over the assessable views (xray_ai.scope); when no view is
+    assessable it is the mean over all of them, kept for the record but unreliable, and the
+    decision is "not assessable". `high_sensitivity_threshold` is the entry's second
+    operating point (chosen on validation for sensitivity 0.9), None where it has none.
     """
 
     condition: str
@@ -113,15 +132,43 @@ class AnalysisResult:
     created: str = ""  # ISO 8601 time of the analysis (UTC)
     metrics: dict[str, Any] = field(default_factory=dict)
     members: tuple[str, ...] = ()
+    high_sensitivity_threshold: float | None = None
+
+    @property
+    def assessable(self) -> bool:
+        """At least one view is in the model's scope."""
+        return any(v.assessable for v in self.views)
+
+    @property
+    def scope_reasons(self) -> tuple[str, ...]:
+        """Every view's reasons for being out of scope, in view order."""
+        return tuple(r for v in self.views for r in v.scope_reasons)
 
     @property
     def decision(self) -> str:
-        """The positive label when probability >= threshold, else the negative label."""
+        """"not assessable" when no view is in scope; else the positive label when
+        probability >= threshold, else the negative label."""
+        if not self.assessable:
+            return NOT_ASSESSABLE
         return self.positive_label if self.probability >= self.threshold else self.negative_label
 
     @property
     def is_positive(self) -> bool:
-        return self.probability >= self.threshold
+        return self.assessable and self.probability >= self.threshold
+
+    def finding_level(self, view: ViewResult) -> str | None:
+        """The automatic mark a view gets: FINDING at or above the operating point,
+        POSSIBLE_FINDING between the high-sensitivity point and it, None below both, and
+        None for a view out of scope, a study that is not assessable or a placeholder model
+        (nothing from an untrained model may look like a finding)."""
+        if self.placeholder or not self.assessable or not view.assessable:
+            return None
+        if view.probability >= self.threshold:
+            return FINDING
+        low = self.high_sensitivity_threshold
+        if low is not None and low <= view.probability:
+            return POSSIBLE_FINDING
+        return None
 
     @property
     def input_check_summary(self) -> str:
@@ -168,9 +215,13 @@ class AnalysisResult:
             "intended_use": self.intended_use,
             "synthetic_training_data": self.synthetic,
             "probability": round(float(self.probability), 6),
+            "assessable": self.assessable,
+            # false when no view is in scope: the probability is kept for the record only
+            "probability_reliable": self.assessable and not self.placeholder,
             "decision": self.decision,
             "threshold": self.threshold,
             "threshold_method": self.threshold_method,
+            "high_sensitivity_threshold": self.high_sensitivity_threshold,
             "placeholder": self.placeholder,
             "placeholder_reason": self.placeholder_reason,
             "heatmap_method": self.heatmap_method,
@@ -194,6 +245,9 @@ class AnalysisResult:
             ],
             # null when the model has no body-part head; see xray_ai.serving.body_part
             "body_part": None if view.body_part is None else view.body_part.to_json(),
+            "assessable": view.assessable,
+            "scope_reasons": list(view.scope_reasons),  # [] when the view is in scope; xray_ai.scope
+            "finding": self.finding_level(view),
         }
         if self.members:  # an ensemble: what each member said about this view
             out["member_probabilities"] = {

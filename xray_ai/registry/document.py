@@ -88,14 +88,7 @@ class Registry:
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
-            "conditions": {
-                c.id: {
-                    "name": c.name,
-                    "positive_label": c.positive_label,
-                    "negative_label": c.negative_label,
-                }
-                for c in self.conditions.values()
-            },
+            "conditions": {c.id: c.to_dict() for c in self.conditions.values()},
             "models": {m.id: m.to_dict() for m in self.models.values()},
             "active_models": dict(self.active_models),
         }

@@ -104,7 +104,14 @@ def _channels(inp: FieldReader) -> int:
 def parse_condition(condition_id: str, raw: Any) -> Condition:
     """One `conditions.<id>` object."""
     c = FieldReader(raw, f"conditions.{condition_id}")
-    return Condition(condition_id, c.text("name"), c.text("positive_label"), c.text("negative_label"))
+    parts = c._get("body_parts", None)
+    if parts is not None:
+        if (not isinstance(parts, list) or not parts
+                or not all(isinstance(p, str) and p.strip() and p == p.strip().lower() for p in parts)):
+            raise RegistryError(f"{c.where}.body_parts: must be a non-empty list of lower-case body-part names "
+                                f"(or absent for any region), got {parts!r}")
+        parts = tuple(parts)
+    return Condition(condition_id, c.text("name"), c.text("positive_label"), c.text("negative_label"), parts)
 
 
 def parse_entry(model_id: str, raw: Any, conditions: Mapping[str, Condition]) -> ModelEntry:

@@ -73,10 +73,25 @@ class RegistryError(ValueError):
 
 @dataclass(frozen=True)
 class Condition:
+    """One condition a model can be asked about.
+
+    `body_parts`: the body parts (lower-case names, e.g. "chest", "knee", "wrist") whose
+    images the condition is read on; the scope gate (xray_ai.scope) calls a view of any
+    other part not assessable. None: any region (e.g. fracture).
+    """
+
     id: str
     name: str
     positive_label: str
     negative_label: str
+    body_parts: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "positive_label": self.positive_label,
+                               "negative_label": self.negative_label}
+        if self.body_parts is not None:
+            out["body_parts"] = list(self.body_parts)
+        return out
 
 
 @dataclass(frozen=True)
