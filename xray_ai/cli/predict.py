@@ -119,9 +119,14 @@ def summary(result) -> str:
     lines = []
     if result.placeholder:
         lines.append("*** PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT ***")
+    if result.assessable:
+        lines.append(f"{result.condition_name}: {result.decision} (probability {result.probability:.3f}, "
+                     f"threshold {result.threshold:.3f}: {result.threshold_method})")
+    else:
+        lines.append(f"{result.condition_name}: NOT ASSESSABLE (model output {result.probability:.3f}, "
+                     "unreliable for these images)")
+        lines += [f"  out of scope: {reason}" for reason in result.scope_reasons]
     lines += [
-        f"{result.condition_name}: {result.decision} (probability {result.probability:.3f}, "
-        f"threshold {result.threshold:.3f}: {result.threshold_method})",
         f"model {result.model_id} v{result.model_version} ({result.architecture}, {result.profile}); "
         f"trained on {result.trained_on}",
         f"intended use: {result.intended_use}",
@@ -133,7 +138,8 @@ def summary(result) -> str:
     if result.members:
         lines.append(f"ensemble: mean of {', '.join(result.members)}")
     if len(result.views) > 1:
-        lines += [f"  view {v.filename}: {v.probability:.3f}" for v in result.views]
+        lines += [f"  view {v.filename}: {v.probability:.3f}" + ("" if v.assessable else " (out of scope, not counted)")
+                  for v in result.views]
     lines += [f"warning: {w}" for w in result.warnings]
     lines.append("Decision support only, not a diagnosis: a clinician decides.")
     return "\n".join(lines)

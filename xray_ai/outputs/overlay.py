@@ -1,11 +1,21 @@
-"""Heatmap overlay for display: colour blending with intensity, contours, boxes, markers.
+"""Heatmap overlay for display: colour blending with intensity, finding boxes, markers.
 
 `render_overlay` is called on every move of the app's intensity slider, so it works at the
 image's own resolution with OpenCV primitives and a lookup table (about 25-35 ms for a
 2000 x 2000 image with annotations on two cores; tests/test_overlay.py bounds it).
 Intensity scales only the colour layer: at 0 the output is exactly the grayscale image;
-the automatic annotations, the manual markers and the placeholder watermark are separate
+the automatic annotation, the manual markers and the placeholder watermark are separate
 switches drawn on top.
+
+The automatic annotation follows the decision, as commercial fracture readers mark
+findings: the caller passes the view's finding level (`AnalysisResult.finding_level`), and
+the strongest hot region of the heatmap gets a solid box labelled "finding" (FINDING), a
+dotted box labelled "possible finding" (POSSIBLE_FINDING), or nothing (None: below both
+operating points, out of scope, not assessable, placeholder). `finding_legend` says which
+is which. Lines and labels are sized as fractions of the image, so a box covers as much of
+a 64 px image as of a 2000 px one; a label too small to read at the image's own size is
+left out (the legend still explains the box). `display_pixels` upscales a small image for
+the screen and the PDF, where it is shown large anyway, so that its labels can be drawn.
 """
 
 from __future__ import annotations
@@ -17,21 +27,23 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from xray_ai.result import PLACEHOLDER_WATERMARK
+from xray_ai.result import FINDING, PLACEHOLDER_WATERMARK, POSSIBLE_FINDING, AnalysisResult
 
-__all__ = ["Marker", "render_overlay", "strongest_region", "to_rgb8", "COLORMAPS"]
+__all__ = ["Marker", "render_overlay", "strongest_region", "to_rgb8", "display_pixels", "finding_legend",
+           "COLORMAPS", "DISPLAY_MIN_SIDE"]
 
 # Colours are RGB (the output of render_overlay is RGB, not OpenCV's BGR).
 _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
-_CONTOUR = (255, 255, 255)
 _BOX = (255, 230, 0)
 _MARKER = (0, 255, 255)
 _WATERMARK = (220, 0, 0)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 # Annotation geometry is computed on a copy of the heatmap no larger than this (long side),
-# then scaled to the image: smooth enough for a contour, and cheap on a 2000 px image.
+# then scaled to the image: exact enough for a box, and cheap on a 2000 px image.
 _WORK_SIDE = 512
+DISPLAY_MIN_SIDE = 512  # display_pixels upscales a smaller image to this shorter side
+_MIN_TEXT_PX = 7  # a label whose letters would be shorter than this is left out
 
 COLORMAPS: tuple[str, ...] = tuple(
     sorted(name[len("COLORMAP_"):].lower() for name in dir(cv2) if name.startswith("COLORMAP_"))
@@ -70,9 +82,8 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
-def strongest_region(
-    heatmap: np.ndarray, shape: tuple[int, ...], threshold_level: float = 0.5
-) -> tuple[int, int, int, int] | None:
+def strongest_region(heatmap: np.ndarray, shape: tuple[int, ...],
+                     threshold_level: float = 0.5) -> tuple[int, int, int, int] | None:
     """Bounding box of the strongest hot region of a heatmap, in image pixel coordinates.
 
     The heatmap is resized (bilinear) to the image and thresholded at
@@ -89,8 +100,7 @@ def strongest_region(
         (x0, y0, x1, y1) with 0 <= x0 <= x1 < W and 0 <= y0 <= y1 < H (inclusive corners),
         or None when the heatmap has no positive value.
     """
-    region = _region(_check_heatmap(heatmap), (int(shape[0]), int(shape[1])), threshold_level)
-    return None if region is None else region[0]
+    return _region(_check_heatmap(heatmap), (int(shape[0]), int(shape[1])), threshold_level)
 
 
 def render_overlay(
@@ -100,12 +110,13 @@ def render_overlay(
     *,
     colormap: str = "jet",
     annotate: bool = True,
+    finding: str | None = None,
     probability: float | None = None,
     markers: Sequence[Marker] = (),
     placeholder: bool = False,
     threshold_level: float = 0.5,
 ) -> np.ndarray:
-    """Blend a heatmap onto a radiograph and draw annotations, markers and watermark.
+    """Blend a heatmap onto a radiograph and draw the finding box, markers and watermark.
 
     Blend per pixel: `out = (1 - a * h) * gray + a * h * colour(h)`, with `a = intensity` and
     `h` the heatmap resized to the image, so cold areas keep the plain radiograph and the
@@ -118,9 +129,12 @@ def render_overlay(
             for no colour and no automatic annotation.
         intensity: strength of the colour layer, 0..1.
         colormap: an OpenCV colormap name, e.g. "jet", "turbo", "inferno" (see COLORMAPS).
-        annotate: draw the contour and bounding box of the strongest hot region, labelled
-            with `probability` when given.
-        probability: the model's probability 0..1 for the box label ("p=0.87").
+        annotate: the switch for the automatic annotation (the box); off draws none.
+        finding: the view's finding level, `AnalysisResult.finding_level(view)`: FINDING
+            draws a solid box labelled "finding" round the strongest hot region,
+            POSSIBLE_FINDING a dotted box labelled "possible finding", None no box (the
+            default: nothing is marked unless the decision says so).
+        probability: when given with a finding, the label adds it ("finding p=0.87").
         markers: manual markers, drawn numbered from 1 with their labels.
         placeholder: draw the PLACEHOLDER_WATERMARK across the image (untrained model).
         threshold_level: fraction of the heatmap maximum that counts as hot, in (0, 1].
@@ -130,13 +144,15 @@ def render_overlay(
 
     Raises:
         ValueError: intensity outside [0, 1], an unknown colormap, an image or heatmap that
-            is not 2-D, or threshold_level outside (0, 1].
+            is not 2-D, threshold_level outside (0, 1], or an unknown finding level.
     """
     intensity = float(intensity)
     if not 0.0 <= intensity <= 1.0:  # also rejects NaN
         raise ValueError(f"intensity must be in [0, 1], got {intensity!r}")
     if not 0.0 < threshold_level <= 1.0:
         raise ValueError(f"threshold_level must be in (0, 1], got {threshold_level!r}")
+    if finding not in (None, FINDING, POSSIBLE_FINDING):
+        raise ValueError(f"finding must be {FINDING!r}, {POSSIBLE_FINDING!r} or None, got {finding!r}")
     cmap = _colormap_code(colormap)
     gray = _gray8(_check_image(image))
     height, width = gray.shape
@@ -149,15 +165,45 @@ def render_overlay(
         out = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
 
     scale = _scale(height, width)
-    if annotate and heat is not None:
-        region = _region(heat, (height, width), threshold_level)
-        if region is not None:
-            _draw_region(out, *region, probability, scale)
+    if annotate and finding is not None and heat is not None:
+        box = _region(heat, (height, width), threshold_level)
+        if box is not None:
+            label = finding if probability is None else f"{finding} p={float(probability):.2f}"
+            _draw_box(out, box, dotted=finding == POSSIBLE_FINDING, label=label, scale=scale)
     for number, marker in enumerate(markers, start=1):
         _draw_marker(out, number, marker, scale)
     if placeholder:
         _draw_watermark(out, PLACEHOLDER_WATERMARK)
     return out
+
+
+def display_pixels(image: np.ndarray, min_side: int = DISPLAY_MIN_SIDE) -> np.ndarray:
+    """The image upscaled (bilinear) so its shorter side is at least `min_side`; as it is when
+    already that large. For the screen and the PDF, which show a 64 px image large anyway:
+    drawn at this size its box labels and markers are legible."""
+    image = _check_image(image)
+    height, width = image.shape
+    factor = min_side / max(1, min(height, width))
+    if factor <= 1.0:
+        return image
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return cv2.resize(image.astype(np.float32, copy=False), size, interpolation=cv2.INTER_LINEAR)
+
+
+def finding_legend(result: AnalysisResult) -> tuple[str, ...]:
+    """What the automatic marks mean for this result's model: one plain sentence per style."""
+    solid = (f"Solid box, \"{FINDING}\": the view's probability is at or above the operating point "
+             f"({result.threshold:.3f}, {result.threshold_method}).")
+    low = result.high_sensitivity_threshold
+    if low is not None and low < result.threshold:
+        dotted = (f"Dotted box, \"{POSSIBLE_FINDING}\": between the high-sensitivity point ({low:.3f}) "
+                  f"and the operating point.")
+    else:
+        dotted = (f"Dotted box, \"{POSSIBLE_FINDING}\": not used by this model (it has no high-sensitivity "
+                  "point below its operating point).")
+    none = ("No box: below both points, a view out of the model's scope, a study that is not assessable, "
+            "or a placeholder model. A box outlines the heatmap's strongest region, not a measured lesion.")
+    return solid, dotted, none
 
 
 # --- checks and conversions -------------------------------------------------------------
@@ -210,8 +256,9 @@ def _colormap_code(name: str) -> int:
 
 
 def _scale(height: int, width: int) -> float:
-    """Size factor for lines and text: 1.0 for a 512 px image, 3.9 for 2000 px."""
-    return max(min(height, width), 64) / 512.0
+    """Size factor for lines and text, proportional to the shorter side: 1.0 at 512 px,
+    0.125 at 64 px, 3.9 at 2000 px (no floor: a mark covers the same share of any image)."""
+    return max(min(height, width), 1) / 512.0
 
 
 def _thickness(scale: float, base: float = 2.0) -> int:
@@ -221,10 +268,8 @@ def _thickness(scale: float, base: float = 2.0) -> int:
 # --- automatic annotation ----------------------------------------------------------------
 
 
-def _region(
-    heat: np.ndarray, shape: tuple[int, int], threshold_level: float
-) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
-    """(bounding box, contour points N x 1 x 2 int32) in image pixels, or None."""
+def _region(heat: np.ndarray, shape: tuple[int, int], threshold_level: float) -> tuple[int, int, int, int] | None:
+    """Bounding box (x0, y0, x1, y1, inclusive) of the strongest hot region in image pixels, or None."""
     height, width = shape
     factor = min(1.0, _WORK_SIDE / max(height, width))
     work_w, work_h = max(1, round(width * factor)), max(1, round(height * factor))
@@ -236,53 +281,52 @@ def _region(
     _, labels = cv2.connectedComponents(mask, connectivity=8)
     peak_y, peak_x = np.unravel_index(int(np.argmax(work)), work.shape)
     component = (labels == labels[peak_y, peak_x]).astype(np.uint8)
-    contours, _ = cv2.findContours(component, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    contour = max(contours, key=cv2.contourArea)
     bx, by, bw, bh = cv2.boundingRect(component)
     sx, sy = width / work_w, height / work_h
-    box = (
+    return (
         int(math.floor(bx * sx)),
         int(math.floor(by * sy)),
         min(width - 1, int(math.ceil((bx + bw) * sx)) - 1),
         min(height - 1, int(math.ceil((by + bh) * sy)) - 1),
     )
-    # Pixel centres: work pixel i covers image [i * s, (i + 1) * s).
-    points = (contour.astype(np.float32) + 0.5) * np.array([sx, sy], dtype=np.float32) - 0.5
-    return box, np.round(points).astype(np.int32)
 
 
-def _draw_region(
-    out: np.ndarray,
-    box: tuple[int, int, int, int],
-    contour: np.ndarray,
-    probability: float | None,
-    scale: float,
-) -> None:
+def _draw_box(out: np.ndarray, box: tuple[int, int, int, int], *, dotted: bool, label: str, scale: float) -> None:
+    """A solid or dotted box (a dark stroke under a light one: visible on bright bone and on
+    red heat) with its label above it."""
     thick = _thickness(scale)
+    halo = thick + 2 * max(1, thick // 2)
     x0, y0, x1, y1 = box
-    # A dark stroke under a light one keeps lines visible on bright bone and on red heat.
-    cv2.rectangle(out, (x0, y0), (x1, y1), _BLACK, thick + 2, cv2.LINE_AA)
-    cv2.rectangle(out, (x0, y0), (x1, y1), _BOX, thick, cv2.LINE_AA)
-    cv2.drawContours(out, [contour], -1, _BLACK, thick + 2, cv2.LINE_AA)
-    cv2.drawContours(out, [contour], -1, _CONTOUR, thick, cv2.LINE_AA)
-    if probability is not None:
-        _draw_label(out, f"p={float(probability):.2f}", (x0, y0), scale, above=True)
+    corners = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)], dtype=np.float64)
+    step = max(2, 2 * thick + 2)  # dots: dashes about two line widths long, with gaps as long
+    for colour, width in ((_BLACK, halo), (_BOX, thick)):
+        if not dotted:
+            cv2.rectangle(out, (x0, y0), (x1, y1), colour, width, cv2.LINE_AA)
+            continue
+        for a, b in zip(corners[:-1], corners[1:]):
+            length = max(float(np.hypot(*(b - a))), 1.0)
+            for start in np.arange(0.0, length, 2 * step):
+                p, q = (a + (b - a) * t / length for t in (start, min(start + step, length)))
+                cv2.line(out, tuple(int(v) for v in np.rint(p)), tuple(int(v) for v in np.rint(q)),
+                         colour, width, cv2.LINE_AA)
+    _draw_label(out, label, (x0, y0 - halo // 2), scale, above=True)
 
 
-def _draw_label(
-    out: np.ndarray, text: str, anchor: tuple[int, int], scale: float, *, above: bool
-) -> None:
-    """Text on a dark plate at anchor (its lower-left when above, else its upper-left)."""
-    font_scale = max(0.6 * scale, 0.35)  # below ~0.35 Hershey text is unreadable
-    thick = _thickness(scale, 1.5)
+def _draw_label(out: np.ndarray, text: str, anchor: tuple[int, int], scale: float, *, above: bool) -> None:
+    """Text on a dark plate at anchor (its lower-left when above, else its upper-left); left
+    out when its letters would be too small to read at this image's size."""
+    font_scale = 0.5 * scale
+    thick = _thickness(scale, 1.2)
     (tw, th), base = cv2.getTextSize(text, _FONT, font_scale, thick)
+    if th < _MIN_TEXT_PX:
+        return
     pad = max(2, int(round(3 * scale)))
     height, width = out.shape[:2]
     x = int(min(max(anchor[0], 0), max(width - tw - 2 * pad, 0)))
     y_top = anchor[1] - th - base - 2 * pad if above else anchor[1]
     if y_top < 0:  # no room above: put the label inside the box instead
         y_top = anchor[1] if above else 0
-    y_top = int(min(y_top, max(height - th - base - 2 * pad, 0)))
+    y_top = int(min(max(y_top, 0), max(height - th - base - 2 * pad, 0)))
     cv2.rectangle(out, (x, y_top), (x + tw + 2 * pad, y_top + th + base + 2 * pad), _BLACK, -1)
     origin = (x + pad, y_top + pad + th)
     cv2.putText(out, text, origin, _FONT, font_scale, _WHITE, thick, cv2.LINE_AA)
@@ -293,14 +337,15 @@ def _draw_marker(out: np.ndarray, number: int, marker: Marker, scale: float) -> 
     cx = int(round(min(max(float(marker.x), 0.0), 1.0) * (width - 1)))
     cy = int(round(min(max(float(marker.y), 0.0), 1.0) * (height - 1)))
     thick = _thickness(scale)
-    radius = max(4, int(round(12 * scale)))
-    arm = radius + max(3, int(round(8 * scale)))
-    for colour, extra in ((_BLACK, 2), (_MARKER, 0)):
-        cv2.circle(out, (cx, cy), radius, colour, thick + extra, cv2.LINE_AA)
-        cv2.line(out, (cx - arm, cy), (cx - radius // 2, cy), colour, thick + extra, cv2.LINE_AA)
-        cv2.line(out, (cx + radius // 2, cy), (cx + arm, cy), colour, thick + extra, cv2.LINE_AA)
-        cv2.line(out, (cx, cy - arm), (cx, cy - radius // 2), colour, thick + extra, cv2.LINE_AA)
-        cv2.line(out, (cx, cy + radius // 2), (cx, cy + arm), colour, thick + extra, cv2.LINE_AA)
+    radius = max(2, int(round(12 * scale)))
+    arm = radius + max(1, int(round(8 * scale)))
+    extra = 2 * max(1, thick // 2)
+    for colour, add in ((_BLACK, extra), (_MARKER, 0)):
+        cv2.circle(out, (cx, cy), radius, colour, thick + add, cv2.LINE_AA)
+        cv2.line(out, (cx - arm, cy), (cx - radius // 2, cy), colour, thick + add, cv2.LINE_AA)
+        cv2.line(out, (cx + radius // 2, cy), (cx + arm, cy), colour, thick + add, cv2.LINE_AA)
+        cv2.line(out, (cx, cy - arm), (cx, cy - radius // 2), colour, thick + add, cv2.LINE_AA)
+        cv2.line(out, (cx, cy + radius // 2), (cx, cy + arm), colour, thick + add, cv2.LINE_AA)
     text = f"{number} {marker.label}".strip()
     _draw_label(out, text, (cx + arm, cy + arm // 2), scale, above=False)
 
