@@ -41,7 +41,8 @@ def main() -> None:
     for size in (512, 2000):
         image = rng.random((size, size), np.float32)
         plain = median_ms(lambda: render_overlay(image, heat, 0.6, annotate=False), 20)
-        full = median_ms(lambda: render_overlay(image, heat, 0.6, probability=0.9, markers=markers, placeholder=True), 20)
+        full = median_ms(lambda: render_overlay(image, heat, 0.6, finding="finding", probability=0.9, markers=markers,
+                                                      placeholder=True), 20)
         print(f"overlay {size}x{size}: colour only {plain:6.1f} ms, + annotations/markers/watermark {full:6.1f} ms")
     for size in (512, 2000):
         result = make_result(2, size=size)

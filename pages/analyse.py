@@ -2,16 +2,14 @@
 
 import streamlit as st
 
-from ui.common import EXAMPLES_DIR, digest, get_manager, registry_or_stop, show_provenance
-from ui.markers import marker_editor
+from ui.common import digest, get_manager, registry_or_stop, show_provenance
+from ui.examples import example_picker
+from ui.result_view import show_notes, show_result_card, show_views
 from xray_ai import ImageLoadError
 from xray_ai import load_image
 from xray_ai import analysis
 from xray_ai.explain.base import METHOD_NAMES, METHODS  # the method table; numpy only
-from xray_ai.outputs.overlay import render_overlay
 from xray_ai.outputs.report import build_report
-
-EXAMPLE_FILES = ("rg3_tibia.dcm",)
 
 st.title("Analyse a radiograph")
 manager = get_manager()
@@ -37,13 +35,12 @@ model_id = right.selectbox("Model", model_ids, index=model_ids.index(active) if 
 method = st.selectbox("Heatmap method", list(METHODS), format_func=METHOD_NAMES.get, key="analyse.method")
 uploads = st.file_uploader("Radiographs (PNG, JPEG or DICOM; several files = the views of one study)",
                            type=["png", "jpg", "jpeg", "dcm", "dicom"], accept_multiple_files=True, key="analyse.uploads")
-if st.button("Try an example", key="analyse.example"):
-    st.session_state["analyse.use_example"] = True
-files = [(u.name, u.getvalue()) for u in uploads or []]
-if not files and st.session_state.get("analyse.use_example"):
-    files = [(name, (EXAMPLES_DIR / name).read_bytes()) for name in EXAMPLE_FILES]
+example = example_picker(condition)
+files = [(u.name, u.getvalue()) for u in uploads or []] or example
 if not files:
-    st.info("Upload one or more radiographs of one study, or try the example (a de-identified CR of a tibia).")
+    st.info("Upload one or more radiographs of one study, or pick an example and click \"Try an example\": "
+            "synthetic phantoms made for this condition, or real radiographs (out of scope for the "
+            "synthetic-data models).")
     st.stop()
 
 images = []
@@ -68,27 +65,11 @@ if st.session_state.get("analyse.key") != key:  # the model runs only when the s
     st.session_state["analyse.markers"] = []
 result = st.session_state["analyse.result"]
 
-st.metric(result.condition_name, result.decision, f"probability {result.probability:.1%}", delta_color="off",
-          delta_arrow="off", border=True)
+show_result_card(result)  # the decision, or the grey "Not assessable" card with the reasons
 show_provenance(result)
-if len(result.views) > 1:
-    st.table({"view": [v.filename for v in result.views], "probability": [f"{v.probability:.1%}" for v in result.views]})
-for warning in result.warnings:
-    st.warning(warning)
-
-c1, c2, c3 = st.columns(3)
-intensity = c1.slider("Heatmap intensity", 0.0, 1.0, 0.5, 0.05, key="analyse.intensity")
-show_heatmap = c2.toggle("Heatmap", value=True, key="analyse.heatmap")
-annotate = c3.toggle("Automatic annotations", value=True, key="analyse.annotate")
+show_notes(result)
+intensity = show_views(result)
 markers = st.session_state["analyse.markers"]
-for index, view in enumerate(result.views):
-    left, right = st.columns(2)
-    left.image(view.image.pixels, caption=f"{view.filename} (as loaded; DICOM after windowing)", clamp=True)
-    overlay = render_overlay(view.image.pixels, view.heatmap if show_heatmap else None, intensity, annotate=annotate,
-                             probability=view.probability, placeholder=result.placeholder,
-                             markers=[m for m in markers if m.view == index])
-    with right:
-        marker_editor(overlay, index, view.filename, f"{view.filename}: probability {view.probability:.1%}")
 
 st.subheader("Clinician review")
 agreement = st.radio("Your reading", ["not stated", "agree", "disagree"], horizontal=True, key="analyse.agreement")

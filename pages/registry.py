@@ -6,17 +6,19 @@ import streamlit as st
 
 from ui.admin import admin_gate
 from ui.common import get_manager, registry_or_stop
+from ui.text import code, plain
 from xray_ai.serving.verify import check_entry
-from xray_ai.registry import RegistryError, read_audit_log, save_registry
+from xray_ai.registry import RegistryError, edit_registry, read_audit_log
 
 st.title("Model registry")
 manager = get_manager()
 registry = registry_or_stop(manager)
-st.success(f"`{registry.path}` is valid: {len(registry.models)} models, {len(registry.active_models)} conditions served.")
+st.success(f"{code(registry.path)} is valid: {len(registry.models)} models, "
+           f"{len(registry.active_models)} conditions served.")
 
 active = set(registry.active_models.values())
 problems = {m.id: check_entry(m, registry) for m in registry.models.values()}
-st.dataframe(
+st.dataframe(  # a dataframe shows its cells as text: no Markdown to escape
     [
         {"model id": m.id, "condition": m.condition, "active": m.id in active, "kind": m.kind,
          "members": ", ".join(m.members), "architecture": m.architecture,
@@ -29,7 +31,7 @@ st.dataframe(
 if any(problems[m] for m in active):
     st.error("Some active models cannot be verified: the app serves a PLACEHOLDER for those conditions.")
 
-admin = admin_gate()
+admin = admin_gate(manager.registry_path)
 if admin:
     st.subheader("Switch the active model")
     condition = st.selectbox("Condition", list(registry.conditions), key="registry.condition",
@@ -39,24 +41,35 @@ if admin:
     chosen = st.selectbox("Model", candidates, index=candidates.index(active_id) if active_id in candidates else 0,
                           key=f"registry.model.{condition}")
     if st.button("Activate", key="registry.activate"):
-        try:
-            changes = save_registry(registry.with_active(condition, chosen), user=admin, action="activate")
-            st.success("; ".join(changes) or "No change: it was already active.")
+        try:  # read, switch and save under the registry's lock (a concurrent edit is never undone)
+            changes = edit_registry(manager.registry_path, lambda current: current.with_active(condition, chosen),
+                                    user=admin, action="activate")
+            st.success(plain("; ".join(changes) or "No change: it was already active."))
         except RegistryError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
 
     st.subheader("Edit threshold and notes")
     entry = registry.model(st.selectbox("Model to edit", list(registry.models), key="registry.edit_model"))
     threshold = st.number_input("Threshold", 0.0, 1.0, entry.threshold, 0.01, format="%.3f", key=f"registry.t.{entry.id}")
-    method = st.text_input("How the threshold was chosen", entry.threshold_method, key=f"registry.m.{entry.id}")
+    method = st.text_input("How the threshold was chosen", entry.threshold_method, key=f"registry.m.{entry.id}",
+                           help="Required when the threshold changes: the split and the rule (e.g. Youden's J on "
+                                "the validation split); it is saved with the threshold and in the audit log.")
     notes = st.text_area("Notes", entry.notes, key=f"registry.n.{entry.id}")
     if st.button("Save changes", key="registry.save"):
-        try:
-            edited = dataclasses.replace(entry, threshold=threshold, threshold_method=method, notes=notes)
-            changes = save_registry(registry.with_model(edited), user=admin, action="edit model")
-            st.success("; ".join(changes) or "No change.")
-        except RegistryError as exc:  # the form keeps what was typed
-            st.error(f"Not saved: {exc}")
+        if threshold != entry.threshold and method.strip() == entry.threshold_method.strip():
+            st.error(plain(f"Not saved: the threshold changes from {entry.threshold:g} to {threshold:g}, so say how "
+                           "the new one was chosen (the field still holds the old threshold's method)."))
+        else:
+            def change(current):
+                edited = dataclasses.replace(current.model(entry.id), threshold=threshold,
+                                             threshold_method=method.strip() or entry.threshold_method, notes=notes)
+                return current.with_model(edited)
+
+            try:
+                changes = edit_registry(manager.registry_path, change, user=admin, action="edit model")
+                st.success(plain("; ".join(changes) or "No change."))
+            except RegistryError as exc:  # the form keeps what was typed
+                st.error(plain(f"Not saved: {exc}"))
 
 st.subheader("Audit log")
 log = read_audit_log(manager.registry_path, limit=50)

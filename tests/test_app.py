@@ -1,6 +1,7 @@
 """Every page through Streamlit's own AppTest, against a temporary registry with a tiny verified model."""
 
 import json
+import re
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -58,13 +59,15 @@ def test_example_gives_probability_and_download(app_registry):
     assert at.get("download_button"), "the PDF download button is missing"
 
 
-def test_synthetic_training_data_is_said_once(app_registry):
-    """The tiny model is marked synthetic: one warning says so (not a banner and a repeat)."""
+def test_synthetic_training_data_is_said_once_as_a_neutral_note(app_registry):
+    """The tiny model is marked synthetic: one info note says so (not a banner and a repeat),
+    and it does not look like the out-of-scope reasons (error colour) or a warning."""
     at = page("analyse.py").run()
     at.button(key="analyse.example").click().run()
     assert not at.exception
-    said = [w.value for w in at.warning if "synthetic data" in w.value]
+    said = [w.value for w in at.info if "synthetic data" in w.value]
     assert len(said) == 1 and "tiny-test" in said[0], said
+    assert not [w for kind in ("warning", "error") for w in getattr(at, kind) if "synthetic data" in w.value]
 
 
 def test_moving_the_slider_does_not_rerun_the_model(app_registry, monkeypatch):
@@ -218,3 +221,161 @@ def test_bad_backend_setting_is_an_error_not_a_traceback(app_registry, monkeypat
     at = page("analyse.py").run()
     assert not at.exception
     assert "misconfigured" in " ".join(e.value for e in at.error) and "cuda-magic" in " ".join(e.value for e in at.error)
+
+
+# --- scope: "Not assessable" instead of a confident answer (issue 15) ----------------------
+
+from ui.examples import examples_for  # noqa: E402
+from ui.result_view import NOT_ASSESSABLE_CARD_KEY, NOT_ASSESSABLE_TITLE, UNRELIABLE_EXPANDER  # noqa: E402
+
+
+@pytest.fixture()
+def shipped_registry(tmp_path, monkeypatch):
+    """The repository's own registry and shipped models (read only; the audit log elsewhere)."""
+    monkeypatch.delenv("XRAY_AI_REGISTRY", raising=False)
+    monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
+    return REPO / "model_registry.json"
+
+
+def _blocks(node):
+    for child in getattr(node, "children", {}).values():
+        yield child
+        yield from _blocks(child)
+
+
+_TEXTS = ("Markdown", "Caption", "Title", "Header", "Subheader", "Text", "Metric", "Error", "Warning", "Info",
+          "Success", "Table")
+
+
+def _outside_expanders(node):
+    for child in getattr(node, "children", {}).values():
+        if type(child).__name__ == "Expander":
+            continue
+        yield child
+        yield from _outside_expanders(child)
+
+
+def _card(at):
+    """The grey "Not assessable" container, or None."""
+    found = [b for b in _blocks(at.main) if getattr(getattr(b, "proto", None), "id", "").endswith(
+        f"-{NOT_ASSESSABLE_CARD_KEY}")]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def _upload(at, *names):
+    from pydicom.data import get_testdata_file
+
+    files = []
+    for name in names:
+        path = EXAMPLES / name if (EXAMPLES / name).is_file() else get_testdata_file(name)
+        files.append((name, open(path, "rb").read(), "application/dicom"))
+    return at.file_uploader(key="analyse.uploads").set_value(files).run()
+
+
+def _assert_not_assessable(at, reason_part, decision_labels):
+    assert not at.exception
+    card = _card(at)
+    assert card is not None, "no Not assessable card"
+    assert f":gray[{NOT_ASSESSABLE_TITLE}]" in " ".join(m.value for m in card.markdown)
+    reasons = " ".join(e.value for e in card.error)  # the reasons, in error colour, inside the card
+    assert reason_part in reasons, reasons
+    assert not at.metric, "a decision headline is shown"
+    assert [e.label for e in at.expander] == [UNRELIABLE_EXPANDER]
+    # the model's output (a percentage) only inside the expander; no decision label as a headline
+    outside = [str(e.value) for e in _outside_expanders(at.main) if type(e).__name__ in _TEXTS]
+    inside = " ".join(m.value for m in at.expander[0].markdown)
+    assert re.search(r"probability \d+\.\d%", inside), inside
+    assert not [t for t in outside if re.search(r"\d+\.\d%", t)], outside
+    for label in decision_labels:
+        assert not [t for t in outside if t.strip(" #*") == label], label  # the result.decision it would be
+
+
+def test_the_example_on_the_default_condition_is_assessable_with_a_decision(shipped_registry):
+    at = page("analyse.py").run()
+    condition = at.selectbox(key="analyse.condition").value
+    choice = at.selectbox(key=f"analyse.example_choice.{condition}")
+    assert choice.value.file.startswith(f"phantom_{condition}_") and "synthetic phantom" in choice.value.label
+    at.button(key="analyse.example").click().run()
+    assert not at.exception
+    assert _card(at) is None and not at.expander
+    assert len(at.metric) == 1 and at.metric[0].value in ("abnormal", "normal"), at.metric
+    assert "probability" in at.metric[0].delta
+    assert not [e.value for e in at.error], "the default example is out of scope"
+    assert "**Automatic marks.** Solid box" in text_of(at)
+
+
+def test_the_picker_offers_a_conditions_phantoms_then_the_real_radiographs(shipped_registry):
+    from xray_ai.registry import load_registry
+
+    for condition in load_registry(shipped_registry).conditions:
+        offered = examples_for(condition)
+        phantoms = [e for e in offered if e.condition == condition]
+        assert phantoms and offered[: len(phantoms)] == phantoms, condition
+        real = {e.file: e.label for e in offered if e.condition is None}
+        assert set(real) == {"rg1_chest.dcm", "rg3_tibia.dcm"}, condition
+        assert all(label.startswith("real radiograph: out of scope for the synthetic-data models")
+                   for label in real.values())
+
+
+def test_a_real_chest_under_pneumonia_is_not_assessable(shipped_registry):
+    at = page("analyse.py").run()
+    at.selectbox(key="analyse.condition").set_value("pneumonia").run()
+    choice = at.selectbox(key="analyse.example_choice.pneumonia")
+    real = [e for e in examples_for("pneumonia") if e.file == "rg1_chest.dcm"]
+    choice.set_value(real[0]).run()
+    at.button(key="analyse.example").click().run()
+    _assert_not_assessable(at, "rg1_chest.dcm: unlike the images pneumonia-mobilenetv2-fast was trained on",
+                           ("pneumonia", "normal"))
+    assert "UNLIKE THE IMAGES" not in " ".join(w.value for w in at.warning)  # said once, in the card
+    assert at.get("download_button"), "the PDF download button is missing"
+
+
+def test_a_ct_slice_is_not_assessable_and_names_ct(app_registry):
+    at = _upload(page("analyse.py").run(), "CT_small.dcm")
+    _assert_not_assessable(at, "CT_small.dcm: DICOM modality CT (computed tomography) is not a projection radiograph",
+                           ("fracture", "no fracture"))
+
+
+def test_a_view_out_of_scope_is_named_and_not_counted(app_registry):
+    at = _upload(page("analyse.py").run(), "phantom_fracture_abnormal.dcm", "CT_small.dcm")
+    assert not at.exception
+    assert _card(at) is None and len(at.metric) == 1 and "mean of 1 of 2 views" in at.metric[0].delta
+    errors = " ".join(e.value for e in at.error)
+    assert "**Not counted:** 1 of 2 views" in errors and "CT_small.dcm: DICOM modality CT" in errors
+    assert list(at.table[0].value["counted"]) == ["yes", "no: out of scope"]
+    # its heatmap only in the unreliable-output expander
+    assert [e.label for e in at.expander] == [UNRELIABLE_EXPANDER]
+    images = [str(b.proto) for b in _blocks(at.expander[0]) if type(b).__name__ == "Image"]
+    assert len(images) == 1 and "CT_small.dcm: heatmap, model output" in images[0]
+
+
+@pytest.mark.parametrize("threshold, high_sensitivity, level", [
+    (1e-6, None, "finding"),               # at or above the operating point: a solid box
+    (1 - 1e-6, 1e-6, "possible finding"),  # between the two points: a dotted box
+    (1 - 1e-6, None, None),                # below both: none
+])
+def test_automatic_marks_are_the_results_finding_levels(app_registry, monkeypatch, threshold, high_sensitivity, level):
+    """The page draws what AnalysisResult.finding_level says, and nothing when not assessable."""
+    import ui.result_view as view_module
+    import xray_ai.analysis as analysis
+
+    raw = json.loads(app_registry.read_text())
+    raw["models"]["tiny-test"]["threshold"] = threshold
+    if high_sensitivity is not None:
+        raw["models"]["tiny-test"]["metrics"]["high_sensitivity_operating_point"] = {
+            "threshold": high_sensitivity, "method": "test fixture"}
+    app_registry.write_text(json.dumps(raw))
+    drawn, results = [], []
+    real_render, real_analyze = view_module.render_overlay, analysis.analyze
+    monkeypatch.setattr(view_module, "render_overlay", lambda *a, **k: drawn.append(k.get("finding")) or real_render(*a, **k))
+    monkeypatch.setattr(analysis, "analyze", lambda *a, **k: results.append(real_analyze(*a, **k)) or results[-1])
+    at = page("analyse.py").run()
+    at.button(key="analyse.example").click().run()
+    assert not at.exception and drawn
+    assert results[-1].finding_level(results[-1].views[0]) == level
+    assert set(drawn) == {level}
+    assert (f"· {level}" in text_of(at)) == (level is not None)  # the view's caption names its mark
+    drawn.clear()
+    _upload(at, "CT_small.dcm")
+    assert not at.exception and drawn and set(drawn) == {None}

@@ -1,12 +1,16 @@
 """End-to-end: the Streamlit app driven in headless Chromium (Debian's /usr/bin/chromium).
 
-Starts `streamlit run app.py` on a free loopback port, uploads a DICOM through the Analyse
-page's file uploader, waits for the result, checks the provenance (model id, threshold,
-the placeholder banner exactly when the model is the placeholder, the synthetic-data
-warning), downloads the PDF report and checks it, takes a full-page screenshot, then
-switches to pneumonia (a model that ships trained) and analyses a chest radiograph. It
-records the upload-to-result time of the first analysis (cold: imports TensorFlow, loads
-the model) and of the second (TensorFlow loaded, the pneumonia model loads) in
+Starts `streamlit run app.py` once for the module on a free loopback port. The first test
+uploads an in-scope synthetic phantom (examples/) through the Analyse page's file uploader
+under the default condition and waits for the decision, checks the provenance (model id,
+threshold, the placeholder banner exactly when the model is the placeholder, the
+synthetic-data note as a neutral info note), the legend of the automatic marks, downloads
+the PDF report and checks it, and takes a full-page screenshot. The second switches to
+pneumonia and uploads the real RG1 chest radiograph: a grey "Not assessable" card with the
+reason in error colour, no pneumonia headline, the model's output only in its expander, and
+a PDF that says "Not assessable". The third uploads pydicom's CT_small.dcm: not assessable,
+naming CT. It records the upload-to-result time of the first analysis (cold: imports
+TensorFlow, loads the model) and of the second (the pneumonia model loads) in
 test-artifacts/browser_timings.json. No timing assertions.
 
 CI installs the browser with .ci/install-browser.sh and the Python package `playwright`
@@ -40,10 +44,14 @@ MODEL_LABEL = "Model"                                       # st.selectbox (comb
 DOWNLOAD_LABEL = re.compile(r"Download PDF report", re.I)   # st.download_button
 HEATMAP_LABEL = re.compile(r"Heatmap intensity", re.I)      # st.slider
 THRESHOLD_WORD = re.compile(r"\bthreshold\b", re.I)
+NOT_ASSESSABLE = "Not assessable"                           # ui.result_view.NOT_ASSESSABLE_TITLE
+NOT_ASSESSABLE_CARD = ".st-key-not_assessable_card"         # ui.result_view.NOT_ASSESSABLE_CARD_KEY
+UNRELIABLE_EXPANDER = "model output (unreliable for this image)"  # ui.result_view.UNRELIABLE_EXPANDER
+MARKS_LEGEND = re.compile(r"Automatic marks\. Solid box")
 PDF_DISCLAIMER = "not a diagnosis"
 PLACEHOLDER_BANNER = "PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT"  # xray_ai.result.PLACEHOLDER_WATERMARK
 SYNTHETIC_WARNING = re.compile(r"trained on synthetic data", re.I)
-SECOND_CONDITION = "Pneumonia (chest)"  # the 2nd analysis: a chest radiograph, a model that ships trained
+SECOND_CONDITION = "Pneumonia (chest)"  # the 2nd analysis: a real chest radiograph, out of scope
 
 
 def _uploader(page):
@@ -74,6 +82,14 @@ def _decision_metric(page):
     return page.get_by_test_id("stMetric")
 
 
+def _not_assessable_card(page):
+    return page.locator(NOT_ASSESSABLE_CARD)
+
+
+def _info_alerts(page):
+    return page.get_by_test_id("stAlertContentInfo")
+
+
 def _download_button(page):
     return page.get_by_role("button", name=DOWNLOAD_LABEL)
 
@@ -82,7 +98,7 @@ def _download_button(page):
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
-FIRST_FILE = REPO / "examples" / "rg3_tibia.dcm"
+FIRST_FILE = REPO / "examples" / "phantom_msk_abnormality_abnormal.dcm"  # in scope for the default condition
 SECOND_FILE = REPO / "examples" / "rg1_chest.dcm"
 SERVER_START_TIMEOUT_S = 90
 RESULT_TIMEOUT_MS = 150_000  # the first analysis imports TensorFlow and loads a model
@@ -207,6 +223,30 @@ def _wait_for_result(page, timeout_ms=RESULT_TIMEOUT_MS):
     expect(_download_button(page)).to_be_enabled(timeout=timeout_ms)
 
 
+def _wait_for_not_assessable(page, timeout_ms=RESULT_TIMEOUT_MS):
+    """The grey card and the download button, and no decision metric."""
+    expect(_not_assessable_card(page)).to_be_visible(timeout=timeout_ms)
+    expect(_download_button(page)).to_be_enabled(timeout=timeout_ms)
+    expect(_decision_metric(page)).to_have_count(0)
+
+
+def _expect_not_assessable(page, reason: str, decision_labels) -> None:
+    """The grey card with the reason in error colour inside it; no decision headline; the
+    model's output only in the unreliable-output expander."""
+    card = _not_assessable_card(page)
+    expect(card).to_contain_text(NOT_ASSESSABLE)
+    expect(card.get_by_test_id("stAlertContentError")).to_contain_text(reason)
+    grey = card.evaluate("e => getComputedStyle(e).backgroundColor")
+    rgb = [float(v) for v in re.findall(r"[\d.]+", grey)[:3]]
+    assert grey not in ("rgba(0, 0, 0, 0)", "transparent") and max(rgb) - min(rgb) < 8, f"card not grey: {grey}"
+    main = page.get_by_test_id("stMain")
+    for label in decision_labels:  # neither the positive nor the negative label as a headline
+        expect(main.get_by_role("heading", name=label, exact=True)).to_have_count(0)
+        expect(main.get_by_test_id("stMetricValue").filter(has_text=label)).to_have_count(0)
+    expect(main.get_by_test_id("stExpander").filter(has_text=UNRELIABLE_EXPANDER)).to_have_count(1)
+    expect(main.get_by_text(MARKS_LEGEND)).to_have_count(0)  # no automatic marks, so no legend
+
+
 def _full_page_screenshot(page, path: Path, max_height: int = 8000) -> None:
     """Streamlit scrolls inside its main container, so full_page=True alone captures only the
     viewport: grow the viewport to the content's height, screenshot, restore it."""
@@ -253,8 +293,9 @@ def _expect_provenance(main, model_id: str) -> None:
         expect(banner.first).to_be_visible()
     else:
         expect(banner).to_have_count(0)
-        if synthetic:
-            expect(main.get_by_text(SYNTHETIC_WARNING).first).to_be_visible()
+        if synthetic:  # a neutral info note, unlike the out-of-scope reasons (error colour)
+            expect(_info_alerts(main).filter(has_text=SYNTHETIC_WARNING)).to_have_count(1)
+            expect(main.get_by_test_id("stAlertContentError").filter(has_text=SYNTHETIC_WARNING)).to_have_count(0)
 
 
 def _choose(page, label: str, option: str) -> None:
@@ -268,17 +309,52 @@ def _pdf_text(data: bytes) -> str:
     return "\n".join(p.extract_text() or "" for p in PdfReader(io.BytesIO(data)).pages)
 
 
-def test_analyse_page_end_to_end(browser, streamlit_server):
-    server = streamlit_server
+def _download_pdf_text(page, name: str) -> str:
+    with page.expect_download(timeout=60_000) as dl_info:
+        _download_button(page).click()
+    download = dl_info.value
+    pdf_path = ARTIFACTS / name
+    download.save_as(pdf_path)
+    data = pdf_path.read_bytes()
+    assert data.startswith(b"%PDF"), f"download is not a PDF: {data[:20]!r} ({download.suggested_filename})"
+    _wait_until_idle(page)  # the download button reruns the script
+    return " ".join(_pdf_text(data).split())  # pypdf may break lines inside phrases
+
+
+def _open(browser, server):
     page = browser.new_page()
     page.set_default_timeout(UI_TIMEOUT_MS)
     console = []
     page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
-    timings = {}
-    try:
-        page.goto(server.url, wait_until="domcontentloaded", timeout=60_000)
-        expect(_uploader(page)).to_be_visible(timeout=60_000)
+    page.goto(server.url, wait_until="domcontentloaded", timeout=60_000)
+    expect(_uploader(page)).to_be_visible(timeout=60_000)
+    _wait_until_idle(page)
+    return page, console
 
+
+def _report_failure(page, console, server, name: str) -> None:
+    try:
+        page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    except Exception:
+        pass
+    if console:
+        print("\n----- browser console errors -----\n" + "\n".join(console))
+    print(f"\n----- streamlit log ({server.log_path}) -----\n{server.log()}\n----- end of streamlit log -----")
+
+
+TIMINGS: dict = {}
+
+
+def _save_timings() -> None:
+    (ARTIFACTS / "browser_timings.json").write_text(json.dumps(TIMINGS, indent=2) + "\n")
+    print(f"\nupload-to-result: first analysis {TIMINGS.get('first_analysis_s')} s, "
+          f"second analysis {TIMINGS.get('second_analysis_s')} s")
+
+
+def test_an_in_scope_phantom_gives_a_decision_and_a_report(browser, streamlit_server):
+    server = streamlit_server
+    page, console = _open(browser, server)
+    try:
         # The active model of the condition selected on the page, from the registry.
         condition_name = page.get_by_role("combobox", name=CONDITION_LABEL).input_value()
         model_id = _active_model_for(condition_name)
@@ -289,37 +365,40 @@ def test_analyse_page_end_to_end(browser, streamlit_server):
         _file_input(page).set_input_files(str(FIRST_FILE))
         expect(_result_image(page, FIRST_FILE.name).first).to_be_visible(timeout=RESULT_TIMEOUT_MS)
         _wait_for_result(page)
-        timings["first_analysis_s"] = round(time.perf_counter() - t0, 2)
+        TIMINGS.update(first_analysis_s=round(time.perf_counter() - t0, 2), model_id=model_id,
+                       first_file=FIRST_FILE.name)
 
         main = page.get_by_test_id("stMain")
+        decision = _decision_metric(page).first.get_by_test_id("stMetricValue").inner_text().strip()
+        registry = json.loads((REPO / "model_registry.json").read_text())
+        labels = {c["positive_label"]: c for c in registry["conditions"].values() if c["name"] == condition_name}
+        labels |= {c["negative_label"]: c for c in registry["conditions"].values() if c["name"] == condition_name}
+        assert decision in labels, f"the card says {decision!r}, not one of {sorted(labels)}"
+        expect(_not_assessable_card(page)).to_have_count(0)
         _expect_provenance(main, model_id)
         expect(main).to_contain_text(THRESHOLD_WORD)
+        expect(main.get_by_text(MARKS_LEGEND)).to_be_visible()
         expect(page.get_by_text(HEATMAP_LABEL).first).to_be_visible()
         expect(main.get_by_test_id("stImage").first).to_be_visible()
 
-        # PDF report.
-        with page.expect_download(timeout=60_000) as dl_info:
-            _download_button(page).click()
-        download = dl_info.value
-        pdf_path = ARTIFACTS / "browser_report.pdf"
-        download.save_as(pdf_path)
-        data = pdf_path.read_bytes()
-        assert data.startswith(b"%PDF"), f"download is not a PDF: {data[:20]!r} ({download.suggested_filename})"
-        text = _pdf_text(data)
-        flat = " ".join(text.split())  # pypdf may break lines inside phrases
+        flat = _download_pdf_text(page, "browser_report.pdf")
         assert model_id in flat.replace(" ", "") or model_id in flat, f"model id {model_id} not in the PDF text"
         assert PDF_DISCLAIMER in flat.lower(), f"disclaimer {PDF_DISCLAIMER!r} not in the PDF text"
-
-        # The download button reruns the script; wait until the page is settled again.
-        _wait_until_idle(page)
+        assert f"Decision {decision}" in flat and NOT_ASSESSABLE not in flat
         _wait_for_result(page)
         _full_page_screenshot(page, ARTIFACTS / "browser_analyse.png")
+    except BaseException:
+        _report_failure(page, console, server, "browser_failure.png")
+        raise
+    finally:
+        _save_timings()
+        page.close()
 
-        # 2nd analysis (warm process, another model): replace the study by a chest radiograph
-        # and switch to a condition whose model ships trained.
-        _remove_file_button(page, FIRST_FILE.name).click()
-        expect(_file_chip(page, FIRST_FILE.name)).to_have_count(0)
-        _wait_until_idle(page)
+
+def test_a_real_chest_under_pneumonia_is_not_assessable(browser, streamlit_server):
+    server = streamlit_server
+    page, console = _open(browser, server)
+    try:
         _choose(page, CONDITION_LABEL, SECOND_CONDITION)
         _wait_until_idle(page)
         second_model_id = _active_model_for(SECOND_CONDITION)
@@ -328,25 +407,41 @@ def test_analyse_page_end_to_end(browser, streamlit_server):
         _file_input(page).set_input_files(str(SECOND_FILE))
         # The new images (captioned with the file name) exist only once the analysis is done.
         expect(_result_image(page, SECOND_FILE.name).first).to_be_visible(timeout=RESULT_TIMEOUT_MS)
-        _wait_for_result(page)
-        timings["second_analysis_s"] = round(time.perf_counter() - t0, 2)
+        _wait_for_not_assessable(page)
+        TIMINGS.update(second_analysis_s=round(time.perf_counter() - t0, 2), second_model_id=second_model_id,
+                       second_file=SECOND_FILE.name)
+        main = page.get_by_test_id("stMain")
         _expect_provenance(main, second_model_id)
-        if _served_as(second_model_id) == (False, True):  # a model trained on phantoms, shown a real chest
-            expect(main).to_contain_text(f"{SECOND_FILE.name}: UNLIKE THE IMAGES {second_model_id} WAS TRAINED ON")
-        _full_page_screenshot(page, ARTIFACTS / "browser_analyse_second.png")
+        reason = (f"{SECOND_FILE.name}: unlike the images {second_model_id} was trained on"
+                  if _served_as(second_model_id) == (False, True) else f"{SECOND_FILE.name}:")
+        _expect_not_assessable(page, reason, ("pneumonia", "normal"))
+        flat = _download_pdf_text(page, "browser_report_not_assessable.pdf")
+        assert f"{NOT_ASSESSABLE}: no view of this study is in the model's scope" in flat
+        assert f"Result {NOT_ASSESSABLE}" in flat and "Decision pneumonia" not in flat
+        _wait_for_not_assessable(page)
+        _full_page_screenshot(page, ARTIFACTS / "browser_analyse_not_assessable.png")
     except BaseException:
-        try:
-            page.screenshot(path=str(ARTIFACTS / "browser_failure.png"), full_page=True)
-        except Exception:
-            pass
-        if console:
-            print("\n----- browser console errors -----\n" + "\n".join(console))
-        print(f"\n----- streamlit log ({server.log_path}) -----\n{server.log()}\n----- end of streamlit log -----")
+        _report_failure(page, console, server, "browser_failure_not_assessable.png")
         raise
     finally:
-        timings.update(model_id=locals().get("model_id"), second_model_id=locals().get("second_model_id"),
-                       first_file=FIRST_FILE.name, second_file=SECOND_FILE.name)
-        (ARTIFACTS / "browser_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
-        print(f"\nupload-to-result: first analysis {timings.get('first_analysis_s')} s, "
-              f"second analysis {timings.get('second_analysis_s')} s")
+        _save_timings()
+        page.close()
+
+
+def test_a_ct_slice_is_not_assessable_and_names_ct(browser, streamlit_server):
+    from pydicom.data import get_testdata_file
+
+    server = streamlit_server
+    page, console = _open(browser, server)
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    try:
+        _file_input(page).set_input_files(str(ct))
+        expect(_result_image(page, ct.name).first).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+        _wait_for_not_assessable(page)
+        _expect_not_assessable(page, f"{ct.name}: DICOM modality CT (computed tomography) is not a projection "
+                                     "radiograph", ("abnormal", "normal"))
+    except BaseException:
+        _report_failure(page, console, server, "browser_failure_ct.png")
+        raise
+    finally:
         page.close()

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from xray_ai.outputs.overlay import Marker, render_overlay, strongest_region, to_rgb8
+from xray_ai.outputs.overlay import Marker, display_pixels, finding_legend, render_overlay, strongest_region, to_rgb8
+from xray_ai.result import FINDING, POSSIBLE_FINDING
 
 
 def _radiograph(height: int = 256, width: int = 192) -> np.ndarray:
@@ -115,17 +116,87 @@ def test_strongest_region_of_empty_heatmap_is_none():
     assert strongest_region(np.zeros((7, 7), np.float32), (100, 100)) is None
 
 
-def test_annotation_draws_the_box_edge():
-    image = _radiograph(256, 256)
-    heatmap = _hot_square(16, 4, 4, 6)
+def _annotated(size: int, finding, **kwargs):
+    """(plain, annotated, box) for a size x size radiograph whose heatmap is hot in a block."""
+    image = _radiograph(size, size)
+    heatmap = _hot_square(16, 5, 4, 6)
     plain = render_overlay(image, heatmap, 0.5, annotate=False)
-    annotated = render_overlay(image, heatmap, 0.5, annotate=True, probability=0.87)
-    x0, y0, x1, y1 = strongest_region(heatmap, image.shape)
-    edge_row = annotated[(y0 + y1) // 2, x0 - 1 : x0 + 2]
-    assert np.any(edge_row != plain[(y0 + y1) // 2, x0 - 1 : x0 + 2])
-    # The probability label sits just above the box.
-    label_area = (slice(max(0, y0 - 20), y0), slice(x0, x0 + 40))
-    assert np.any(annotated[label_area] != plain[label_area])
+    annotated = render_overlay(image, heatmap, 0.5, finding=finding, **kwargs)
+    return plain, annotated, strongest_region(heatmap, image.shape)
+
+
+def _edge_runs(changed: np.ndarray) -> int:
+    """How many separate runs of changed pixels a 1-D boolean line holds."""
+    return int(np.count_nonzero(np.diff(changed.astype(np.int8)) == 1) + changed[0])
+
+
+def test_no_finding_draws_no_box():
+    """Nothing is marked unless the decision says so: None (below both points, out of scope,
+    not assessable, placeholder) and the annotation switch off leave the overlay plain."""
+    plain, annotated, _ = _annotated(256, None, probability=0.43)
+    np.testing.assert_array_equal(annotated, plain)
+    plain, switched_off, _ = _annotated(256, FINDING, annotate=False)
+    np.testing.assert_array_equal(switched_off, plain)
+
+
+def test_a_finding_gets_a_solid_box_and_a_possible_finding_a_dotted_one():
+    plain, solid, (x0, y0, x1, y1) = _annotated(512, FINDING)
+    _, dotted, _ = _annotated(512, POSSIBLE_FINDING)
+    inner = slice(y0 + 12, y1 - 12)  # the left edge, away from the corners
+    solid_edge = np.any(solid[inner, x0] != plain[inner, x0], axis=-1)
+    dotted_edge = np.any(dotted[inner, x0] != plain[inner, x0], axis=-1)
+    assert solid_edge.all() and _edge_runs(solid_edge) == 1
+    assert 0.3 < dotted_edge.mean() < 0.85 and _edge_runs(dotted_edge) >= 6
+    # Each is labelled above the box, the possible finding's label being the longer text.
+    above = (slice(max(0, y0 - 30), y0 - 3), slice(0, 512))
+    widths = [np.any(np.any(out[above] != plain[above], axis=-1), axis=0).sum() for out in (solid, dotted)]
+    assert 40 < widths[0] < widths[1] < 0.5 * 512
+
+
+def test_unknown_finding_level_raises():
+    with pytest.raises(ValueError, match="finding"):
+        render_overlay(_radiograph(), _hot_square(), finding="fracture")
+
+
+@pytest.mark.parametrize("finding", [FINDING, POSSIBLE_FINDING])
+def test_marks_scale_with_the_image(finding):
+    """A box's line is a similar small share of a 64 px image's side as of a 2048 px one's, and
+    widens with the image; the label is a similar share of a 512 and a 2048 px image, and left
+    out where it would be too small to read (it once covered a third of a 64 px image)."""
+    shares, lines, labels = {}, {}, {}
+    for size in (64, 128, 512, 2048):
+        plain, annotated, (x0, y0, x1, y1) = _annotated(size, finding)
+        changed = np.any(annotated != plain, axis=-1)
+        shares[size] = changed.mean()
+        margin = max(2, size // 40)
+        lines[size] = int(changed[y0 + margin : y1 - margin, : (x0 + x1) // 2].any(axis=0).sum())
+        labels[size] = changed[: max(0, y0 - 2)].mean()
+    assert max(shares.values()) < 0.05, shares
+    assert all(1 <= lines[size] <= 0.02 * size for size in lines), lines
+    assert lines[64] <= lines[512] < lines[2048], lines
+    assert labels[64] == labels[128] == 0.0, labels
+    assert 0 < labels[512] < 0.05 and 0.5 * labels[512] < labels[2048] < 2 * labels[512], labels
+
+
+def test_display_pixels_upscales_small_images_only():
+    small = _radiograph(64, 48)
+    big = display_pixels(small)
+    assert big.shape == (683, 512) and big.dtype == np.float32
+    assert abs(float(big.mean()) - float(small.mean())) < 0.01
+    large = _radiograph(600, 700)
+    assert display_pixels(large) is large
+
+
+def test_legend_names_both_styles_and_the_operating_points():
+    from types import SimpleNamespace
+
+    result = SimpleNamespace(threshold=0.493, threshold_method="Youden's J", high_sensitivity_threshold=0.255)
+    solid, dotted, none = finding_legend(result)
+    assert "Solid box" in solid and '"finding"' in solid and "0.493" in solid
+    assert "Dotted box" in dotted and '"possible finding"' in dotted and "0.255" in dotted
+    assert "No box" in none and "not assessable" in none
+    above = SimpleNamespace(threshold=0.17, threshold_method="Youden's J", high_sensitivity_threshold=0.99)
+    assert "not used by this model" in finding_legend(above)[1]
 
 
 def test_markers_change_pixels_near_their_position_only():

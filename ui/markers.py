@@ -19,7 +19,7 @@ __all__ = ["marker_editor"]
 def marker_editor(overlay: np.ndarray, view: int, filename: str | None, caption: str) -> None:
     """Show the overlay as a clickable image; a click adds a marker to session state."""
     markers: list[Marker] = st.session_state.setdefault("analyse.markers", [])
-    label = st.text_input("Label for the next marker (then click on the image)", value="finding",
+    label = st.text_input("Label for the next marker (then click on the image)", value="marker",
                           max_chars=40, key=f"analyse.marker_label.{view}")
     click = streamlit_image_coordinates(overlay, key=f"analyse.click.{view}", use_column_width="always")
     st.caption(caption)

@@ -180,7 +180,8 @@ class AnalysisResult:
         unlike = [v for v in self.views if v.unlike_training_data]
         if unlike:
             which = "the image is" if len(self.views) == 1 else f"{len(unlike)} of {len(self.views)} views are"
-            return f"{which} UNLIKE the model's training images: the probability is unreliable (see warnings)"
+            return (f"{which} UNLIKE the model's training images: the probability is unreliable "
+                    "(see the scope reasons)")
         _, distance, threshold = max(checks, key=lambda c: c[1] - c[2])
         which = "the image is" if len(self.views) == 1 else f"all {len(self.views)} views are"
         return f"{which} like the model's training images (distance {distance:.2f}, threshold {threshold:.2f})"

@@ -37,7 +37,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
                    help="heatmap method (default gradcam; the others run on TensorFlow after the scoring pass)")
     p.add_argument("--heatmap", type=Path, help="write the overlay PNG here (one per view: NAME_viewN.png)")
     p.add_argument("--intensity", type=_intensity, default=0.5, help="heatmap intensity 0..1 (default 0.5)")
-    p.add_argument("--no-annotations", action="store_true", help="overlay without contour and box")
+    p.add_argument("--no-annotations", action="store_true", help="overlay without the automatic finding box")
     p.add_argument("--report", type=Path, help="write the PDF report here")
     p.add_argument("--include-patient", action="store_true", help="put DICOM patient fields in the report")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -107,7 +107,7 @@ def _write_overlays(result, target: Path, intensity: float, annotate: bool) -> N
             view.heatmap,
             intensity,
             annotate=annotate,
-            probability=view.probability,
+            finding=result.finding_level(view),
             placeholder=result.placeholder,
         )
         out = target if len(result.views) == 1 else target.with_name(f"{target.stem}_view{i}{target.suffix}")

@@ -4,19 +4,13 @@
 image's own resolution with OpenCV primitives and a lookup table (about 25-35 ms for a
 2000 x 2000 image with annotations on two cores; tests/test_overlay.py bounds it).
 Intensity scales only the colour layer: at 0 the output is exactly the grayscale image;
-the automatic annotation, the manual markers and the placeholder watermark are separate
-switches drawn on top.
+the automatic mark, the manual markers and the placeholder watermark are drawn on top.
 
-The automatic annotation follows the decision, as commercial fracture readers mark
-findings: the caller passes the view's finding level (`AnalysisResult.finding_level`), and
-the strongest hot region of the heatmap gets a solid box labelled "finding" (FINDING), a
-dotted box labelled "possible finding" (POSSIBLE_FINDING), or nothing (None: below both
-operating points, out of scope, not assessable, placeholder). `finding_legend` says which
-is which. Lines and labels are sized as fractions of the image, so a box covers as much of
-a 64 px image as of a 2000 px one; a label too small to read at the image's own size is
-left out (the legend still explains the box). `display_pixels` upscales a small image for
-the screen and the PDF, where it is shown large anyway, so that its labels can be drawn.
-"""
+The automatic mark follows the decision: the caller passes the view's finding level
+(`AnalysisResult.finding_level`) and the heatmap's strongest region gets a solid box
+"finding", a dotted box "possible finding", or nothing; `finding_legend` says which is
+which. Lines and labels are fractions of the image's size (a label too small to read is
+left out); `display_pixels` upscales a small image for the screen and the PDF."""
 
 from __future__ import annotations
 
@@ -265,6 +259,13 @@ def _thickness(scale: float, base: float = 2.0) -> int:
     return max(1, int(round(base * scale)))
 
 
+def _strokes(scale: float) -> tuple[int, int]:
+    """(light line, dark outline under it) widths in px: 2 and 4 at 512 px, 1 and 1 (no
+    outline) on a small image, where a fixed outline would cover a large share of it."""
+    line = _thickness(scale)
+    return line, line + 2 * int(round(scale))
+
+
 # --- automatic annotation ----------------------------------------------------------------
 
 
@@ -294,21 +295,22 @@ def _region(heat: np.ndarray, shape: tuple[int, int], threshold_level: float) ->
 def _draw_box(out: np.ndarray, box: tuple[int, int, int, int], *, dotted: bool, label: str, scale: float) -> None:
     """A solid or dotted box (a dark stroke under a light one: visible on bright bone and on
     red heat) with its label above it."""
-    thick = _thickness(scale)
-    halo = thick + 2 * max(1, thick // 2)
+    thick, halo = _strokes(scale)
+    kind = cv2.LINE_AA if thick > 1 else cv2.LINE_8  # antialiasing would triple a 1 px line
     x0, y0, x1, y1 = box
     corners = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)], dtype=np.float64)
-    step = max(2, 2 * thick + 2)  # dots: dashes about two line widths long, with gaps as long
+    dash = max(2, 2 * thick)  # dots: dashes two lines long, gaps as long plus the round caps
+    period = 2 * dash + halo
     for colour, width in ((_BLACK, halo), (_BOX, thick)):
         if not dotted:
-            cv2.rectangle(out, (x0, y0), (x1, y1), colour, width, cv2.LINE_AA)
+            cv2.rectangle(out, (x0, y0), (x1, y1), colour, width, kind)
             continue
         for a, b in zip(corners[:-1], corners[1:]):
             length = max(float(np.hypot(*(b - a))), 1.0)
-            for start in np.arange(0.0, length, 2 * step):
-                p, q = (a + (b - a) * t / length for t in (start, min(start + step, length)))
+            for start in np.arange(0.0, length, period):
+                p, q = (a + (b - a) * t / length for t in (start, min(start + dash, length)))
                 cv2.line(out, tuple(int(v) for v in np.rint(p)), tuple(int(v) for v in np.rint(q)),
-                         colour, width, cv2.LINE_AA)
+                         colour, width, kind)
     _draw_label(out, label, (x0, y0 - halo // 2), scale, above=True)
 
 
@@ -336,11 +338,10 @@ def _draw_marker(out: np.ndarray, number: int, marker: Marker, scale: float) -> 
     height, width = out.shape[:2]
     cx = int(round(min(max(float(marker.x), 0.0), 1.0) * (width - 1)))
     cy = int(round(min(max(float(marker.y), 0.0), 1.0) * (height - 1)))
-    thick = _thickness(scale)
+    thick, halo = _strokes(scale)
     radius = max(2, int(round(12 * scale)))
     arm = radius + max(1, int(round(8 * scale)))
-    extra = 2 * max(1, thick // 2)
-    for colour, add in ((_BLACK, extra), (_MARKER, 0)):
+    for colour, add in ((_BLACK, halo - thick), (_MARKER, 0)):
         cv2.circle(out, (cx, cy), radius, colour, thick + add, cv2.LINE_AA)
         cv2.line(out, (cx - arm, cy), (cx - radius // 2, cy), colour, thick + add, cv2.LINE_AA)
         cv2.line(out, (cx + radius // 2, cy), (cx + arm, cy), colour, thick + add, cv2.LINE_AA)

@@ -1,7 +1,10 @@
 """PDF report of one analysis (reportlab platypus): result, images, provenance, review.
 
 The report says which model produced the result, how its threshold was chosen, and that a
-clinician decides. A placeholder model's report carries PLACEHOLDER_WATERMARK diagonally on
+clinician decides. A study with no view in the model's scope says "Not assessable" in a grey
+banner and in its result table, with the reasons, and gives no decision; its model output is
+kept, marked unreliable. The overlays carry the automatic marks the result's finding levels
+call for (`overlay.finding_legend`, printed under the images). A placeholder model's report carries PLACEHOLDER_WATERMARK diagonally on
 every page. Patient and study identifiers appear only when asked for. Apart from the report
 id and the date, the same inputs give the same bytes (reportlab's invariant mode).
 How each piece looks (styles, tables, embedded images) is `xray_ai.outputs.report_layout`.
@@ -22,7 +25,7 @@ from reportlab.lib.units import mm
 from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.platypus import BaseDocTemplate, Frame, KeepTogether, PageTemplate, Paragraph, Spacer, Table, TableStyle
 
-from xray_ai.outputs.overlay import Marker, render_overlay, to_rgb8
+from xray_ai.outputs.overlay import Marker, display_pixels, finding_legend, render_overlay, to_rgb8
 from xray_ai.outputs.report_layout import (
     MAX_EMBED_SIDE,
     banner,
@@ -36,7 +39,7 @@ from xray_ai.outputs.report_layout import (
     present_fields,
     report_styles,
 )
-from xray_ai.result import DISCLAIMER, PLACEHOLDER_WATERMARK, AnalysisResult
+from xray_ai.result import DISCLAIMER, PLACEHOLDER_WATERMARK, AnalysisResult, ViewResult
 
 __all__ = ["build_report", "REPORT_TITLE", "MAX_EMBED_SIDE"]
 
@@ -45,12 +48,18 @@ AGREEMENTS = {
     "agree": "The reviewing clinician agrees with the model's decision.",
     "disagree": "The reviewing clinician disagrees with the model's decision.",
 }
+_AGREEMENTS_NOT_ASSESSABLE = {
+    "agree": "The reviewing clinician agrees that the study is not assessable by this model.",
+    "disagree": "The reviewing clinician disagrees that the study is not assessable by this model.",
+}
+NOT_ASSESSABLE_TITLE = "Not assessable"
 _PATIENT_FIELDS = (("name", "Patient name"), ("id", "Patient ID"),
                    ("birth_date", "Birth date"), ("sex", "Sex"))
 _STUDY_FIELDS = (("date", "Study date"), ("description", "Study description"),
                  ("accession_number", "Accession number"), ("study_uid", "Study UID"),
                  ("institution", "Institution"))
 _RED = colors.Color(0.8, 0.0, 0.0)
+_GREY = colors.Color(0.38, 0.38, 0.4)
 _MARGIN = 18 * mm
 
 
@@ -105,6 +114,12 @@ def build_report(
             f"<b>{PLACEHOLDER_WATERMARK}</b><br/>The active model could not be loaded and an "
             f"untrained placeholder produced this output: the probability, decision and heatmap "
             f"carry no meaning. Reason: {escape_markup(reason)}", styles, _RED))
+    if not result.assessable:
+        reasons = "".join(f"<br/>• {escape_markup(r)}" for r in result.scope_reasons)
+        story.append(banner(
+            f"<b>{NOT_ASSESSABLE_TITLE}</b>: no view of this study is in the model's scope, so no decision "
+            f"is given. The model's output below is kept for the record only and is unreliable for "
+            f"these images.{reasons}", styles, _GREY))
     if result.synthetic:
         story.append(banner(
             "<b>Model trained on synthetic data — no clinical meaning.</b> This demonstration "
@@ -161,10 +176,16 @@ def _patient_section(result: AnalysisResult, include: bool, styles: Mapping) -> 
 
 
 def _result_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
+    if result.assessable:
+        said = [("Probability", f"{percent(result.probability)} ({result.positive_label})"),
+                ("Decision", result.decision)]
+    else:  # no decision text: the output is there for the record, marked unreliable
+        said = [("Result", NOT_ASSESSABLE_TITLE),
+                ("Why", "\n".join(result.scope_reasons)),
+                ("Model output", f"{percent(result.probability)}, unreliable for these images")]
     rows = [
         ("Condition", result.condition_name),
-        ("Probability", f"{percent(result.probability)} ({result.positive_label})"),
-        ("Decision", result.decision),
+        *said,
         ("Threshold", f"{result.threshold:.3f} ({percent(result.threshold)})"),
         ("Threshold chosen by", result.threshold_method),
         ("Model", f"{result.model_id} version {result.model_version} ({result.architecture})"),
@@ -174,14 +195,22 @@ def _result_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
     ]
     if result.body_part_summary:
         rows.append(("Body part", result.body_part_summary))
-    if len(result.views) > 1:
-        rows.insert(2, ("Study score", f"mean of {len(result.views)} views"))
+    left_out = [v for v in result.views if not v.assessable]
+    if len(result.views) > 1 and result.assessable:
+        counted = len(result.views) - len(left_out)
+        rows.insert(2, ("Study score", f"mean of {len(result.views)} views" if not left_out
+                        else f"mean of the {counted} assessable views of {len(result.views)}"))
+        if left_out:
+            rows.insert(4, ("Views not counted", "\n".join(r for v in left_out for r in v.scope_reasons)))
     flow: list[Any] = [Paragraph("Result", styles["Heading2"]), key_value_table(rows, styles)]
     if len(result.views) > 1:
-        head = ["View", "File", "Probability", "Heatmap note"]
-        body = [[str(i), v.filename or "(unnamed)", percent(v.probability), v.heatmap_flag or ""]
+        head = ["View", "File", "Probability" if result.assessable else "Model output (unreliable)",
+                "In scope", "Heatmap note"]
+        body = [[str(i), v.filename or "(unnamed)", percent(v.probability),
+                 "yes" if v.assessable else "no: not counted", v.heatmap_flag or ""]
                 for i, v in enumerate(result.views, start=1)]
-        flow += [Spacer(1, 2 * mm), grid_table([head, *body], styles, (12 * mm, None, 28 * mm, 40 * mm))]
+        flow += [Spacer(1, 2 * mm),
+                 grid_table([head, *body], styles, (12 * mm, None, 28 * mm, 26 * mm, 34 * mm))]
     return flow
 
 
@@ -236,7 +265,8 @@ def _review_section(
     if clinician:
         flow.append(Paragraph(f"Reviewed by: {escape_markup(clinician)}", styles["Body"]))
     if agreement:
-        flow.append(Paragraph(AGREEMENTS[agreement], styles["Body"]))
+        said = AGREEMENTS if result.assessable else _AGREEMENTS_NOT_ASSESSABLE
+        flow.append(Paragraph(said[agreement], styles["Body"]))
     if notes:
         flow += [Paragraph("<b>Notes</b>", styles["Body"]), Paragraph(escape_markup(notes), styles["Body"])]
     if markers:
@@ -255,9 +285,10 @@ def _image_section(
     flow: list[Any] = [Paragraph("Images", styles["Heading2"])]
     half = (A4[0] - 2 * _MARGIN - 6 * mm) / 2
     for index, view in enumerate(result.views):
-        pixels = downscale(np.asarray(view.image.pixels, dtype=np.float32))
+        # a small image drawn larger, as the page shows it: its marks' labels stay legible
+        pixels = display_pixels(downscale(np.asarray(view.image.pixels, dtype=np.float32)))
         overlay = render_overlay(
-            pixels, view.heatmap, intensity, probability=view.probability,
+            pixels, view.heatmap, intensity, finding=result.finding_level(view),
             markers=[m for m in markers if m.view == index], placeholder=result.placeholder,
         )
         height, width = pixels.shape
@@ -272,10 +303,21 @@ def _image_section(
         grid = Table([images, captions], colWidths=[half + 3 * mm] * 2)
         grid.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"),
                                   ("VALIGN", (0, 0), (-1, -1), "TOP")]))
-        title = (f"View {index + 1}: {view.filename or '(unnamed)'} — "
-                 f"probability {percent(view.probability)}")
+        title = f"View {index + 1}: {view.filename or '(unnamed)'} — {_view_output(result, view)}"
         flow.append(KeepTogether([Paragraph(escape_markup(title), styles["Heading3"]), grid]))
+    legend = finding_legend(result) if result.assessable else (
+        f"No automatic marks: the study is {NOT_ASSESSABLE_TITLE.lower()}.",)
+    flow += [Paragraph(escape_markup(line), styles["Caption"]) for line in legend]
     return flow
+
+
+def _view_output(result: AnalysisResult, view: ViewResult) -> str:
+    if not result.assessable:
+        return f"model output {percent(view.probability)} (unreliable, not assessable)"
+    if not view.assessable:
+        return f"probability {percent(view.probability)} (out of scope, not counted)"
+    level = result.finding_level(view)
+    return f"probability {percent(view.probability)}" + (f"; {level}" if level else "")
 
 
 # --- page decoration ---------------------------------------------------------------------

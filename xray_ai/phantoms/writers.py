@@ -20,7 +20,7 @@ from .generator import CONDITIONS, GENERATOR_VERSION, LABELS, MURA_PARTS, check_
 
 MANIFEST = "phantoms.json"  # written at the dataset root
 
-__all__ = ["MANIFEST", "write_dataset", "make_gallery", "histogram_shortcut_auc", "add_cli_arguments", "run_cli"]
+__all__ = ["MANIFEST", "write_image", "write_dataset", "make_gallery", "histogram_shortcut_auc", "add_cli_arguments", "run_cli"]
 
 DEFAULT_SPLITS = (("train", 0.7), ("valid", 0.15), ("test", 0.15))
 
@@ -32,7 +32,7 @@ def _split_counts(count: int, splits) -> list[tuple[str, int]]:
     return [(name, int(k)) for (name, _), k in zip(splits, n)]
 
 
-def _write_image(path: Path, img: np.ndarray, bit_depth: int, fmt: str, meta: dict) -> Path:
+def write_image(path: Path, img: np.ndarray, bit_depth: int, fmt: str, meta: dict) -> Path:
     if fmt == "dicom":
         path = path.with_suffix(".dcm")
         _write_dicom(path, img, bit_depth, meta)
@@ -129,7 +129,7 @@ def write_dataset(out_dir, condition: str, count: int, *, layout: str = "mura", 
                 stem = out / split / (pos if ab else neg) / f"{condition}_{k:06d}"
                 meta = {"seed": s, "patient": f"PH{s}", "study": f"{seed}-{k}", "body_part": ph.body_part,
                         "view": ph.view}
-                _write_image(stem, ph.image, bit_depth, fmt, meta)
+                write_image(stem, ph.image, bit_depth, fmt, meta)
                 _write_mask(stem.with_name(stem.name + "_mask.png"), ph.mask)
                 stats[pos if ab else neg] += 1
                 stats["images"] += 1
@@ -157,7 +157,7 @@ def write_dataset(out_dir, condition: str, count: int, *, layout: str = "mura", 
                                       view_index=v)
                         meta = {"seed": s + v, "patient": f"{patient:05d}", "study": sdir, "body_part": part,
                                 "view": vs[v]}
-                        p = _write_image(out / sdir / f"image{v + 1}", ph.image, bit_depth, fmt, meta)
+                        p = write_image(out / sdir / f"image{v + 1}", ph.image, bit_depth, fmt, meta)
                         _write_mask(out / sdir / f"image{v + 1}_mask.png", ph.mask)
                         img_rows.append(f"{sdir}{p.name}")
                     study_rows.append((sdir, int(ab)))

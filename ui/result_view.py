@@ -1,0 +1,140 @@
+"""The Analyse page's result: the decision card or the grey "Not assessable" card, the notes,
+the views with their overlays and marks, and the legend of the marks.
+
+Whether a study or a view is in scope, the decision and each view's mark are read from the
+result (`AnalysisResult.assessable`, `.scope_reasons`, `.decision`, `.finding_level(view)`,
+computed once by the analysis pipeline); nothing here decides them. Colours keep their
+meaning: the synthetic-data note is a neutral info note, the reasons a view is out of scope
+are in error colour, and a study that is not assessable gets no decision headline: its
+model output is shown only inside an expander that calls it unreliable.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui.markers import marker_editor
+from xray_ai.outputs.overlay import display_pixels, finding_legend, render_overlay
+from xray_ai.result import AnalysisResult, ViewResult
+
+__all__ = ["NOT_ASSESSABLE_TITLE", "UNRELIABLE_EXPANDER", "NOT_ASSESSABLE_CARD_KEY", "show_result_card",
+           "show_notes", "show_views"]
+
+NOT_ASSESSABLE_TITLE = "Not assessable"
+UNRELIABLE_EXPANDER = "model output (unreliable for this image)"
+NOT_ASSESSABLE_CARD_KEY = "not_assessable_card"  # the container's CSS class: st-key-not_assessable_card
+_GREY_CARD = f"<style>.st-key-{NOT_ASSESSABLE_CARD_KEY} {{ background-color: rgba(128, 128, 128, 0.14); }}</style>"
+
+
+def show_result_card(result: AnalysisResult) -> None:
+    """The study's decision at the operating point, or the grey card saying it has none."""
+    if not result.assessable:
+        st.html(_GREY_CARD)
+        with st.container(border=True, key=NOT_ASSESSABLE_CARD_KEY):
+            st.caption(result.condition_name)
+            st.markdown(f"### :gray[{NOT_ASSESSABLE_TITLE}]")
+            st.markdown("No view of this study is in the model's scope, so the model gives no decision for it. "
+                        "A clinician reads the images.")
+            st.error(_bullets(result.scope_reasons), icon=":material/block:")
+        return
+    left_out = [v for v in result.views if not v.assessable]
+    counted = f" (mean of {len(result.views) - len(left_out)} of {len(result.views)} views)" if left_out else ""
+    st.metric(result.condition_name, result.decision, f"probability {result.probability:.1%}{counted}",
+              delta_color="off", delta_arrow="off", border=True)
+    if left_out:
+        st.error(f"**Not counted:** {len(left_out)} of {len(result.views)} views are out of the model's scope and "
+                 "do not count towards the study probability:\n" + _bullets(r for v in left_out for r in v.scope_reasons),
+                 icon=":material/block:")
+
+
+def show_notes(result: AnalysisResult) -> None:
+    """The result's warnings: the synthetic-data note as a neutral info note; those the scope
+    card already says (out of scope, unlike the training images) not again; the rest as warnings."""
+    for warning in result.warnings:
+        kind = _warning_kind(warning)
+        if kind == "synthetic":
+            st.info(warning, icon=":material/science:")
+        elif kind != "scope":
+            st.warning(warning)
+
+
+def show_views(result: AnalysisResult) -> float:
+    """Each view as loaded beside its overlay (click to place a marker); returns the heatmap
+    intensity chosen, for the PDF. A view out of scope, and every view of a study that is not
+    assessable, shows its heatmap only in the unreliable-output expander, and no automatic mark."""
+    markers = st.session_state.setdefault("analyse.markers", [])
+    assessable = result.assessable
+    if assessable:
+        c1, c2, c3 = st.columns(3)
+        intensity = c1.slider("Heatmap intensity", 0.0, 1.0, 0.5, 0.05, key="analyse.intensity")
+        show_heatmap = c2.toggle("Heatmap", value=True, key="analyse.heatmap")
+        annotate = c3.toggle("Automatic annotations", value=True, key="analyse.annotate")
+        if len(result.views) > 1:
+            _views_table(result)
+    unreliable = [i for i, v in enumerate(result.views) if not (assessable and v.assessable)]
+    for index, view in enumerate(result.views):
+        left, right = st.columns(2)
+        left.image(view.image.pixels, caption=f"{view.filename} (as loaded; DICOM after windowing)", clamp=True)
+        mine = [m for m in markers if m.view == index]
+        if index in unreliable:
+            overlay = render_overlay(display_pixels(view.image.pixels), None, markers=mine,
+                                     placeholder=result.placeholder)
+        else:
+            overlay = render_overlay(display_pixels(view.image.pixels), view.heatmap if show_heatmap else None,
+                                     intensity, annotate=annotate, finding=result.finding_level(view),
+                                     markers=mine, placeholder=result.placeholder)
+        with right:
+            marker_editor(overlay, index, view.filename, _caption(result, view))
+    if assessable:
+        st.caption("**Automatic marks.** " + " ".join(finding_legend(result)))
+    if not unreliable:
+        return intensity
+    with st.expander(UNRELIABLE_EXPANDER):
+        if not assessable:
+            st.markdown(f"The model's output, kept for the record: probability {result.probability:.1%} "
+                        f"(threshold {result.threshold:.3f}). **Unreliable**: the study is outside the model's "
+                        "scope, so this is no decision and no mark is drawn.")
+            _views_table(result)
+            intensity = st.slider("Heatmap intensity", 0.0, 1.0, 0.5, 0.05, key="analyse.intensity")
+        else:
+            st.markdown("The heatmaps of the views out of the model's scope: **unreliable**, not counted, not marked.")
+        columns = st.columns(2)
+        for column, view in enumerate(result.views[i] for i in unreliable):
+            columns[column % 2].image(
+                render_overlay(display_pixels(view.image.pixels), view.heatmap, intensity, placeholder=result.placeholder),
+                caption=f"{view.filename}: heatmap, model output {view.probability:.1%} (unreliable)")
+    return intensity
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _bullets(lines) -> str:
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def _caption(result: AnalysisResult, view: ViewResult) -> str:
+    if not result.assessable:
+        return f"{view.filename}: not assessable, no heatmap or automatic mark; click to place a marker"
+    if not view.assessable:
+        return f"{view.filename}: out of scope, not counted; heatmap only under \"{UNRELIABLE_EXPANDER}\""
+    level = result.finding_level(view)
+    return f"{view.filename}: probability {view.probability:.1%}" + (f" · {level}" if level else "")
+
+
+def _views_table(result: AnalysisResult) -> None:
+    column = "probability" if result.assessable else "model output (unreliable)"
+    st.table({"view": [v.filename for v in result.views],
+              column: [f"{v.probability:.1%}" for v in result.views],
+              "counted": ["yes" if v.assessable else "no: out of scope" for v in result.views]})
+
+
+def _warning_kind(warning: str) -> str:
+    """"synthetic", "scope" (said by the card: xray_ai.analysis words these) or "other".
+    Matched on the pipeline's wording; a structured field would be firmer (see the report)."""
+    if "trained on synthetic data" in warning:
+        return "synthetic"
+    if (warning.startswith("NOT ASSESSABLE:") or "UNLIKE THE IMAGES" in warning
+            or "out of the model's scope and do not count" in warning):
+        return "scope"
+    return "other"
