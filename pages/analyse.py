@@ -5,9 +5,7 @@ import streamlit as st
 from ui.common import digest, get_manager, registry_or_stop, show_provenance
 from ui.examples import example_picker
 from ui.result_view import show_notes, show_result_card, show_views
-from xray_ai import ImageLoadError
-from xray_ai import load_image
-from xray_ai import analysis
+from xray_ai import ImageLoadError, analysis, load_image
 from xray_ai.explain.base import METHOD_NAMES, METHODS  # the method table; numpy only
 from xray_ai.outputs.report import build_report
 

@@ -207,8 +207,7 @@ def manager(ensemble_registry):
 
 
 def _views():
-    from xray_ai import XRay
-    from xray_ai import load_image
+    from xray_ai import XRay, load_image
 
     rng = np.random.default_rng(5)
     return [load_image(EXAMPLES / "rg3_tibia.png"), XRay(rng.random((70, 50), dtype=np.float32), {}, "noise.png")]

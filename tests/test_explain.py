@@ -124,8 +124,7 @@ def test_deletion_insertion_reward_a_faithful_map(square_model):
 
 
 def test_evaluate_explanations_table(square_model):
-    from xray_ai.explain.evaluate import format_table
-    from xray_ai.explain.evaluate import evaluate_explanations
+    from xray_ai.explain.evaluate import evaluate_explanations, format_table
 
     x_test, y_test, boxes = bright_square_data(8, seed=9)
     images, masks = [], []

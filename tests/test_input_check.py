@@ -142,8 +142,7 @@ SHIPPED = json.loads((REPO / "model_registry.json").read_text())
 def test_every_shipped_model_has_an_input_check_that_knows_its_own_images(model_id):
     """Fresh phantoms of the model's own condition (seeds it never saw) pass; the real RG3
     tibia radiograph (no shipped model was trained on a tibia) is flagged."""
-    from xray_ai import load_image
-    from xray_ai import phantoms
+    from xray_ai import load_image, phantoms
 
     manager = ModelManager(REPO / "model_registry.json", backend="tensorflow")
     loaded = manager.get(model_id=model_id)
