@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Install Debian's chromium for the browser tests (tests/test_browser.py), if it is missing.
-# Idempotent: does nothing when /usr/bin/chromium already exists. Meant to run as root in CI;
-# uses sudo when run as another user and sudo is available.
+# Install what the tests need from Debian, if it is missing: chromium for the browser tests
+# (tests/test_browser.py), and the PDF report's fonts, DejaVu Sans (fonts-dejavu-core) and
+# the CJK fallback WenQuanYi Zen Hei (fonts-wqy-zenhei; xray_ai/outputs/report_layout.py).
+# Idempotent: does nothing when both are already there. Meant to run as root in CI; uses sudo
+# when run as another user and sudo is available.
 # Playwright's own browser download is not used: the tests launch /usr/bin/chromium.
 set -euo pipefail
 
 CHROMIUM=/usr/bin/chromium
+FONTS=(/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc)
 
-if [ -x "$CHROMIUM" ]; then
-    echo "chromium already installed: $("$CHROMIUM" --version 2>/dev/null || echo "$CHROMIUM")"
+fonts_present() {
+    for f in "${FONTS[@]}"; do [ -f "$f" ] || return 1; done
+}
+
+if [ -x "$CHROMIUM" ] && fonts_present; then
+    echo "chromium already installed: $("$CHROMIUM" --version 2>/dev/null || echo "$CHROMIUM"); PDF fonts present"
     exit 0
 fi
 
@@ -23,8 +30,16 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-echo "installing chromium with apt-get..."
 $SUDO apt-get update -qq
+if ! fonts_present; then
+    echo "installing the PDF report's fonts with apt-get..."
+    $SUDO apt-get install -y -qq --no-install-recommends fonts-dejavu-core fonts-wqy-zenhei >/dev/null
+fi
+if [ -x "$CHROMIUM" ]; then
+    echo "chromium already installed: $("$CHROMIUM" --version 2>/dev/null || echo "$CHROMIUM")"
+    exit 0
+fi
+echo "installing chromium with apt-get..."
 $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
 # Fonts: without any, pages render as empty boxes in screenshots (usually already present).
 $SUDO apt-get install -y -qq --no-install-recommends fonts-liberation >/dev/null || true

@@ -5,6 +5,7 @@ import streamlit as st
 from ui.common import digest, get_manager, registry_or_stop, show_provenance
 from ui.examples import example_picker
 from ui.result_view import show_notes, show_result_card, show_views
+from ui.text import plain
 from xray_ai import ImageLoadError, analysis, load_image
 from xray_ai.explain.base import METHOD_NAMES, METHODS  # the method table; numpy only
 from xray_ai.outputs.report import build_report
@@ -46,7 +47,7 @@ for name, data in files:  # in memory: uploads never touch the disk
     try:
         images.append(load_image(data, filename=name))
     except ImageLoadError as exc:
-        st.error(f"Could not read {exc}. The other files are analysed without it.")
+        st.error(plain(f"Could not read {exc}. The other files are analysed without it."))
 if not images:
     st.stop()
 

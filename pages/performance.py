@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from ui.common import get_manager, registry_or_stop
+from ui.text import plain
 from xray_ai.explain.evaluate import explain_json_path, load_report
 
 SCALARS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "kappa", "ece")
@@ -15,14 +16,16 @@ registry = registry_or_stop(get_manager())
 
 for entry in registry.models.values():
     metrics = dict(entry.metrics)
-    with st.expander(f"{entry.id} ({registry.conditions[entry.condition].name}, {entry.profile})", expanded=bool(metrics)):
-        st.markdown(f"**Trained on:** {entry.trained_on.describe()}  \n**Threshold:** {entry.threshold:.3f} "
-                    f"({entry.threshold_method})"
-                    + (f"  \n**Ensemble of:** {', '.join(entry.members)}" if entry.is_ensemble else ""))
+    # registry text (ids, names, how a threshold was chosen) is shown as plain text: ui.text.plain
+    with st.expander(plain(f"{entry.id} ({registry.conditions[entry.condition].name}, {entry.profile})"),
+                     expanded=bool(metrics)):
+        st.markdown(f"**Trained on:** {plain(entry.trained_on.describe())}  \n**Threshold:** {entry.threshold:.3f} "
+                    f"({plain(entry.threshold_method)})"
+                    + (f"  \n**Ensemble of:** {plain(', '.join(entry.members))}" if entry.is_ensemble else ""))
         if not metrics:
             st.info("No evaluation stored for this model.")
             continue
-        st.markdown(f"**Split:** {metrics['split']}" + (f", n = {metrics['n']}" if "n" in metrics else ""))
+        st.markdown(f"**Split:** {plain(metrics['split'])}" + (f", n = {plain(metrics['n'])}" if "n" in metrics else ""))
         ci = metrics.get("ci95", {})
         st.dataframe(
             [{"metric": k, "value": metrics[k], "95% CI": " - ".join(f"{v:.3f}" for v in ci[k]) if k in ci else ""}
@@ -51,16 +54,16 @@ for entry in registry.models.values():
         if where:
             tolerant = (f"; within {where['pointing_tolerance'] * 224:.0f} px at 224: "
                         f"{where['pointing_game_tolerant']:.2f}" if "pointing_game_tolerant" in where else "")
-            st.markdown(f"**Grad-CAM pointing game** (heatmap peak inside the lesion mask, {where['n']} abnormal "
+            st.markdown(f"**Grad-CAM pointing game** (heatmap peak inside the lesion mask, {plain(where['n'])} abnormal "
                         f"images): {where['pointing_game']:.2f}{tolerant}")
         part = metrics.get("body_part")
         if part and part.get("accuracy") is not None:
-            st.markdown(f"**Body-part head:** accuracy {part['accuracy']:.3f} on {part['n']} {part['split']} images "
-                        f"({', '.join(part['classes'])})")
+            st.markdown(f"**Body-part head:** accuracy {part['accuracy']:.3f} on {plain(part['n'])} "
+                        f"{plain(part['split'])} images ({plain(', '.join(part['classes']))})")
         # an ensemble has no file, so no heatmap-trust report beside one (its members have theirs)
         explanations = (None if entry.is_ensemble
                         else load_report(explain_json_path(entry.resolve_path(registry.base_dir))))
         if explanations:
-            st.markdown(f"Heatmap trust on {explanations['n_images']} abnormal images with lesion masks "
+            st.markdown(f"Heatmap trust on {plain(explanations['n_images'])} abnormal images with lesion masks "
                         "(pointing game, energy inside and insertion: higher is better; deletion: lower is better)")
             st.dataframe(pd.DataFrame(explanations["methods"]).T)

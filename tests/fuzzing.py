@@ -116,8 +116,7 @@ def dicom_seeds() -> dict[str, bytes]:
             if path is not None and Path(path).stat().st_size <= MAX_SEED_BYTES:
                 seeds[name] = Path(path).read_bytes()
         for name in ("RG3_UNCR.dcm", "RG1_UNCR.dcm"):
-            path = get_testdata_file(name, download=False) if "download" in get_testdata_file.__code__.co_varnames \
-                else get_testdata_file(name)
+            path = get_testdata_file(name)  # pydicom-data's copy (installed by requirements-dev.txt)
             if path is not None:
                 seeds[f"small_{name}"] = _shrunk_dicom(pydicom.dcmread(path))
         for path in sorted((REPO / "examples").glob("*.dcm")):
@@ -231,9 +230,9 @@ def check_one(data: bytes) -> tuple[str, str | None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            xray = load_image(data, "fuzz.bin")
+            xray = load_image(data, "fuzz.dcm")  # .dcm: bare DICOM (no preamble) is tried too
     except ImageLoadError as exc:
-        if not str(exc).startswith("fuzz.bin: "):
+        if not str(exc).startswith("fuzz.dcm: "):
             return "BadMessage", str(exc)[:200]
         return "refused", None
     except (KeyboardInterrupt, SystemExit):

@@ -492,3 +492,92 @@ def test_every_shipped_model_is_equivalent_on_onnx(model_id, tmp_path):
     images = [load_image(EXAMPLES / name).pixels for name in ("rg3_tibia.png", "rg1_chest.png")]
     batch = prepare_batch(images, loaded.entry.input, loaded.entry.preprocessing)
     _assert_equivalent(loaded.model, analyzer, batch)
+
+
+# ---------------------------------------------------------------------------- bound to its model (issue 18)
+
+
+@pytest.fixture(scope="module")
+def two_exports(tmp_path_factory):
+    """Two models of one architecture and shape (different weights), each saved and exported."""
+    import keras
+
+    root = tmp_path_factory.mktemp("two")
+    out = []
+    for seed in (0, 1):
+        keras.utils.set_random_seed(seed)
+        model = _head_model(keras, name=f"tiny_head_{seed}")
+        path = root / f"m{seed}.keras"
+        model.save(path)
+        sha = file_sha256(path)
+        ob.export_model(keras.models.load_model(path, compile=False), sha, root / "cache")
+        out.append((path, sha))
+    return root / "cache", out
+
+
+def _forge_sidecar(onnx_path, meta_path):
+    """What whoever replaces an export can do: make the sidecar's digest match the new file."""
+    meta = json.loads(meta_path.read_text())
+    meta["onnx_sha256"] = file_sha256(onnx_path)
+    meta_path.write_text(json.dumps(meta))
+
+
+def test_another_models_export_with_a_consistent_sidecar_is_refused(two_exports, tmp_path, keras_mod, caplog):
+    cache, [(path_a, sha_a), (_, sha_b)] = two_exports
+    dst = tmp_path / "cache"
+    shutil.copytree(cache, dst)
+    onnx_a, meta_a = ob.export_paths(sha_a, dst)
+    shutil.copy(ob.export_paths(sha_b, dst)[0], onnx_a)  # B's graph under A's name
+    _forge_sidecar(onnx_a, meta_a)  # sidecar: A's keras sha, A's head digest, B's file digest
+    model_a = keras_mod.models.load_model(path_a, compile=False)
+    with caplog.at_level("WARNING", logger="xray_ai.serving.onnx_backend"):
+        analyzer, reason = ob.load_export(model_a, sha_a, dst)
+    assert analyzer is None and "not made from this model file" in reason and "head weights" in reason
+    assert any(r.levelname == "WARNING" and "not made from this model file" in r.getMessage() for r in caplog.records)
+    # the untouched export of A still serves
+    analyzer, reason = ob.load_export(model_a, sha_a, cache)
+    assert analyzer is not None, reason
+
+
+@pytest.mark.parametrize("where", ["backbone", "head"])
+def test_a_flipped_weight_byte_with_a_fixed_sidecar_is_refused(two_exports, tmp_path, keras_mod, where):
+    import onnx
+    from onnx import numpy_helper
+
+    cache, [(path_a, sha_a), _] = two_exports
+    dst = tmp_path / "cache"
+    shutil.copytree(cache, dst)
+    onnx_a, meta_a = ob.export_paths(sha_a, dst)
+    graph = onnx.load(str(onnx_a))
+    name = "conv1" if where == "backbone" else "exact_grad_cam"
+    tensor = next(t for t in graph.graph.initializer if name in t.name and t.data_type == onnx.TensorProto.FLOAT
+                  and len(t.dims) >= 2)
+    array = numpy_helper.to_array(tensor).copy()
+    raw = bytearray(array.tobytes())
+    raw[3] ^= 0x40  # one byte of the first weight (its exponent: the weight changes, as damage or tampering would)
+    tensor.CopyFrom(numpy_helper.from_array(np.frombuffer(bytes(raw), np.float32).reshape(array.shape), tensor.name))
+    onnx.save(graph, str(onnx_a))
+    _forge_sidecar(onnx_a, meta_a)
+    analyzer, reason = ob.load_export(keras_mod.models.load_model(path_a, compile=False), sha_a, dst)
+    assert analyzer is None and "not made from this model file" in reason
+    assert ("head weights" if where == "head" else "results differ") in reason
+
+
+def test_a_refused_export_is_a_warning_on_the_clis_stderr(two_exports, tmp_path):
+    """The manager serves TensorFlow, says why in backend_reason, and `predict` prints the WARNING."""
+    cache, [(path_a, sha_a), (_, sha_b)] = two_exports
+    dst = tmp_path / "cache"
+    shutil.copytree(cache, dst)
+    onnx_a, meta_a = ob.export_paths(sha_a, dst)
+    shutil.copy(ob.export_paths(sha_b, dst)[0], onnx_a)
+    _forge_sidecar(onnx_a, meta_a)
+    shutil.copy(path_a, tmp_path / path_a.name)
+    registry = write_tiny_registry(tmp_path, tmp_path / path_a.name, sha256=sha_a)
+    loaded = ModelManager(registry, onnx_cache=dst, backend="auto").get("fracture")
+    assert loaded.backend == "tensorflow" and "not made from this model file" in loaded.backend_reason
+    env = dict(os.environ, XRAY_AI_ONNX_CACHE=str(dst), XRAY_AI_BACKEND="auto")
+    done = subprocess.run([sys.executable, "-m", "xray_ai", "predict", str(EXAMPLES / "rg3_tibia.png"), "--condition", "fracture", "--registry",
+                           str(registry), "--json"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["backend"] == "tensorflow"
+    assert "WARNING" in done.stderr and "not made from this model file" in done.stderr

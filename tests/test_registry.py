@@ -148,3 +148,160 @@ def test_the_package_keeps_every_name_the_flat_module_had():
              "read_audit_log", "repo_root"}
     assert names <= set(registry.__all__)
     assert all(hasattr(registry, n) for n in registry.__all__)
+
+
+# --------------------------------------------------------------------------- hardening (issue 18)
+
+
+def _two_model_registry(tmp_path):
+    path = write_tiny_registry(tmp_path, None, sha256=None)
+    raw = json.loads(path.read_text())
+    for i in range(2, 5):
+        raw["models"][f"tiny-{i}"] = dict(raw["models"]["tiny-test"], version=f"0.0.{i}")
+    path.write_text(json.dumps(raw, indent=2))
+    path.write_text(json.dumps(load_registry(path).to_dict(), indent=2) + "\n")  # as a save writes it
+    return path
+
+
+def test_a_no_op_edit_writes_nothing_and_audits_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
+    path = _two_model_registry(tmp_path)
+    before, stat_before = path.read_bytes(), path.stat()
+    reg = load_registry(path)
+    assert save_registry(reg.with_active("fracture", "tiny-test"), user="a") == []
+    assert path.read_bytes() == before and path.stat().st_mtime_ns == stat_before.st_mtime_ns
+    assert not path.with_name(path.name + ".bak").exists() and read_audit_log(path) == []
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640])
+def test_a_save_keeps_the_files_mode(tmp_path, monkeypatch, mode):
+    import os
+    import stat
+
+    monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
+    path = _two_model_registry(tmp_path)
+    os.chmod(path, mode)
+    assert save_registry(load_registry(path).with_active("fracture", "tiny-2"), user="a")
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert stat.S_IMODE(path.with_name(path.name + ".bak").stat().st_mode) == mode
+
+
+def test_a_stale_copy_does_not_undo_a_concurrent_change(tmp_path, monkeypatch):
+    """Two editors read the same file; the second saves a change to notes after the first
+    switched the active model: both changes survive, and both are audited."""
+    import dataclasses
+
+    monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
+    path = _two_model_registry(tmp_path)
+    first, second = load_registry(path), load_registry(path)
+    save_registry(first.with_active("fracture", "tiny-3"), user="first")
+    entry = dataclasses.replace(second.model("tiny-2"), notes="checked")
+    changes = save_registry(second.with_model(entry), user="second")
+    assert changes == ["models.tiny-2.notes: '' -> 'checked'"]
+    now = load_registry(path)
+    assert now.active_models["fracture"] == "tiny-3" and now.model("tiny-2").notes == "checked"
+    assert [e["user"] for e in read_audit_log(path)] == ["second", "first"]
+    # and a stale no-op (the second editor re-activating what it read) changes nothing
+    assert save_registry(second.with_active("fracture", "tiny-test"), user="second") == []
+    assert load_registry(path).active_models["fracture"] == "tiny-3"
+
+
+_WORKER = """
+import json, random, sys, time
+sys.path[:0] = [{repo!r}]
+from xray_ai.cli import main
+from xray_ai.registry import load_registry
+rng = random.Random({seed})
+done = []
+for round_ in range(10):
+    target = rng.choice(["tiny-test", "tiny-2", "tiny-3", "tiny-4"])
+    time.sleep(rng.uniform(0, 0.02))
+    code = main(["registry", "activate", "fracture", target, "--registry", {path!r}, "--user", "w{seed}"])
+    done.append((target, code))
+print(json.dumps(done))
+"""
+
+
+def test_concurrent_activations_serialise_and_every_write_is_audited(tmp_path, monkeypatch):
+    """8 processes x 10 `registry activate` each, at once: the file always parses, every
+    change is in the audit log in the order it was written, and replaying the log from the
+    start gives the final file (no write from a stale read, none unaudited)."""
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("XRAY_AI_AUDIT_DB", raising=False)
+    path = _two_model_registry(tmp_path)
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER.format(repo=str(REPO), seed=s, path=str(path))],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for s in range(8)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        results.extend(json.loads(out.strip().splitlines()[-1]))
+    assert len(results) == 80 and all(code == 0 for _, code in results)
+    log = list(reversed(read_audit_log(path, limit=1000)))  # oldest first
+    active = "tiny-test"
+    for entry in log:
+        assert entry["action"] == "activate" and len(entry["changes"]) == 1
+        old, new = entry["changes"][0].split(": ", 1)[1].split(" -> ")
+        assert old.strip("'") == active  # each write started from the file as the previous one left it
+        active = new.strip("'")
+    assert load_registry(path).active_models["fracture"] == active
+    assert 0 < len(log) <= 80
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot", "symlink"])
+def test_a_model_path_outside_the_registry_folder_is_refused(tmp_path, monkeypatch, where):
+    import os
+
+    monkeypatch.delenv("XRAY_AI_MODELS_ROOT", raising=False)
+    (tmp_path / "reg").mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "other.keras").write_bytes(b"x")
+    raw = _raw(tmp_path / "reg")
+    if where == "absolute":
+        raw["models"]["tiny-test"]["path"] = str(outside / "other.keras")
+    elif where == "dotdot":
+        raw["models"]["tiny-test"]["path"] = "../elsewhere/other.keras"
+    else:
+        os.symlink(outside, tmp_path / "reg" / "models")
+        raw["models"]["tiny-test"]["path"] = "models/other.keras"
+    assert_registry_refused(tmp_path / "reg", raw, "models.tiny-test.path")
+    path = tmp_path / "reg" / "bad.json"
+    with pytest.raises(RegistryError, match="outside"):
+        load_registry(path)
+    monkeypatch.setenv("XRAY_AI_MODELS_ROOT", str(outside))  # a configured models root is allowed
+    assert load_registry(path).model("tiny-test").resolve_path(path.parent).resolve() == (outside / "other.keras")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("nul", "must not contain NUL"),
+        ("deep", "nested too deeply"),
+        ("deeper", "nested too deeply"),
+        ("duplicate", "duplicate key 'threshold'"),
+    ],
+)
+def test_nul_nesting_and_duplicate_keys_are_validation_errors_exit_2(tmp_path, capsys, text, message):
+    from xray_ai.cli import main
+
+    raw = _raw(tmp_path)
+    path = tmp_path / "registry.json"
+    if text == "nul":
+        raw["models"]["tiny-test"]["path"] = "model\x00.keras"
+        body = json.dumps(raw)
+    elif text == "deep":
+        raw["models"]["tiny-test"]["notes_extra"] = json.loads("[" * 40 + "]" * 40)
+        body = json.dumps(raw)
+    elif text == "deeper":  # beyond the JSON parser's own recursion limit
+        body = json.dumps(raw)[:-1] + ', "x": ' + "[" * 200_000 + "]" * 200_000 + "}"
+    else:
+        body = json.dumps(raw).replace('"threshold": 0.5', '"threshold": 0.5, "threshold": 0.9')
+    path.write_text(body)
+    with pytest.raises(RegistryError, match=message):
+        load_registry(path)
+    assert main(["registry", "validate", "--registry", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

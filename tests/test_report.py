@@ -236,3 +236,166 @@ def test_default_report_id_is_a_fresh_hex_prefix():
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         build_report(make_result(), **kwargs)
+
+
+# --- scope and finding levels (issue 15) -------------------------------------------------
+
+CT_REASON = ("wrist_view1.dcm: DICOM modality CT (computed tomography) is not a projection radiograph; "
+             "the model reads CR and DX radiographs only.")
+
+
+def _out_of_scope(result: AnalysisResult, *indices: int, reason: str = CT_REASON) -> AnalysisResult:
+    import dataclasses
+
+    views = tuple(dataclasses.replace(v, scope_reasons=(reason.replace("wrist_view1", f"wrist_view{i + 1}"),))
+                  if i in indices else v for i, v in enumerate(result.views))
+    return dataclasses.replace(result, views=views)
+
+
+def test_a_study_out_of_scope_says_not_assessable_with_its_reasons_and_no_decision():
+    result = _out_of_scope(make_result(), 0)
+    assert not result.assessable and result.decision == "not assessable"
+    text = flat(pdf_text(build_report(result, agreement="agree", report_id="abc123", now=NOW)))
+    assert "Not assessable: no view of this study is in the model's scope, so no decision is given" in text  # banner
+    assert "Result Not assessable" in text  # the result table
+    assert text.count("DICOM modality CT (computed tomography) is not a projection radiograph") >= 2
+    assert "Model output 60.0 %, unreliable for these images" in text
+    assert "Decision fracture" not in text and "Decision no fracture" not in text
+    assert "(fracture)" not in text and "model's decision" not in text
+    assert "agrees that the study is not assessable" in text
+    assert "No automatic marks" in text and "Solid box" not in text
+
+
+def test_a_positive_result_still_says_its_decision_and_the_legend():
+    result = make_result()
+    assert result.assessable and result.is_positive
+    text = flat(pdf_text(build_report(result, report_id="abc123", now=NOW)))
+    assert "Decision fracture" in text and "Probability 60.0 % (fracture)" in text
+    assert "Not assessable" not in text
+    assert 'Solid box, "finding"' in text and 'Dotted box, "possible finding"' in text
+    assert "probability 60.0 %; finding" in text  # the view's title names its mark
+
+
+def test_views_out_of_scope_in_an_assessable_study_are_named_and_not_counted():
+    import dataclasses
+
+    result = _out_of_scope(make_result(2), 1)
+    result = dataclasses.replace(result, probability=result.views[0].probability)  # as analyze() counts
+    text = flat(pdf_text(build_report(result, report_id="abc123", now=NOW)))
+    assert "Decision fracture" in text and "Not assessable" not in text
+    assert "mean of the 1 assessable views of 2" in text
+    assert "Views not counted wrist_view2.dcm: DICOM modality CT" in text
+    assert "no: not counted" in text and "(out of scope, not counted)" in text
+
+
+def _overlay_pixels(result: AnalysisResult) -> np.ndarray:
+    reader = PdfReader(io.BytesIO(build_report(result, report_id="abc123", now=NOW)))
+    images = [np.asarray(image.image.convert("RGB")) for page in reader.pages for image in page.images]
+    coloured = [a for a in images if np.ptp(a.astype(int), axis=2).any()]  # the overlay; the original is gray
+    assert len(images) == 2 and len(coloured) == 1
+    return coloured[0]
+
+
+def test_the_pdf_overlay_draws_the_box_the_finding_level_calls_for():
+    import dataclasses
+
+    positive = make_result()  # 0.60 >= 0.437: a finding
+    below = dataclasses.replace(positive, views=(dataclasses.replace(positive.views[0], probability=0.1),),
+                                probability=0.1)
+    assert positive.finding_level(positive.views[0]) == "finding" and below.finding_level(below.views[0]) is None
+    with_box, without = _overlay_pixels(positive), _overlay_pixels(below)
+    assert with_box.shape[0] >= 512  # the 128 px image is drawn at display size
+    assert np.any(with_box != without)
+    # Not assessable: the same heatmap, and no box.
+    np.testing.assert_array_equal(_overlay_pixels(_out_of_scope(positive, 0)), without)
+
+
+# --- fonts, long fields, file names (issue 18) --------------------------------------------
+
+
+def _with_patient(result: AnalysisResult, **patient) -> AnalysisResult:
+    import dataclasses
+
+    view = result.views[0]
+    metadata = dict(view.image.metadata, patient=dict(view.image.metadata["patient"], **patient))
+    image = XRay(view.image.pixels, metadata, view.image.filename)
+    return dataclasses.replace(result, views=(dataclasses.replace(view, image=image), *result.views[1:]))
+
+
+def _embedded_fonts(data: bytes) -> set[str]:
+    fonts = set()
+    for page in PdfReader(io.BytesIO(data)).pages:
+        for font in page["/Resources"]["/Font"].values():
+            fonts.add(str(font.get_object()["/BaseFont"]))
+    return fonts
+
+
+@pytest.mark.parametrize("name", ["Иванов^Пётр", "ΠΑΠΑΔΟΠΟΥΛΟΣ^Νίκος", "محمد^علي", "王^小明", "山田^太郎", "김^민준"])
+def test_any_patient_name_is_drawn_in_a_font_that_has_its_glyphs(name):
+    from xray_ai.outputs.report_layout import FONT, report_fonts, unsupported_characters
+
+    fonts = report_fonts()
+    assert fonts["regular"] == FONT, "no Unicode TrueType font found (DejaVu Sans: fonts-dejavu-core or matplotlib)"
+    cjk = any(0x2E80 <= ord(c) <= 0xD7AF for c in name)
+    if cjk and not fonts["cjk"]:
+        pytest.skip("no CJK fallback font installed (fonts-wqy-zenhei; .ci/install-browser.sh installs it)")
+    assert unsupported_characters(name) == []  # every character has a glyph: no empty boxes
+    data = build_report(_with_patient(make_result(), name=name), include_patient=True, report_id="abc123", now=NOW)
+    embedded = _embedded_fonts(data)
+    assert any("DejaVuSans" in f for f in embedded), embedded  # a subset of the TrueType font, not Helvetica
+    if cjk:  # the fallback's subset is embedded too (WenQuanYi Zen Hei or Droid Sans Fallback)
+        assert any("DejaVu" not in f and "Helvetica" not in f for f in embedded), embedded
+    assert set(name) - {"^"} <= set(pdf_text(data))  # (a reader may reorder right-to-left text)
+
+
+def test_a_character_no_font_has_becomes_a_replacement_mark():
+    from xray_ai.outputs.report_layout import escape_markup, unsupported_characters
+
+    odd = "\U0001D11E"  # MUSICAL SYMBOL G CLEF: in neither DejaVu Sans nor the CJK fallback
+    assert unsupported_characters(f"a{odd}") == [odd]
+    assert "\ufffd" in escape_markup(f"a{odd}") and odd not in escape_markup(f"a{odd}")
+
+
+@pytest.mark.parametrize("field", ["patient", "description", "notes", "reason", "filename"])
+def test_very_long_fields_never_break_the_layout(field):
+    """5,000 characters (a DICOM text field, a note, a reason, a file name) with patient
+    identifiers on: the PDF is built; a table cell is cut with an ellipsis."""
+    import dataclasses
+
+    long = ("Lorem ipsum dolor sit amet " * 190)[:5000]
+    result, notes = make_result(placeholder=field == "reason"), None
+    if field == "patient":
+        result = _with_patient(result, name=long.replace(" ", ""))  # one 5,000-character word
+    elif field == "description":
+        view = result.views[0]
+        metadata = dict(view.image.metadata, study=dict(view.image.metadata["study"], description=long))
+        result = dataclasses.replace(result, views=(dataclasses.replace(
+            view, image=XRay(view.image.pixels, metadata, view.image.filename)),))
+    elif field == "notes":
+        notes = long * 3
+    elif field == "reason":
+        result = dataclasses.replace(result, placeholder_reason=long)
+    else:
+        view = result.views[0]
+        result = dataclasses.replace(result, views=(dataclasses.replace(
+            view, image=XRay(view.image.pixels, view.image.metadata, "x" * 5000 + ".dcm")),))
+    data = build_report(result, include_patient=True, notes=notes, report_id="abc123", now=NOW)
+    assert data.startswith(b"%PDF")
+    text = flat(pdf_text(data))
+    if field in ("patient", "description"):  # a table cell: cut, and it says so
+        assert re.search(r"… \(cut: [\d,]+ characters\)", text), text[:400]
+
+
+def test_the_report_names_views_by_file_name_not_path():
+    import dataclasses
+
+    result = make_result(2)
+    views = tuple(dataclasses.replace(v, image=XRay(v.image.pixels, v.image.metadata,
+                                                    f"/home/DOE_JANE_1970/scans/wrist_view{i + 1}.dcm"))
+                  for i, v in enumerate(result.views))
+    result = dataclasses.replace(result, views=views)
+    data = build_report(result, markers=[Marker(0.5, 0.5, "here", 0)], report_id="abc123", now=NOW)
+    text = flat(pdf_text(data))
+    marker_line = text[text.index("1. here"):][:80] if "1. here" in text else text[text.index("here") - 60:][:120]
+    assert "view 1 (wrist_view1.dcm)" in marker_line
+    assert "wrist_view2.dcm" in text and "/home/" not in text and "DOE_JANE" not in text  # nowhere in the PDF

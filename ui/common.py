@@ -13,6 +13,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from ui.text import code, plain
+
 from xray_ai.serving.manager import ModelManager
 from xray_ai.registry import Registry, RegistryError, default_registry_path
 from xray_ai.result import DISCLAIMER, PLACEHOLDER_WATERMARK, AnalysisResult
@@ -39,7 +41,7 @@ def get_manager() -> ModelManager:
     try:
         return _manager_for(str(default_registry_path()))
     except ValueError as exc:  # e.g. an unknown XRAY_AI_BACKEND value
-        st.error(f"The app is misconfigured: {exc}")
+        st.error(plain(f"The app is misconfigured: {exc}"))
         st.stop()
 
 
@@ -48,7 +50,7 @@ def registry_or_stop(manager: ModelManager) -> Registry:
     try:
         return manager.registry
     except RegistryError as exc:
-        st.error(f"The model registry is invalid, so no model can be served: {exc}")
+        st.error(plain(f"The model registry is invalid, so no model can be served: {exc}"))
         st.stop()
 
 
@@ -61,15 +63,15 @@ def show_provenance(result: AnalysisResult) -> None:
     # A model trained on synthetic data is said once, by the result's own warning (the page
     # shows result.warnings right after this block).
     if result.placeholder:
-        st.error(f"**{PLACEHOLDER_WATERMARK}**  \n{result.placeholder_reason}. The numbers below mean nothing.")
-    ensemble = f"**Ensemble:** mean of {', '.join(f'`{m}`' for m in result.members)}  \n" if result.members else ""
+        st.error(f"**{PLACEHOLDER_WATERMARK}**  \n{plain(result.placeholder_reason)}. The numbers below mean nothing.")
+    ensemble = f"**Ensemble:** mean of {', '.join(code(m) for m in result.members)}  \n" if result.members else ""
     st.markdown(
-        f"**Model** `{result.model_id}` v{result.model_version} ({result.architecture}, {result.profile}) · "
-        f"**threshold** {result.threshold:.3f} ({result.threshold_method})  \n"
-        f"**Intended use:** {result.intended_use}  \n"
+        f"**Model** {code(result.model_id)} v{plain(result.model_version)} ({plain(result.architecture)}, {result.profile}) · "
+        f"**threshold** {result.threshold:.3f} ({plain(result.threshold_method)})  \n"
+        f"**Intended use:** {plain(result.intended_use)}  \n"
         f"{ensemble}"
-        f"**Heatmap:** {result.heatmap_method} "
-        f"{f'at `{result.target_layer}`' if result.target_layer else '(input space)'} · backend {result.backend}  \n"
-        f"**Input check:** {result.input_check_summary}"
-        + (f"  \n**Body part:** {result.body_part_summary}" if result.body_part_summary else "")
+        f"**Heatmap:** {plain(result.heatmap_method)} "
+        f"{'at ' + code(result.target_layer) if result.target_layer else '(input space)'} · backend {plain(result.backend)}  \n"
+        f"**Input check:** {plain(result.input_check_summary)}"
+        + (f"  \n**Body part:** {plain(result.body_part_summary)}" if result.body_part_summary else "")
     )

@@ -11,6 +11,7 @@ import numpy as np
 import streamlit as st
 from streamlit_image_coordinates import streamlit_image_coordinates
 
+from ui.text import plain
 from xray_ai.outputs.overlay import Marker
 
 __all__ = ["marker_editor"]
@@ -30,7 +31,7 @@ def marker_editor(overlay: np.ndarray, view: int, filename: str | None, caption:
         st.rerun()
     mine = [m for m in markers if m.view == view]
     if mine:
-        st.caption("; ".join(f"{i}. {m.label} ({m.x:.0%}, {m.y:.0%})" for i, m in enumerate(mine, start=1)))
+        st.caption("; ".join(f"{i}. {plain(m.label)} ({m.x:.0%}, {m.y:.0%})" for i, m in enumerate(mine, start=1)))
         if st.button("Clear markers on this view", key=f"analyse.clear.{view}"):
             st.session_state["analyse.markers"] = [m for m in markers if m.view != view]
             st.rerun()

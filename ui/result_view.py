@@ -14,6 +14,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui.markers import marker_editor
+from ui.text import plain
 from xray_ai.outputs.overlay import display_pixels, finding_legend, render_overlay
 from xray_ai.result import AnalysisResult, ViewResult
 
@@ -35,7 +36,7 @@ def show_result_card(result: AnalysisResult) -> None:
             st.markdown(f"### :gray[{NOT_ASSESSABLE_TITLE}]")
             st.markdown("No view of this study is in the model's scope, so the model gives no decision for it. "
                         "A clinician reads the images.")
-            st.error(_bullets(result.scope_reasons), icon=":material/block:")
+            st.error(_bullets(plain(r) for r in result.scope_reasons), icon=":material/block:")
         return
     left_out = [v for v in result.views if not v.assessable]
     counted = f" (mean of {len(result.views) - len(left_out)} of {len(result.views)} views)" if left_out else ""
@@ -43,7 +44,7 @@ def show_result_card(result: AnalysisResult) -> None:
               delta_color="off", delta_arrow="off", border=True)
     if left_out:
         st.error(f"**Not counted:** {len(left_out)} of {len(result.views)} views are out of the model's scope and "
-                 "do not count towards the study probability:\n" + _bullets(r for v in left_out for r in v.scope_reasons),
+                 "do not count towards the study probability:\n" + _bullets(plain(r) for v in left_out for r in v.scope_reasons),
                  icon=":material/block:")
 
 
@@ -53,9 +54,9 @@ def show_notes(result: AnalysisResult) -> None:
     for warning in result.warnings:
         kind = _warning_kind(warning)
         if kind == "synthetic":
-            st.info(warning, icon=":material/science:")
+            st.info(plain(warning), icon=":material/science:")
         elif kind != "scope":
-            st.warning(warning)
+            st.warning(plain(warning))
 
 
 def show_views(result: AnalysisResult) -> float:
@@ -74,7 +75,7 @@ def show_views(result: AnalysisResult) -> float:
     unreliable = [i for i, v in enumerate(result.views) if not (assessable and v.assessable)]
     for index, view in enumerate(result.views):
         left, right = st.columns(2)
-        left.image(view.image.pixels, caption=f"{view.filename} (as loaded; DICOM after windowing)", clamp=True)
+        left.image(view.image.pixels, caption=f"{plain(view.filename)} (as loaded; DICOM after windowing)", clamp=True)
         mine = [m for m in markers if m.view == index]
         if index in unreliable:
             overlay = render_overlay(display_pixels(view.image.pixels), None, markers=mine,
@@ -102,7 +103,7 @@ def show_views(result: AnalysisResult) -> float:
         for column, view in enumerate(result.views[i] for i in unreliable):
             columns[column % 2].image(
                 render_overlay(display_pixels(view.image.pixels), view.heatmap, intensity, placeholder=result.placeholder),
-                caption=f"{view.filename}: heatmap, model output {view.probability:.1%} (unreliable)")
+                caption=f"{plain(view.filename)}: heatmap, model output {view.probability:.1%} (unreliable)")
     return intensity
 
 
@@ -115,16 +116,16 @@ def _bullets(lines) -> str:
 
 def _caption(result: AnalysisResult, view: ViewResult) -> str:
     if not result.assessable:
-        return f"{view.filename}: not assessable, no heatmap or automatic mark; click to place a marker"
+        return f"{plain(view.filename)}: not assessable, no heatmap or automatic mark; click to place a marker"
     if not view.assessable:
-        return f"{view.filename}: out of scope, not counted; heatmap only under \"{UNRELIABLE_EXPANDER}\""
+        return f"{plain(view.filename)}: out of scope, not counted; heatmap only under \"{UNRELIABLE_EXPANDER}\""
     level = result.finding_level(view)
-    return f"{view.filename}: probability {view.probability:.1%}" + (f" · {level}" if level else "")
+    return f"{plain(view.filename)}: probability {view.probability:.1%}" + (f" · {level}" if level else "")
 
 
 def _views_table(result: AnalysisResult) -> None:
     column = "probability" if result.assessable else "model output (unreliable)"
-    st.table({"view": [v.filename for v in result.views],
+    st.table({"view": [plain(v.filename) for v in result.views],
               column: [f"{v.probability:.1%}" for v in result.views],
               "counted": ["yes" if v.assessable else "no: out of scope" for v in result.views]})
 

@@ -32,16 +32,25 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
     from xray_ai.auth import ENV_VAR, hash_password
 
-    if args.stdin:
-        password = sys.stdin.readline().rstrip("\n")
+    if args.stdin or not sys.stdin.isatty():  # piped in (or no terminal to prompt on): one line
+        line = sys.stdin.readline()
+        if not line:
+            raise BadInput("no password given: standard input is empty (pipe one line in, e.g. "
+                           "`printf '%s\\n' \"$PASSWORD\" | python -m xray_ai hash-password --stdin`)")
+        password = line.rstrip("\r\n")
     else:
-        password = getpass.getpass("Administrator password: ")
-        if getpass.getpass("Again: ") != password:
+        try:
+            password = getpass.getpass("Administrator password: ")
+            again = getpass.getpass("Again: ")
+        except EOFError:
+            raise BadInput("no password given (end of input at the prompt)") from None
+        if again != password:
             raise BadInput("the two passwords differ")
-    if not password:
+    if not password.strip():
         raise BadInput("the password must not be empty")
     print(hash_password(password))
-    print(f"Set {ENV_VAR} to this value (or admin_password_hash in .streamlit/secrets.toml).", file=sys.stderr)
+    print(f"Set {ENV_VAR} to this value, in single quotes in a shell (export {ENV_VAR}='pbkdf2_sha256$...': "
+          "unquoted, the shell eats its $ signs), or admin_password_hash in .streamlit/secrets.toml.", file=sys.stderr)
     return EXIT_OK
 
 

@@ -31,7 +31,7 @@ def add_registry_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from xray_ai.registry import RegistryError, load_registry, save_registry
+    from xray_ai.registry import RegistryError, edit_registry, load_registry
     from xray_ai.serving.verify import check_entry
 
     try:
@@ -63,11 +63,12 @@ def cmd_registry(args: argparse.Namespace) -> int:
             raise BadInput(f"{registry.path}: active model(s) failing their file check: {', '.join(failing_active)}")
         return EXIT_OK
     if args.registry_command == "activate":
-        try:
-            updated = registry.with_active(args.condition, args.model_id)
+        try:  # read, switch and save under the registry's lock: concurrent activations serialise
+            changes = edit_registry(registry.path, lambda current: current.with_active(args.condition, args.model_id),
+                                    user=args.user, action="activate")
         except RegistryError as exc:
-            raise BadInput(f"{registry.path}: {exc}") from None
-        changes = save_registry(updated, registry.path, user=args.user, action="activate")
+            message = str(exc)
+            raise BadInput(message if message.startswith(str(registry.path)) else f"{registry.path}: {message}") from None
         print("\n".join(changes) if changes else f"{args.model_id} was already active for {args.condition}")
         return EXIT_OK
     raise AssertionError(args.registry_command)  # argparse lets only the three actions through

@@ -7,7 +7,11 @@ deployment changes them in one place (``xray_ai.images.common.MAX_PIXELS = ...``
 The helpers are used by both readers, `xray_ai.images.raster` (Pillow formats) and
 `xray_ai.images.dicom`: `base_metadata` (every metadata key, see
 `xray_ai.images.load`), `check_pixels` (the pixel limit, from the header),
-`min_max` (scale by the image's own range) and `LUMA` (RGB -> gray weights).
+`check_decoded_bytes` (the memory limit of one decoded frame, `MAX_DECODED_BYTES`),
+`guarded` (a native decoder's call: whatever it raises, a Rust panic included,
+becomes an ImageLoadError naming the decoder), `min_max` (scale by the image's own
+range) and `LUMA` (RGB -> gray weights). Raster images above `MAX_FULL_PIXELS` are
+decoded reduced (`xray_ai.images.raster`).
 """
 
 from __future__ import annotations
@@ -27,11 +31,28 @@ __all__ = [
     "is_real_colour",
     "base_metadata",
     "check_pixels",
+    "check_decoded_bytes",
+    "guarded",
     "min_max",
+    "MAX_DECODED_BYTES",
+    "MAX_FULL_PIXELS",
 ]
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_PIXELS = 8192 * 8192
+# What one decoded frame may occupy as the decoder returns it (8192 x 8192 RGBA at 8 bits
+# is 256 MiB; 8192 x 8192 x 3 samples at 16 bits 384 MiB).
+MAX_DECODED_BYTES = 512 * 1024 * 1024
+# A raster image above this many pixels is decoded reduced by a power of two until it fits
+# (JPEG by the decoder itself, `Image.draft`; other formats right after decoding,
+# `Image.reduce`), and a warning says so; DICOM is always decoded whole.
+MAX_FULL_PIXELS = 4096 * 4096
+# A compressed DICOM frame (JPEG 2000, JPEG-LS) above LARGE_FRAME_PIXELS whose stream is
+# smaller than 1/MAX_COMPRESSION_RATIO of its decoded size is refused as truncated: such a
+# codec reaches that only on an empty image, while its decoder would spend seconds filling
+# the missing data in (a 3 KB JPEG 2000 stream claiming 8000 x 8000 took 6 s and 1.6 GB).
+LARGE_FRAME_PIXELS = 2048 * 2048
+MAX_COMPRESSION_RATIO = 1000
 
 # ITU-R BT.601 luma, the weights Pillow uses for RGB -> L.
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -128,11 +149,51 @@ def check_pixels(name: str, width: int, height: int, frames: int = 1) -> None:
         )
 
 
+def check_decoded_bytes(name: str, nbytes: int, what: str = "the decoded image") -> None:
+    """Refuse, before decoding, an image whose decoded size would exceed `MAX_DECODED_BYTES`."""
+    if nbytes > MAX_DECODED_BYTES:
+        raise ImageLoadError(
+            name,
+            f"{what} would take {nbytes / 2**20:,.0f} MiB once decoded, above the limit of "
+            f"{MAX_DECODED_BYTES / 2**20:,.0f} MiB (MAX_DECODED_BYTES); refused without decoding",
+        )
+
+
+def guarded(name: str, decoder: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """`call(*args, **kwargs)` for untrusted data: whatever it raises becomes an ImageLoadError
+    naming the file and `decoder`.
+
+    That includes what is not an `Exception`: pyo3's PanicException (a Rust decoder's panic,
+    e.g. pylibjpeg-rle's) derives from BaseException and would escape every `except
+    Exception`, and a MemoryError. KeyboardInterrupt, SystemExit and GeneratorExit pass.
+    """
+    try:
+        return call(*args, **kwargs)
+    except ImageLoadError:
+        raise
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except MemoryError as exc:
+        raise ImageLoadError(name, f"{decoder} ran out of memory decoding this file") from exc
+    except BaseException as exc:  # noqa: BLE001 - untrusted input; see the docstring
+        detail = " ".join(str(exc).split())[:300] or "no detail"
+        panic = type(exc).__name__ == "PanicException"
+        what = "crashed (a panic in its native code)" if panic else f"failed ({type(exc).__name__})"
+        raise ImageLoadError(name, f"{decoder} {what}: {detail}") from None
+
+
 def min_max(values: np.ndarray, notes: list[str]) -> np.ndarray:
     """Scale by the finite minimum and maximum to [0, 1]; a single-valued image becomes 0."""
-    finite = values[np.isfinite(values)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    finite = np.isfinite(values)  # a mask, not a copy of the values: large images stay small
+    if finite.any():
+        lo = float(np.min(values, where=finite, initial=np.inf))
+        hi = float(np.max(values, where=finite, initial=-np.inf))
+    else:
+        lo = hi = 0.0
+    del finite
     if hi <= lo:
         notes.append("image has a single value; it is shown as black")
         return np.zeros(values.shape, dtype=np.float64)
-    return (values - lo) / (hi - lo)
+    out = np.subtract(values, lo, dtype=np.float64)
+    out /= hi - lo
+    return out

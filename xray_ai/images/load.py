@@ -92,6 +92,35 @@ def load_image(source: bytes | str | Path | BinaryIO, filename: str | None = Non
     if not data:
         raise ImageLoadError(name, "empty file (0 bytes)")
     notes: list[str] = []
+    try:
+        pixels, meta = _decode(data, name, notes)
+    except ImageLoadError:
+        raise
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except MemoryError as exc:
+        raise ImageLoadError(name, "not enough memory to decode this file") from exc
+    except BaseException as exc:  # noqa: BLE001 - the last line of defence: bytes are untrusted
+        detail = " ".join(str(exc).split())[:300] or "no detail"
+        raise ImageLoadError(name, f"unreadable or damaged file ({type(exc).__name__}: {detail})") from None
+    pixels = np.asarray(pixels)
+    if not pixels.flags.writeable or pixels.dtype.kind != "f":
+        pixels = np.array(pixels, dtype=np.float64)
+    if not np.all(np.isfinite(pixels)):
+        notes.append("non-finite pixel values (NaN/inf) were set to 0")
+        np.nan_to_num(pixels, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    np.clip(pixels, 0.0, 1.0, out=pixels)  # in place: the readers' arrays are their own
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    if pixels.ndim != 2 or pixels.size == 0:
+        raise ImageLoadError(name, f"decoded to an array of shape {pixels.shape}, not a 2-D image")
+    meta["warnings"] = notes
+    for note in notes:
+        warnings.warn(f"{name}: {note}", ImageLoadWarning, stacklevel=2)
+    return XRay(pixels=pixels, metadata=meta, filename=name)
+
+
+def _decode(data: bytes, name: str, notes: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Dispatch on the content: DICOM (with or without preamble) or a Pillow format."""
     if data[128:132] == b"DICM":
         pixels, meta = load_dicom(data, name, notes, force=False)
     else:
@@ -106,14 +135,7 @@ def load_image(source: bytes | str | Path | BinaryIO, filename: str | None = Non
                 f"not a supported image ({len(data):,} bytes): no DICOM 'DICM' marker at byte 128 "
                 f"and not a {', '.join(PIL_FORMATS)} file",
             )
-    if not np.all(np.isfinite(pixels)):
-        notes.append("non-finite pixel values (NaN/inf) were set to 0")
-        pixels = np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
-    pixels = np.ascontiguousarray(np.clip(pixels, 0.0, 1.0), dtype=np.float32)
-    meta["warnings"] = notes
-    for note in notes:
-        warnings.warn(f"{name}: {note}", ImageLoadWarning, stacklevel=2)
-    return XRay(pixels=pixels, metadata=meta, filename=name)
+    return pixels, meta
 
 
 # --------------------------------------------------------------------------- input

@@ -28,7 +28,7 @@ from xray_ai.registry.schema import (
     default_registry_path,
     repo_root,
 )
-from xray_ai.registry.store import audit_db_path, read_audit_log, save_registry
+from xray_ai.registry.store import append_audit, audit_db_path, audit_events, edit_registry, read_audit_log, save_registry
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -47,6 +47,9 @@ __all__ = [
     "parse_registry",
     "load_registry",
     "save_registry",
+    "edit_registry",
+    "append_audit",
+    "audit_events",
     "audit_db_path",
     "read_audit_log",
     "repo_root",

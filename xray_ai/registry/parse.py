@@ -173,8 +173,12 @@ def _single_fields(f: FieldReader) -> tuple[str, str, str | None, tuple[str, ...
     if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
         raise RegistryError(f"{f.where}.sha256: must be 64 lowercase hex digits or null, got {sha!r}")
     path = f.text("path")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        raise RegistryError(f"{f.where}.path: must not contain NUL or other control characters, got {path!r}")
     if "\\" in path:
         raise RegistryError(f"{f.where}.path: use '/' separators, got {path!r}")
+    # Where it resolves (inside the registry's folder or XRAY_AI_MODELS_ROOT) is checked by
+    # document.parse_registry, which knows the registry's folder.
     return f.text("architecture", choices=ARCHITECTURES), path, sha, ()
 
 

@@ -9,8 +9,12 @@ A model whose head has no closed form (`detect_head` says why) keeps the TensorF
 The export lives outside git, in a per-user cache (serving.settings.cache_dir) keyed by the
 `.keras` file's sha256 (serving.artifacts.onnx_export_paths): `<cache>/<sha256>.onnx` and a
 JSON sidecar that records the ONNX file's own sha256, the head weights' digest and the layer
-names. Loading verifies all of them and otherwise declines with a reason (the caller then
-serves TensorFlow). `python -m xray_ai export-onnx` builds exports ahead of time; nothing
+names. Loading verifies all of them, and then that the export was made from this very model
+file, checked against the model rather than the sidecar (which whoever replaces the export
+can rewrite): the graph must hold the head constants computed from the model's weights,
+byte for byte, and its results on a fixed probe must agree with keras'. Otherwise it
+declines with a reason (the caller then serves TensorFlow), logged as a WARNING when an
+export exists but is refused, so the CLI shows it on stderr. `python -m xray_ai export-onnx` builds exports ahead of time; nothing
 here exports implicitly.
 
 This module imports neither tensorflow nor onnxruntime at import time: keras is imported
@@ -34,6 +38,7 @@ import numpy as np
 
 from xray_ai.explain.base import GradCamOutput, normalise_map
 from xray_ai.serving.artifacts import file_sha256, onnx_export_paths
+from xray_ai.serving.export_check import CHECK_TOLERANCE, check_bound, disagreement
 from xray_ai.serving.head import Head, UnsupportedHead, detect_head, grad_cam_layer, head_tensors
 from xray_ai.serving.settings import cache_dir, session_threads
 from xray_ai.version import __version__
@@ -60,7 +65,7 @@ BACKEND_NAME = "onnxruntime"
 # 1: the feature map only. 2: feature map, each ReLU layer's output, probability.
 # 3: pooled features, raw Grad-CAM map (the backward product in the graph), probability.
 EXPORT_FORMAT = 3
-_CHECK_TOLERANCE = 1e-4  # |p_onnx - p_keras| allowed when an export is checked
+_CHECK_TOLERANCE = CHECK_TOLERANCE
 
 
 # ---------------------------------------------------------------------------- cache
@@ -153,7 +158,9 @@ def load_export(
     Checks: the head has the closed form; the export and its sidecar exist; the sidecar
     names this `.keras` sha256, this export format, these head weights and layer; the ONNX
     file's sha256 matches the sidecar; the session takes just the image and returns the
-    feature map. Never raises for a bad export: the reason says what was wrong.
+    feature map; the export was made from `model` itself (`export_check.check_bound`). Never raises for
+    a bad export: the reason says what was wrong, and an export that exists but is refused
+    is logged as a WARNING.
     """
     try:
         head = head or detect_head(model)
@@ -165,7 +172,7 @@ def load_export(
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
-        return None, f"ONNX export sidecar {meta_path.name} unreadable ({type(exc).__name__}: {exc})"
+        return _refused(f"ONNX export sidecar {meta_path.name} unreadable ({type(exc).__name__}: {exc})")
     expected = {
         "format": EXPORT_FORMAT,
         "keras_sha256": keras_sha256,
@@ -174,23 +181,33 @@ def load_export(
     }
     for field, want in expected.items():
         if meta.get(field) != want:
-            return None, f"ONNX export {onnx_path.name}: sidecar {field} is {meta.get(field)!r}, expected {want!r}"
+            return _refused(f"ONNX export {onnx_path.name}: sidecar {field} is {meta.get(field)!r}, expected {want!r}")
     actual = file_sha256(onnx_path)
     if actual != meta.get("onnx_sha256"):
-        return None, (
+        return _refused(
             f"ONNX export {onnx_path.name} fails its check: sha256 {actual[:12]}..., the sidecar records "
             f"{str(meta.get('onnx_sha256'))[:12]}... (file replaced or damaged)"
         )
     try:
         session = open_session(onnx_path)
     except ImportError as exc:
-        return None, f"onnxruntime is not installed ({exc})"
+        return _refused(f"onnxruntime is not installed ({exc})")
     except Exception as exc:  # onnxruntime raises its own exception types for a bad graph
-        return None, f"ONNX Runtime cannot open {onnx_path.name} ({type(exc).__name__}: {exc})"
+        return _refused(f"ONNX Runtime cannot open {onnx_path.name} ({type(exc).__name__}: {exc})")
     problem = _check_session(session, model, head)
     if problem:
-        return None, f"ONNX export {onnx_path.name}: {problem}"
-    return OnnxGradCam(session, head, onnx_path), None
+        return _refused(f"ONNX export {onnx_path.name}: {problem}")
+    analyzer = OnnxGradCam(session, head, onnx_path)
+    problem = check_bound(analyzer, onnx_path, model, head)
+    if problem:
+        return _refused(f"ONNX export {onnx_path.name} was not made from this model file: {problem}")
+    return analyzer, None
+
+
+def _refused(reason: str) -> tuple[None, str]:
+    """An export exists but is not served: a WARNING (the CLI prints it on stderr) and the reason."""
+    log.warning("%s; serving TensorFlow instead", reason)
+    return None, reason
 
 
 def _check_session(session: onnxruntime.InferenceSession, model: keras.Model, head: Head) -> str | None:
@@ -254,18 +271,12 @@ def export_model(model: keras.Model, keras_sha256: str, directory: str | Path | 
         problem = _check_session(session, model, head)
         if problem:
             raise RuntimeError(f"exported graph is unusable: {problem}")
-        pooled, cams, p_onnx = OnnxGradCam(session, head, tmp).forward(probe)
-        p_keras = np.asarray(model(probe, training=False)).reshape(-1)
-        diff = float(np.max(np.abs(p_onnx.reshape(-1) - p_keras)))
-        if not diff <= _CHECK_TOLERANCE:
-            raise RuntimeError(f"exported model disagrees with keras: |p_onnx - p_keras| = {diff:.2e}")
-        # the graph's Grad-CAM must be the numpy head's on keras' own feature map
-        features = np.asarray(keras.Model(model.inputs[0], head_tensors(model)[0])(probe, training=False))
-        reference = head.raw_cam(features)
-        for name, ours, theirs in (("Grad-CAM maps", cams, reference), ("pooled features", pooled, features.mean(axis=(1, 2)))):
-            rel = float(np.linalg.norm(ours - theirs) / max(np.linalg.norm(theirs), 1e-12))
-            if not rel <= 1e-3:
-                raise RuntimeError(f"exported graph disagrees with the model's head: {name} differ by {rel:.2e}")
+        # the graph's probability must be keras', its Grad-CAM the numpy head's on keras' feature map
+        problem = disagreement(OnnxGradCam(session, head, tmp), model, head, probe)
+        if problem:
+            raise RuntimeError(f"exported graph disagrees with the model: {problem}")
+        p_onnx = OnnxGradCam(session, head, tmp).forward(probe)[2]
+        diff = float(np.max(np.abs(p_onnx.reshape(-1) - np.asarray(model(probe, training=False)).reshape(-1))))
         meta = _sidecar(model, keras_sha256, head, tmp, session, diff, time.perf_counter() - start)
         meta["onnx_file"] = onnx_path.name
         tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
