@@ -200,9 +200,11 @@ class AnalysisResult:
     def to_json(self) -> dict[str, Any]:
         """The `predict --json` object (README, "Command line"): no arrays, no patient identifiers.
 
-        On top of its keys: `members` (an ensemble's member ids; [] for a single model); each
-        view's `input_check` and `body_part` (null without a body-part head); for an ensemble,
-        each view's `member_probabilities` (member id -> probability).
+        On top of its keys: `members` (an ensemble's member ids; [] for a single model); the
+        scope fields `assessable`, `probability_reliable`, `high_sensitivity_threshold`; each
+        view's `input_check`, `body_part` (null without a body-part head), `assessable`,
+        `scope_reasons` and `finding`; for an ensemble, each view's `member_probabilities`
+        (member id -> probability).
         """
         return {
             "condition": self.condition,
