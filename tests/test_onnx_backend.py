@@ -152,7 +152,7 @@ def test_folding_batch_norms_keeps_a_deep_head_exact(keras_mod):
     model = keras_mod.Model(inputs, keras_mod.layers.Activation("sigmoid")(logit))
     head = hd.detect_head(model)
     assert [s[0] for s in head.steps] == ["affine", "affine", "dense", "affine", "dense", "affine"]
-    assert len(head._folded[0]) == 2  # the four batch norms are gone
+    assert len(head.folded[0]) == 2  # the four batch norms are gone
     features_model = keras_mod.Model(inputs, [model.get_layer("conv").output, logit])
     xt = tf.constant(_inputs(model, n=6))
     with tf.GradientTape() as tape:

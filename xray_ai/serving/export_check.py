@@ -33,7 +33,7 @@ def head_constants(head: Head) -> list[tuple[str, list[np.ndarray]]]:
     the logit's kernel as a row (times the transposed kernels of the linear dense layers
     right before it, which fold into it; and times 1/(h w) when no ReLU mask intervenes at
     all), then the transposed, batch-norm-folded kernel of each remaining dense layer."""
-    layers, out_kernel, _ = head._folded
+    layers, out_kernel, _ = head.folded
     h, w, _ = head.feature_shape
     row = np.ascontiguousarray(out_kernel[None, :], np.float32)
     i = len(layers) - 1

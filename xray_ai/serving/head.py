@@ -77,7 +77,7 @@ class Head:
         in numpy: the head's forward pass, then `channel_weights` from its ReLU outputs.
         (The export's graph computes the same; this is its reference.)
         """
-        layers, out_kernel, out_bias = self._folded
+        layers, out_kernel, out_bias = self.folded
         x = features.mean(axis=(1, 2), dtype=np.float32)  # global average pooling
         relu_outputs = []
         for kernel, _, bias, relu in layers:
@@ -104,7 +104,7 @@ class Head:
                 forward order; a unit's ReLU passed the gradient iff its output is > 0.
             features_shape: (N, h, w, K) of the feature map.
         """
-        layers, out_kernel, _ = self._folded
+        layers, out_kernel, _ = self.folded
         n, h, w, _ = features_shape
         outputs = iter(relu_outputs)
         masks = [next(outputs) > 0 if relu else None for _, _, _, relu in layers]
@@ -114,7 +114,7 @@ class Head:
         return grad / float(h * w)
 
     @functools.cached_property
-    def _folded(self) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]], np.ndarray, float]:
+    def folded(self) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]], np.ndarray, float]:
         """The steps with every batch norm folded into the dense layer (or logit) after it.
 
         ((x * s + t) @ W + b = x @ (s W) + (t W + b), in float64 then float32.) Each dense
@@ -276,7 +276,7 @@ def grad_cam_layer(head: Head) -> keras.layers.Layer:
     import keras
     from keras import ops
 
-    layers, out_kernel, _ = head._folded
+    layers, out_kernel, _ = head.folded
     h, w, k = head.feature_shape
 
     class ExactGradCam(keras.layers.Layer):
