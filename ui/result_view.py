@@ -16,7 +16,7 @@ import streamlit as st
 from ui.markers import marker_editor
 from ui.text import plain
 from xray_ai.outputs.overlay import display_pixels, finding_legend, render_overlay
-from xray_ai.result import AnalysisResult, ViewResult
+from xray_ai.result import AnalysisResult, ViewResult, warning_kind
 
 __all__ = ["NOT_ASSESSABLE_TITLE", "UNRELIABLE_EXPANDER", "NOT_ASSESSABLE_CARD_KEY", "show_result_card",
            "show_notes", "show_views"]
@@ -52,7 +52,7 @@ def show_notes(result: AnalysisResult) -> None:
     """The result's warnings: the synthetic-data note as a neutral info note; those the scope
     card already says (out of scope, unlike the training images) not again; the rest as warnings."""
     for warning in result.warnings:
-        kind = _warning_kind(warning)
+        kind = warning_kind(warning)
         if kind == "synthetic":
             st.info(plain(warning), icon=":material/science:")
         elif kind != "scope":
@@ -128,14 +128,3 @@ def _views_table(result: AnalysisResult) -> None:
     st.table({"view": [plain(v.filename) for v in result.views],
               column: [f"{v.probability:.1%}" for v in result.views],
               "counted": ["yes" if v.assessable else "no: out of scope" for v in result.views]})
-
-
-def _warning_kind(warning: str) -> str:
-    """"synthetic", "scope" (said by the card: xray_ai.analysis words these) or "other".
-    Matched on the pipeline's wording; a structured field would be firmer (see the report)."""
-    if "trained on synthetic data" in warning:
-        return "synthetic"
-    if (warning.startswith("NOT ASSESSABLE:") or "UNLIKE THE IMAGES" in warning
-            or "out of the model's scope and do not count" in warning):
-        return "scope"
-    return "other"

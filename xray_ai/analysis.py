@@ -23,7 +23,8 @@ import numpy as np
 
 from xray_ai.explain.base import METHODS
 from xray_ai.images import XRay
-from xray_ai.result import AnalysisResult, BodyPartEstimate, ViewResult
+from xray_ai.result import (NOT_ASSESSABLE_WARNING, NOT_COUNTED_WARNING, SYNTHETIC_WARNING, UNLIKE_WARNING,
+                            AnalysisResult, BodyPartEstimate, ViewResult)
 from xray_ai.scope import view_scope_reasons
 from xray_ai.serving.manager import LoadedEnsemble, LoadedModel, ModelManager
 from xray_ai.serving.preprocessing import prepare_batch, resize_image
@@ -109,7 +110,7 @@ def analyze(
         warnings.append(f"PLACEHOLDER MODEL: {loaded.placeholder_reason}. The result has no meaning.")
     if entry.trained_on.synthetic:
         warnings.append(
-            f"Model {entry.id} was trained on synthetic data ({entry.trained_on.describe()}); "
+            f"Model {entry.id} {SYNTHETIC_WARNING} ({entry.trained_on.describe()}); "
             "its output carries no clinical meaning."
         )
     for model in models:
@@ -117,24 +118,24 @@ def analyze(
             which = "this result" if model is loaded else f"ensemble member {model.entry.id}"
             warnings.append(f"ONNX Runtime was requested but TensorFlow computed {which}: {model.backend_reason}")
     for view in views:
-        warnings.extend(f"{view.filename or 'image'}: {w}" for w in view.warnings)
+        warnings.extend(f"{view.name or 'image'}: {w}" for w in view.warnings)  # names, never paths
     for view in run.views:
         if view.heatmap_flag:
-            warnings.append(f"{view.filename or 'image'}: heatmap {view.heatmap_flag}")
+            warnings.append(f"{view.image.name or 'image'}: heatmap {view.heatmap_flag}")
     for view in run.views:
         for checked_by, distance, threshold in view.input_checks:
             if distance > threshold:
                 warnings.append(
-                    f"{view.filename or 'image'}: UNLIKE THE IMAGES {checked_by} WAS TRAINED ON (input-check "
+                    f"{view.image.name or 'image'}: {UNLIKE_WARNING} {checked_by} WAS TRAINED ON (input-check "
                     f"distance {distance:.2f}, above {threshold:.2f}, which few in-distribution images exceed): "
                     "its probability is unreliable for this image"
                 )
     if not any(v.assessable for v in scoped):
-        warnings.append("NOT ASSESSABLE: no view is in the model's scope; the probability is kept for the "
+        warnings.append(f"{NOT_ASSESSABLE_WARNING} no view is in the model's scope; the probability is kept for the "
                         "record only and is unreliable")
     elif len(counted) < len(scoped):
-        warnings.append(f"{len(scoped) - len(counted)} of {len(scoped)} views are out of the model's scope and "
-                        "do not count towards the study probability")
+        warnings.append(f"{len(scoped) - len(counted)} of {len(scoped)} views are {NOT_COUNTED_WARNING} "
+                        "towards the study probability")
 
     architecture, trained_on = _describe_models(loaded, models)
     return AnalysisResult(

@@ -15,7 +15,7 @@ import numpy as np
 from xray_ai.images import XRay
 
 __all__ = ["BodyPartEstimate", "ViewResult", "AnalysisResult", "PLACEHOLDER_WATERMARK", "DISCLAIMER",
-           "NOT_ASSESSABLE", "FINDING", "POSSIBLE_FINDING"]
+           "NOT_ASSESSABLE", "FINDING", "POSSIBLE_FINDING", "warning_kind"]
 
 PLACEHOLDER_WATERMARK = "PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT"
 DISCLAIMER = (
@@ -27,6 +27,24 @@ NOT_ASSESSABLE = "not assessable"  # the decision of a study with no view in the
 # finding (solid box); between the high-sensitivity point and it a possible finding (dotted).
 FINDING = "finding"
 POSSIBLE_FINDING = "possible finding"
+
+# The words that xray_ai.analysis puts in the warnings it writes, so that `warning_kind` can
+# tell them apart; the JSON keeps `warnings` a plain list of strings.
+SYNTHETIC_WARNING = "was trained on synthetic data"
+UNLIKE_WARNING = "UNLIKE THE IMAGES"
+NOT_ASSESSABLE_WARNING = "NOT ASSESSABLE:"
+NOT_COUNTED_WARNING = "out of the model's scope and do not count"
+
+
+def warning_kind(warning: str) -> str:
+    """What one of a result's warnings says: "synthetic" (the model was trained on synthetic
+    data), "scope" (what `scope_reasons` says too: not assessable, views not counted, unlike
+    the training images) or "other"."""
+    if SYNTHETIC_WARNING in warning:
+        return "synthetic"
+    if warning.startswith(NOT_ASSESSABLE_WARNING) or UNLIKE_WARNING in warning or NOT_COUNTED_WARNING in warning:
+        return "scope"
+    return "other"
 
 
 @dataclass(frozen=True)
