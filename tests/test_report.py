@@ -58,7 +58,8 @@ def make_result(
         heatmap_method="gradcam",
         target_layer="densenet121/relu",
         views=tuple(views),
-        warnings=("image smaller than the model input",),
+        # as analyze() writes them: the views' image warnings named by file
+        warnings=("image smaller than the model input", "wrist_view1.dcm: inverted MONOCHROME1"),
         synthetic=synthetic,
         created="2024-05-06T07:00:00Z",
     )

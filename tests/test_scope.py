@@ -161,3 +161,19 @@ def test_shipped_models_refuse_real_and_non_radiograph_images(image, condition, 
     result = analyze(load_image(path), condition)
     assert result.decision == NOT_ASSESSABLE and not result.placeholder
     assert any(expect in r for r in result.scope_reasons), result.scope_reasons
+
+
+def test_warnings_and_reasons_name_files_without_their_folders(tiny_registry):
+    """Folders often carry patient names: the result (and so the JSON and the PDF) names a
+    view by its file name only."""
+    from xray_ai.outputs.report import build_report
+    from xray_ai.serving.manager import ModelManager
+    from test_report import flat, pdf_text
+
+    base = load_image(EXAMPLES / "rg3_tibia.png")
+    named = XRay(base.pixels, {**base.metadata, "warnings": ["a loader note"]}, "/home/DOE_JANE_1970/scan.png")
+    result = analyze(named, "fracture", manager=ModelManager(tiny_registry))
+    assert "scan.png: a loader note" in result.warnings
+    assert not any("DOE_JANE" in w for w in result.warnings + result.scope_reasons)
+    text = flat(pdf_text(build_report(result)))
+    assert "a loader note" in text and text.count("a loader note") == 1 and "DOE_JANE" not in text

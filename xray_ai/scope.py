@@ -22,7 +22,6 @@ hands in what the model said.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import PurePath
 
 from xray_ai.images import XRay
 from xray_ai.registry import Condition, InputSpec
@@ -100,8 +99,7 @@ def view_scope_reasons(
         input_checks: (model id, distance, threshold) per model with an input check.
         head_part: (part, probability) from the model's body-part head, or None.
     """
-    # The file's name, not its path: folders often carry patient names.
-    name = PurePath(view.filename).name if view.filename else "image"
+    name = view.name or "image"  # the file's name, not its path: folders often carry patient names
     meta = view.metadata
     reasons: list[str] = []
 

@@ -89,6 +89,12 @@ class XRay:
     def warnings(self) -> list[str]:
         return list(self.metadata.get("warnings", []))
 
+    @property
+    def name(self) -> str | None:
+        """The file's name without its folders, for messages and reports (folders often hold
+        patient names); None when the image came without one."""
+        return self.filename.replace("\\", "/").rsplit("/", 1)[-1] or None if self.filename else None
+
 
 def base_metadata(fmt: str, size: tuple[int, int], bits: int | None) -> dict[str, Any]:
     """Every metadata key, with the format, original size and bit depth filled in."""

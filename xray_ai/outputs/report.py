@@ -206,7 +206,7 @@ def _result_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
     if len(result.views) > 1:
         head = ["View", "File", "Probability" if result.assessable else "Model output (unreliable)",
                 "In scope", "Heatmap note"]
-        body = [[str(i), _file_name(v.filename) or "(unnamed)", percent(v.probability),
+        body = [[str(i), v.image.name or "(unnamed)", percent(v.probability),
                  "yes" if v.assessable else "no: not counted", v.heatmap_flag or ""]
                 for i, v in enumerate(result.views, start=1)]
         flow += [Spacer(1, 2 * mm),
@@ -237,15 +237,10 @@ def _model_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
 
 
 def _warning_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
-    warnings = list(result.warnings)
-    for number, view in enumerate(result.views, start=1):
-        prefix = f"View {number} ({_file_name(view.filename) or 'unnamed'}): "
-        warnings += [prefix + w for w in view.image.warnings]
-        if view.heatmap_flag:
-            warnings.append(prefix + f"heatmap is a fallback ({view.heatmap_flag})")
-    if not warnings:
+    # The pipeline's one list: it already names each view's image warnings and heatmap flags.
+    unique = list(dict.fromkeys(result.warnings))
+    if not unique:
         return []
-    unique = list(dict.fromkeys(warnings))
     return [Paragraph("Warnings", styles["Heading2"])] + [
         Paragraph(escape_markup(w), styles["Bullet"], bulletText="•") for w in unique
     ]
@@ -303,7 +298,7 @@ def _image_section(
         grid = Table([images, captions], colWidths=[half + 3 * mm] * 2)
         grid.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"),
                                   ("VALIGN", (0, 0), (-1, -1), "TOP")]))
-        title = f"View {index + 1}: {_file_name(view.filename) or '(unnamed)'} — {_view_output(result, view)}"
+        title = f"View {index + 1}: {view.image.name or '(unnamed)'} — {_view_output(result, view)}"
         flow.append(KeepTogether([Paragraph(escape_markup(title), styles["Heading3"]), grid]))
     legend = finding_legend(result) if result.assessable else (
         f"No automatic marks: the study is {NOT_ASSESSABLE_TITLE.lower()}.",)
@@ -351,14 +346,8 @@ def _page_decorator(report_id: str, placeholder: bool):
 # --- helpers -----------------------------------------------------------------------------
 
 
-def _file_name(filename: str | None) -> str:
-    """A view's file name without its folders (paths often hold patient names, and the
-    report may leave identifiers out); "" when it has none."""
-    return filename.replace("\\", "/").rsplit("/", 1)[-1] if filename else ""
-
-
 def _view_name(result: AnalysisResult, index: int) -> str:
-    """'view N (FILE NAME)': the file's name only (`_file_name`)."""
+    """'view N (FILE NAME)': the file's name only (XRay.name: folders often hold patient names)."""
     if 0 <= index < len(result.views):
-        return f"view {index + 1} ({_file_name(result.views[index].filename) or 'unnamed'})"
+        return f"view {index + 1} ({result.views[index].image.name or 'unnamed'})"
     return f"view {index + 1} (not in this study)"
