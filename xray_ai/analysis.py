@@ -9,6 +9,13 @@ provenance. A study with no assessable view is "not assessable".
 For an ensemble entry every member runs that same path with its own input size and
 preprocessing (and its own backend); per view, the result is the mean of the members'
 probabilities and of their heatmaps (resized to a common size), then the study mean.
+
+The stages, for callers that run the forward pass themselves: analyze() is
+(1) `manager.get` -> (2) each model of `study_models` runs the views (prepare_batch, then
+its analyzer) -> (3) `_assemble` (scope gate, study mean, warnings, provenance).
+`result_from_outputs` is stage 3 for the Grad-CAM method, given the analyzer outputs of
+stage 2: predict-batch (xray_ai.batch) sends the views of several studies through one
+forward call and hands each study its own rows, which gives the result analyze() gives.
 """
 
 from __future__ import annotations
@@ -21,15 +28,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from xray_ai.explain.base import METHODS
+from xray_ai.explain.base import METHODS, GradCamOutput
 from xray_ai.images import XRay
+from xray_ai.registry import Registry
 from xray_ai.result import (NOT_ASSESSABLE_WARNING, NOT_COUNTED_WARNING, SYNTHETIC_WARNING, UNLIKE_WARNING,
                             AnalysisResult, BodyPartEstimate, ViewResult)
 from xray_ai.scope import view_scope_reasons
 from xray_ai.serving.manager import LoadedEnsemble, LoadedModel, ModelManager
 from xray_ai.serving.preprocessing import prepare_batch, resize_image
 
-__all__ = ["analyze", "predict_probabilities", "pooled_features", "default_manager", "MAX_VIEWS"]
+__all__ = ["analyze", "predict_probabilities", "pooled_features", "default_manager", "MAX_VIEWS",
+           "study_models", "study_views", "result_from_outputs"]
 
 MAX_VIEWS = 16  # views per study; more is almost certainly a wrong upload
 _BATCH = 8  # views per compiled call: bounds memory for large studies
@@ -80,28 +89,72 @@ def analyze(
     """
     if method not in METHODS:
         raise ValueError(f"unknown heatmap method {method!r}; valid: {', '.join(METHODS)}")
+    views = study_views(images)
+    manager = manager or default_manager()
+    registry = manager.registry  # read once: each read stats the file
+    loaded = manager.get(condition=condition, model_id=model_id, registry=registry)
+
+    if isinstance(loaded, LoadedEnsemble):
+        models = list(loaded.members)
+        runs = []
+        for i, member in enumerate(models):  # each member with its own input size and preprocessing
+            step = (lambda f, i=i: progress((i + f) / len(models))) if progress else None
+            runs.append(_run_model(member, views, method, step))
+    else:
+        runs = [_run_model(loaded, views, method, progress)]
+    return _assemble(loaded, views, runs, manager, registry)
+
+
+def study_views(images: XRay | Sequence[XRay]) -> list[XRay]:
+    """The views of one study as a list; ValueError for none or more than MAX_VIEWS."""
     views = [images] if isinstance(images, XRay) else list(images)
     if not views:
         raise ValueError("no images to analyse")
     if len(views) > MAX_VIEWS:
         raise ValueError(f"{len(views)} images given; one study has at most {MAX_VIEWS} views")
-    manager = manager or default_manager()
-    registry = manager.registry  # read once: each read stats the file
-    loaded = manager.get(condition=condition, model_id=model_id, registry=registry)
+    return views
+
+
+def study_models(loaded: LoadedModel | LoadedEnsemble) -> tuple[LoadedModel, ...]:
+    """The models whose forward pass a study needs: an ensemble's members, else the model itself."""
+    return tuple(loaded.members) if isinstance(loaded, LoadedEnsemble) else (loaded,)
+
+
+def result_from_outputs(images: XRay | Sequence[XRay], loaded: LoadedModel | LoadedEnsemble,
+                        outputs: Sequence[GradCamOutput], manager: ModelManager, registry: Registry) -> AnalysisResult:
+    """What analyze(images, ..., method="gradcam") returns, from forward passes run elsewhere.
+
+    Args:
+        images: the views of one study.
+        loaded: what `manager.get` returned for the study's model (with `registry`).
+        outputs: one analyzer output per model of `study_models(loaded)`, each holding
+            exactly these views' rows, in view order: `model.analyzer(batch)` on the
+            `prepare_batch` of the views (or the matching rows of a larger batch).
+        manager, registry: the manager that loaded the model and the registry it read.
+    """
+    views = study_views(images)
+    models = study_models(loaded)
+    if len(outputs) != len(models) or any(len(out.probabilities) != len(views) for out in outputs):
+        raise ValueError(f"expected {len(models)} analyzer output(s) of {len(views)} rows each")
+    runs = [_Run(tuple(_view_results(model, views, out, list(zip(out.heatmaps, out.flags)))),
+                 model.heatmap_method, model.target_layer, model.backend)  # as _run_model gives for gradcam
+            for model, out in zip(models, outputs)]
+    return _assemble(loaded, views, runs, manager, registry)
+
+
+def _assemble(loaded: LoadedModel | LoadedEnsemble, views: list[XRay], runs: list[_Run],
+              manager: ModelManager, registry: Registry) -> AnalysisResult:
+    """Stage 3: from each model's run over the views (one per model of `study_models`), the
+    scope gate, the study probability, the warnings and the provenance."""
     entry = loaded.entry
     registry_condition = registry.condition(entry.condition)
-
     if isinstance(loaded, LoadedEnsemble):
         models = list(loaded.members)
         members = tuple(m.entry.id for m in models)
-        runs = []
-        for i, member in enumerate(models):  # each member with its own input size and preprocessing
-            step = (lambda f, i=i: progress((i + f) / len(models))) if progress else None
-            runs.append(_run_model(member, views, method, step))
         run = _mean_of_members(list(members), runs)
     else:
         models, members = [loaded], ()
-        run = _run_model(loaded, views, method, progress)
+        (run,) = runs
     scoped = tuple(_with_scope(v, registry_condition, models) for v in run.views)
     counted = [v for v in scoped if v.assessable] or list(scoped)  # none in scope: all, for the record
 
@@ -246,21 +299,8 @@ def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
     """Probability and heatmap of every view from one model, prepared as its entry says."""
     results: list[ViewResult] = []
     heatmap_method, target_layer = loaded.heatmap_method, loaded.target_layer
-    distribution, part_head = loaded.input_check, loaded.body_part_head
     for start, batch, out in _batches(loaded, [v.pixels for v in views]):
         n = len(batch)
-        probabilities = [float(p) for p in out.probabilities]
-        # The input check and the body-part head both read the pooled features of this same
-        # pass: no second forward call. A model without a feature map has neither.
-        if part_head is not None and out.pooled_features is not None:
-            parts = [BodyPartEstimate(loaded.entry.id, part, p) for part, p in part_head.predict(out.pooled_features)]
-        else:
-            parts = [None] * n
-        if distribution is not None and out.pooled_features is not None:
-            checks = [((loaded.entry.id, float(d), distribution.threshold),)
-                      for d in distribution.distances(out.pooled_features)]
-        else:
-            checks = [()] * n
         if method == "gradcam":
             maps = list(zip(out.heatmaps, out.flags))
         else:
@@ -274,13 +314,31 @@ def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
                 explanation = explainer.explain(batch[k : k + 1], method, step)
                 maps.append((explanation.heatmap, explanation.flag))
                 heatmap_method, target_layer = explanation.method, explanation.target_layer
-        for k in range(n):
-            heatmap, flag = maps[k]
-            results.append(ViewResult(image=views[start + k], probability=probabilities[k],
-                                      heatmap=heatmap, heatmap_flag=flag, input_checks=checks[k], body_part=parts[k]))
+        results.extend(_view_results(loaded, views[start : start + n], out, maps))
     backend = (loaded.backend if method == "gradcam" or loaded.backend == "tensorflow"
                else f"{loaded.backend} (probability), tensorflow ({method})")
     return _Run(tuple(results), heatmap_method, target_layer, backend)
+
+
+def _view_results(loaded: LoadedModel, views: Sequence[XRay], out: GradCamOutput,
+                  maps: list[tuple[np.ndarray, str | None]]) -> list[ViewResult]:
+    """One ViewResult per view from one forward pass's output (its rows match `views`) and
+    each view's (heatmap, flag)."""
+    n = len(views)
+    distribution, part_head = loaded.input_check, loaded.body_part_head
+    # The input check and the body-part head both read the pooled features of this same
+    # pass: no second forward call. A model without a feature map has neither.
+    if part_head is not None and out.pooled_features is not None:
+        parts = [BodyPartEstimate(loaded.entry.id, part, p) for part, p in part_head.predict(out.pooled_features)]
+    else:
+        parts = [None] * n
+    if distribution is not None and out.pooled_features is not None:
+        checks = [((loaded.entry.id, float(d), distribution.threshold),)
+                  for d in distribution.distances(out.pooled_features)]
+    else:
+        checks = [()] * n
+    return [ViewResult(image=views[k], probability=float(out.probabilities[k]), heatmap=maps[k][0],
+                       heatmap_flag=maps[k][1], input_checks=checks[k], body_part=parts[k]) for k in range(n)]
 
 
 def _mean_of_members(ids: list[str], runs: list[_Run]) -> _Run:

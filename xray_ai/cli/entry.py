@@ -17,6 +17,7 @@ import sys
 import traceback
 from typing import Sequence
 
+from xray_ai.cli.batch import add_predict_batch_parser, cmd_predict_batch
 from xray_ai.cli.common import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, BadInput
 from xray_ai.cli.misc import add_hash_password_parser, add_phantoms_parser, cmd_hash_password, cmd_phantoms
 from xray_ai.cli.models import (
@@ -28,6 +29,7 @@ from xray_ai.cli.models import (
     cmd_fit_input_check,
     cmd_train,
 )
+from xray_ai.cli.pacs import add_dicom_node_parser, cmd_dicom_node
 from xray_ai.cli.predict import add_predict_parser, cmd_predict
 from xray_ai.cli.registry import add_registry_parser, cmd_registry
 
@@ -41,17 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_predict_parser(sub)
+    add_predict_batch_parser(sub)
     add_export_onnx_parser(sub)
     add_registry_parser(sub)
     add_training_parsers(sub)
     add_hash_password_parser(sub)
     add_phantoms_parser(sub)
+    add_dicom_node_parser(sub)
     return parser
 
 
 # Looked up at call time, so a test can swap a command in (tests/test_cli.py does).
 _COMMANDS = {
     "predict": cmd_predict,
+    "predict-batch": cmd_predict_batch,
     "registry": cmd_registry,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -60,6 +65,7 @@ _COMMANDS = {
     "export-onnx": cmd_export_onnx,
     "hash-password": cmd_hash_password,
     "phantoms": cmd_phantoms,
+    "dicom-node": cmd_dicom_node,
 }
 
 

@@ -31,6 +31,9 @@ def add_export_onnx_parser(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("export-onnx", help="build the ONNX Runtime exports of registered models ahead of time")
     x.add_argument("model_ids", nargs="*", metavar="MODEL_ID", help="default: every model whose file verifies")
     x.add_argument("--force", action="store_true", help="re-export even when a verified export exists")
+    x.add_argument("--ship", action="store_true",
+                   help="write each export beside its model file (models/<id>.onnx) and pin it in the registry "
+                        "entry's `onnx` field, so that a fresh checkout serves it without TensorFlow")
     add_registry_arg(x)
 
 
@@ -89,13 +92,26 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
                     help="share of valid images (in %%) below the threshold (default 99.5)")
     add_registry_arg(fi)
 
-    x = sub.add_parser("explain-eval", help="score every heatmap method on lesion masks (pointing game, deletion/insertion)")
+    x = sub.add_parser("explain-eval", help="score every heatmap method and layer on lesion masks; choose a "
+                                            "model's default heatmap on its validation split")
     x.add_argument("--model", dest="model_id", required=True)
     x.add_argument("--data", type=Path, required=True, help="a dataset with <stem>_mask.png lesion masks (phantoms)")
     x.add_argument("--layout", choices=["mura", "folders"], default="folders")
-    x.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    x.add_argument("--max-images", type=int, default=40, help="abnormal images to use (default 40)")
-    x.add_argument("--output", type=Path, help="JSON file (default: <model file>.explain.json beside the model)")
+    x.add_argument("--split", choices=["valid", "test", "all"],
+                   help="valid: choose the default heatmap (every CAM method x layer, pointing game within 15 px); "
+                        "test (default where there is one): the full table; all: every image")
+    x.add_argument("--methods", nargs="+", choices=METHODS,
+                   help="table methods to score besides the CAM settings (default: all but 'default')")
+    x.add_argument("--no-settings", action="store_true", help="leave out the CAM method x layer settings")
+    x.add_argument("--max-images", type=int, default=40, help="abnormal images to use (default 40; 0: all)")
+    x.add_argument("--faithfulness-images", type=int,
+                   help="deletion/insertion on the first N of them only (default: all of them)")
+    x.add_argument("--lime-images", type=int, default=40, help="LIME on the first N only (default 40)")
+    x.add_argument("--write-registry", action="store_true",
+                   help="valid: write the chosen default into the model's registry entry (`heatmap`); "
+                        "test: add the default's test figures to it")
+    x.add_argument("--output", type=Path, help="JSON file (default: <model file>.explain.json beside the model, "
+                                               "<model file>.heatmap-choice.json for --split valid)")
     add_registry_arg(x)
 
 
@@ -146,7 +162,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         raise BadInput(str(exc)) from None
     named = bool(args.model_ids)
     failed = []
-    print(f"ONNX export cache: {manager.onnx_cache}")
+    print("ONNX exports: beside each model file, pinned in the registry" if args.ship
+          else f"ONNX export cache: {manager.onnx_cache}")
     ids: list[str] = []
     for model_id in args.model_ids or list(registry.models):  # an ensemble has no file: export its members
         entry = registry.model(model_id)
@@ -161,7 +178,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
             continue
         start = time.perf_counter()
         try:
-            path = manager.export_onnx(model_id, force=args.force)
+            path = manager.export_onnx(model_id, force=args.force, ship=args.ship)
         except (ValueError, RuntimeError, OSError) as exc:  # UnsupportedHead is a ValueError
             print(f"{model_id}: not exported, {exc}; TensorFlow serves it")
             failed.append(model_id)
@@ -266,27 +283,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain_eval(args: argparse.Namespace) -> int:
-    from xray_ai.explain.methods import explainer_for
-    from xray_ai.explain.evaluate import evaluate_explanations, explain_json_path, format_table, lesion_cases, save
+    from xray_ai.cli.explain_eval import run_explain_eval
 
     manager, loaded, df = _model_and_dataset(args)
-    if loaded.entry.is_ensemble:
-        raise BadInput(f"{args.model_id}: explain-eval scores one model's heatmaps; run it on each ensemble member "
-                       f"({', '.join(loaded.entry.members)})")
-    split = "test" if (df["split"] == "test").any() else None
-    rows = df[df["split"] == split] if split else df
-    images, masks = lesion_cases(rows, loaded.entry.input, loaded.entry.preprocessing, limit=args.max_images)
-    if not images:
-        raise BadInput(f"{args.data}: no abnormal images with a non-empty <stem>_mask.png lesion mask")
-    model = loaded.model
-    report = evaluate_explanations(
-        explainer_for(model), lambda b: model(b, training=False).numpy().reshape(-1), images, masks,
-        args.methods, model_id=args.model_id,
-        progress=lambda method, i: print(f"{method}: {i}/{len(images)}", file=sys.stderr, end="\r", flush=True),
-    )
-    report["split"] = split or "all"
-    output = args.output or explain_json_path(loaded.entry.resolve_path(manager.registry.base_dir))
-    save(report, output)
-    print(format_table(report))
-    print(f"saved {output}", file=sys.stderr)
-    return EXIT_OK
+    return run_explain_eval(args, manager, loaded, df)

@@ -40,6 +40,9 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-annotations", action="store_true", help="overlay without the automatic finding box")
     p.add_argument("--report", type=Path, help="write the PDF report here")
     p.add_argument("--include-patient", action="store_true", help="put DICOM patient fields in the report")
+    p.add_argument("--dicom-out", type=Path, metavar="DIR",
+                   help="write DICOM results for the source study here: a Secondary Capture per DICOM view, "
+                   "the report as Encapsulated PDF, a Structured Report (README, \"Connecting to PACS\")")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument(
         "--backend",
@@ -89,11 +92,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from xray_ai.outputs.report import build_report
 
         args.report.write_bytes(build_report(result, include_patient=args.include_patient, intensity=args.intensity))
+    if args.dicom_out:
+        _write_dicom(result, args)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print(summary(result))
     return EXIT_OK
+
+
+def _write_dicom(result, args: argparse.Namespace) -> None:
+    from xray_ai.outputs.dicom_results import write_dicom_objects
+    from xray_ai.outputs.report import build_report
+
+    pdf = build_report(result, include_patient=args.include_patient, intensity=args.intensity)
+    try:
+        paths = write_dicom_objects(result, args.dicom_out, pdf, pdf_prints_patient=args.include_patient)
+    except ValueError as exc:  # no DICOM view, views of several studies, a changed file
+        raise BadInput(f"--dicom-out {args.dicom_out}: {exc}") from None
+    print(f"wrote {len(paths)} DICOM objects to {args.dicom_out}", file=sys.stderr)
 
 
 def _write_overlays(result, target: Path, intensity: float, annotate: bool) -> None:

@@ -7,7 +7,9 @@ the normalisation with the TensorFlow one (xray_ai.explain.gradcam).
 
 Adding a method: write its function (the `HeatmapMethod` protocol) in the module of its
 family and add one `MethodSpec` row to `METHOD_TABLE`; the Explainer, the app's method
-picker and the CLI's `--method` choices all read the table.
+picker and the CLI's `--method` choices all read the table. Its first row, `DEFAULT_METHOD`,
+is no method of its own: it stands for the model's default setting (the registry entry's
+`heatmap`, chosen on validation; last-layer Grad-CAM where the entry has none).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import numpy as np
 
 __all__ = [
+    "DEFAULT_METHOD",
     "METHODS",
     "METHOD_NAMES",
     "METHOD_TABLE",
@@ -44,11 +47,14 @@ Progress = Callable[[float], None]
 
 class MethodOutput(NamedTuple):
     """One method's map for one image: heatmap (h, w) in [0, 1] with no NaN; flag: why it is
-    empty or degraded, else None; target_layer: the CAM methods' layer, None for input-space ones."""
+    empty or degraded, else None; target_layer: the CAM methods' layer(s) ("+"-joined for a
+    fusion), None for input-space ones; method: the map actually computed where it is not the
+    method asked for (the model's default names its own), else None."""
 
     heatmap: np.ndarray
     flag: str | None
     target_layer: str | None = None
+    method: str | None = None
 
 
 class MethodContext(Protocol):
@@ -60,6 +66,8 @@ class MethodContext(Protocol):
     smoothgrad_noise: float
     lime_samples: int
     lime_segments: int
+    #: The model's default heatmap setting (xray_ai.explain.cam_math.HeatmapSpec), or None.
+    heatmap: Any
 
     def cached(self, key: str, build: Callable[[], _T]) -> _T:
         """`build()` on the first call for `key`, the same object afterwards (thread-safe)."""
@@ -69,6 +77,9 @@ class MethodContext(Protocol):
 
     def logit_model(self) -> Any:
         """The (features, logit, probability) replay of the model (gradcam.build_gradcam_model)."""
+
+    def cam_for(self, spec: Any) -> Any:
+        """A GradCam computing the HeatmapSpec `spec`, built once per setting."""
 
 
 class HeatmapMethod(Protocol):
@@ -95,10 +106,18 @@ class MethodSpec:
         return getattr(importlib.import_module(module), function)
 
 
-# In the order the app and the CLI offer them; Grad-CAM first, it is the default.
+#: The method id that means "the model's default setting" (its registry `heatmap`).
+DEFAULT_METHOD = "default"
+
+# In the order the app and the CLI offer them; the model's default first: the picker's and
+# `predict --method`'s default.
 METHOD_TABLE: tuple[MethodSpec, ...] = (
-    MethodSpec("gradcam", "Grad-CAM", "xray_ai.explain.cam_family:gradcam_map"),
+    MethodSpec(DEFAULT_METHOD, "Model's default (chosen on validation)", "xray_ai.explain.cam_family:default_map"),
+    MethodSpec("gradcam", "Grad-CAM (last layer)", "xray_ai.explain.cam_family:gradcam_map"),
     MethodSpec("gradcam++", "Grad-CAM++", "xray_ai.explain.cam_family:gradcam_pp_map"),
+    MethodSpec("hirescam", "HiResCAM (stride-16 layer)", "xray_ai.explain.cam_family:hirescam_map"),
+    MethodSpec("layercam", "LayerCAM (stride-16 layer)", "xray_ai.explain.cam_family:layercam_map"),
+    MethodSpec("layercam-fusion", "LayerCAM, stride 16 + 8 fused", "xray_ai.explain.cam_family:layercam_fusion_map"),
     MethodSpec("saliency", "Gradient saliency", "xray_ai.explain.gradients:saliency_map"),
     MethodSpec("smoothgrad", "SmoothGrad", "xray_ai.explain.gradients:smoothgrad_map"),
     MethodSpec("lime", "LIME (slow: hundreds of model runs)", "xray_ai.explain.lime:lime_map"),
@@ -136,9 +155,12 @@ def normalise_map(cam: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 @dataclass(frozen=True)
 class GradCamOutput:
-    """probabilities (N,) in [0, 1]; heatmaps (N, h, w) in [0, 1]; flags per image (None = fine);
-    pooled_features: the target layer's feature map, globally averaged as the head pools it
-    (N, K), for the input check (xray_ai.serving.input_check); None where Grad-CAM was unavailable."""
+    """probabilities (N,) in [0, 1]; heatmaps (N, h, w) in [0, 1] (at the finest layer's grid
+    for a fusion); flags per image (None = fine); method: "gradcam", "hirescam", "layercam" or
+    "none"; target_layer: the map's layer path ("+"-joined for a fusion); pooled_features: the
+    last 4-D layer's feature map, globally averaged as the head pools it (N, K), for the input
+    check (xray_ai.serving.input_check), whatever layers the map used; None where Grad-CAM was
+    unavailable."""
 
     probabilities: np.ndarray
     heatmaps: np.ndarray

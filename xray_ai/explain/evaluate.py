@@ -9,8 +9,10 @@ the performance page finds it.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,19 @@ from xray_ai.images import load_image
 from xray_ai.serving import artifacts
 from xray_ai.serving.preprocessing import prepare_batch
 
-__all__ = ["lesion_cases", "evaluate_explanations", "format_table", "explain_json_path", "save", "load_report"]
+__all__ = ["lesion_cases", "evaluate_explanations", "format_table", "heatmap_table", "read_heatmap_table",
+           "explain_json_path", "choice_json_path", "save", "load_report"]
 
 
 def explain_json_path(model_path: str | Path) -> Path:
     """Where the explanation scores of a model file are kept."""
     return artifacts.explain_path(model_path)
+
+
+def choice_json_path(model_path: str | Path) -> Path:
+    """Where explain-eval keeps the validation run that chose a model's default heatmap."""
+    path = explain_json_path(model_path)
+    return path.with_name(path.name.replace(".explain.json", ".heatmap-choice.json"))
 
 
 def lesion_cases(rows: Any, spec: Any, preprocessing: str = "unit",
@@ -59,13 +68,22 @@ def format_table(report: dict[str, Any]) -> str:
     """The report of `scores.evaluate_explanations` as a fixed-width table, one method a row."""
     lines = [
         f"{report['model_id']}: {report['n_images']} abnormal images with lesion masks",
-        f"{'method':12s} {'pointing':>9s} {'<=15px@224':>10s} {'energy in':>10s} {'deletion':>9s} {'insertion':>10s} {'s/image':>9s}",
+        f"{'method':16s} {'pointing':>9s} {'<=15px@224':>10s} {'energy in':>10s} {'deletion':>9s} {'insertion':>10s} "
+        f"{'ms/image':>9s} {'n':>5s}",
     ]
+
+    def num(value: Any, width: int) -> str:
+        return f"{value:{width}.3f}" if isinstance(value, (int, float)) else f"{'-':>{width}s}"
+
     for method, r in report["methods"].items():
+        mark = " *" if method == report.get("default") else ""
         lines.append(
-            f"{method:12s} {r['pointing_game']:9.3f} {r['pointing_game_tolerant']:10.3f} {r['energy_inside']:10.3f} {r['deletion_auc']:9.3f} "
-            f"{r['insertion_auc']:10.3f} {r['seconds_per_image']:9.3f}"
+            f"{method + mark:16s} {num(r['pointing_game'], 9)} {num(r['pointing_game_tolerant'], 10)} "
+            f"{num(r['energy_inside'], 10)} {num(r.get('deletion_auc'), 9)} {num(r.get('insertion_auc'), 10)} "
+            f"{1000 * r['seconds_per_image']:9.1f} {r.get('n', report['n_images']):5d}"
         )
+    if report.get("default"):
+        lines.append(f"* the model's default heatmap ({report['default']}, chosen on the validation split)")
     lines.append("pointing game / energy inside / insertion: higher is better; deletion: lower is better")
     return "\n".join(lines)
 
@@ -87,8 +105,10 @@ def load_report(path: Path) -> dict[str, Any] | None:
 def evaluate_explanations(explainer: Any, predict: Callable[[np.ndarray], np.ndarray],
                           images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                           methods: Sequence[str], *, model_id: str = "",
+                          settings: Mapping[str, Any] | None = None, faithfulness_images: int | None = None,
+                          limits: Mapping[str, int] | None = None,
                           progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
-    """Scores per method over abnormal images with lesion masks.
+    """Scores per method (and per heatmap setting) over abnormal images with lesion masks.
 
     Args:
         explainer: an xray_ai.explain.methods.Explainer for the model.
@@ -96,28 +116,52 @@ def evaluate_explanations(explainer: Any, predict: Callable[[np.ndarray], np.nda
         images: model-ready images (H, W, C), abnormal cases only.
         masks: boolean lesion masks (any size), one per image, non-empty.
         methods: ids from xray_ai.explain.base.METHODS.
+        settings: extra rows, key -> cam_math.HeatmapSpec (e.g. choose.candidate_settings),
+            each computed by `explainer.cam_for(spec)` one image at a time, as methods are.
+        faithfulness_images: deletion/insertion on the first this many images only (they
+            cost 2 x (STEPS + 1) model runs per image); default all.
+        limits: method id or setting key -> at most this many images for that row (LIME).
+
+    Returns:
+        {"model_id", "n_images", "steps", "created", "methods": {row: {pointing_game,
+        pointing_game_tolerant, energy_inside, deletion_auc, insertion_auc,
+        seconds_per_image, n, n_faithfulness, [layers]}}}.
     """
     if not images:
-        raise ValueError("no abnormal images with a lesion mask to evaluate explanations on")
-    results: dict[str, Any] = {}
+        raise ValueError("no abnormal images to evaluate explanations on")
+    rows: list[tuple[str, Callable[[np.ndarray], tuple[np.ndarray, str | None]]]] = []
     for method in methods:
-        maps, seconds, deletion, insertion = [], [], [], []
-        for i, x in enumerate(images):
-            out = explainer.explain(x[None], method)
-            maps.append(out.heatmap)
-            seconds.append(out.seconds)
-            d, ins = deletion_insertion(predict, x, out.heatmap)
-            deletion.append(d)
-            insertion.append(ins)
+        rows.append((method, lambda x, m=method: (lambda e: (e.heatmap, e.target_layer))(explainer.explain(x[None], m))))
+    for key, spec in (settings or {}).items():
+        cam = explainer.cam_for(spec)
+        rows.append((key, lambda x, cam=cam: (lambda o: (o.heatmaps[0], o.target_layer))(cam(x[None]))))
+    results: dict[str, Any] = {}
+    for key, explain in rows:
+        n = min(len(images), (limits or {}).get(key, len(images)))
+        n_faith = min(n, faithfulness_images if faithfulness_images is not None else n)
+        explain(images[0])  # the first call builds and traces: not timed
+        maps, seconds, deletion, insertion, layer = [], [], [], [], None
+        for i, x in enumerate(images[:n]):
+            start = time.perf_counter()
+            heatmap, layer = explain(x)
+            seconds.append(time.perf_counter() - start)
+            maps.append(heatmap)
+            if i < n_faith:
+                d, ins = deletion_insertion(predict, x, heatmap)
+                deletion.append(d)
+                insertion.append(ins)
             if progress:
-                progress(method, i + 1)
-        results[method] = {
-            "pointing_game": pointing_game(maps, masks),
-            "pointing_game_tolerant": pointing_game(maps, masks, POINTING_TOLERANCE),  # 15 px at 224
-            "energy_inside": energy_inside(maps, masks),
-            "deletion_auc": float(np.mean(deletion)),
-            "insertion_auc": float(np.mean(insertion)),
+                progress(key, i + 1)
+        results[key] = {
+            "pointing_game": pointing_game(maps, masks[:n]),
+            "pointing_game_tolerant": pointing_game(maps, masks[:n], POINTING_TOLERANCE),  # 15 px at 224
+            "energy_inside": energy_inside(maps, masks[:n]),
+            "deletion_auc": float(np.mean(deletion)) if deletion else None,
+            "insertion_auc": float(np.mean(insertion)) if insertion else None,
             "seconds_per_image": float(np.median(seconds)),
+            "n": n,
+            "n_faithfulness": n_faith,
+            "layer": layer,
         }
     return {
         "model_id": model_id,
@@ -126,3 +170,43 @@ def evaluate_explanations(explainer: Any, predict: Callable[[np.ndarray], np.nda
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "methods": results,
     }
+
+
+def read_heatmap_table(model_path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """(report, heatmap_table(report)) of the saved report beside a model file, or None; cached
+    by the file's identity, so a page can call it on every rerun without reading the file."""
+    path = explain_json_path(model_path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _read_table(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_table(path: str, mtime_ns: int, size: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    report = load_report(Path(path))
+    return None if report is None else (report, heatmap_table(report))
+
+
+def heatmap_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A saved report's rows as the performance page shows them: one dict per method or
+    setting (name, pointing strict and within 15 px, energy inside, deletion, insertion,
+    ms per image, n), the model's default marked. numpy-free reading of the JSON."""
+    default = report.get("default")
+    table = []
+    for key, r in report.get("methods", {}).items():
+        if not isinstance(r, Mapping):
+            continue
+        table.append({
+            "method": key + (" (default)" if key == default else ""),
+            "layer": r.get("layer") or "",
+            "pointing (strict)": r.get("pointing_game"),
+            "pointing (15 px at 224)": r.get("pointing_game_tolerant"),
+            "energy inside": r.get("energy_inside"),
+            "deletion (lower better)": r.get("deletion_auc"),
+            "insertion": r.get("insertion_auc"),
+            "ms per image": None if r.get("seconds_per_image") is None else round(1000 * r["seconds_per_image"], 1),
+            "n": r.get("n", report.get("n_images")),
+        })
+    return table

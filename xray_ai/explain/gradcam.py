@@ -1,21 +1,28 @@
-"""Grad-CAM: target-layer search (nested models too), and probability + heatmap in one compiled pass.
+"""Grad-CAM and its family in one compiled pass with the probability; the replay that reaches
+any layer of a nested model.
 
 How it works (Selvaraju et al. 2017): the gradient of the positive-class *logit* with
-respect to the last spatial feature map A (N x h x w x K), averaged over space, weighs
-the K channels; the ReLU of the weighted sum is the map. We differentiate the logit, not
-the sigmoid output, because a confident sigmoid saturates and its gradient underflows to
-zero (the "constant heatmap" users report for single-sigmoid heads).
+respect to a spatial feature map A (N x h x w x K), averaged over space, weighs the K
+channels; the ReLU of the weighted sum is the map. We differentiate the logit, not the
+sigmoid output, because a confident sigmoid saturates and its gradient underflows to zero
+(the "constant heatmap" users report for single-sigmoid heads). HiResCAM and LayerCAM use
+the same gradient position by position, and several layers can be fused
+(xray_ai.explain.cam_math holds the arithmetic, shared with the ONNX Runtime backend).
 
 Nested models (a backbone used as an inner keras.Model, or a Sequential) are handled by
 *replaying* the model on fresh inputs, calling every layer as the original graph does but
-capturing the target layer's output on the way. Wiring an inner layer's tensor to the
+capturing the wanted layers' outputs on the way. Wiring an inner layer's tensor to the
 outer model's inputs instead is what raises keras' "graph disconnected" error.
+
+The layer search (find_target_layer, layers_by_stride, resolve_layer_path) lives in
+xray_ai.explain.layers and is re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -24,76 +31,17 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
 
-# The output type and the normalisation live in base: the ONNX Runtime backend shares them
-# without importing keras.
+# The output type and the normalisation live in base, the CAM arithmetic in cam_math: the
+# ONNX Runtime backend shares them without importing keras.
 from xray_ai.explain.base import GradCamOutput, normalise_map
+from xray_ai.explain.cam_math import HeatmapSpec, fuse_maps
+from xray_ai.explain.layers import (final_layer, find_target_layer, is_container, layers_by_stride, output_rank,
+                                    resolve_layer_path)
 
-__all__ = ["find_target_layer", "resolve_layer_path", "build_gradcam_model", "compute_gradcam", "GradCam"]
+__all__ = ["find_target_layer", "resolve_layer_path", "layers_by_stride", "build_gradcam_model",
+           "build_feature_gradient_model", "compute_gradcam", "GradCam"]
 
 log = logging.getLogger(__name__)
-
-
-def _is_container(layer: Any) -> bool:
-    return isinstance(layer, keras.Model)
-
-
-def _output_rank(layer: keras.layers.Layer) -> int | None:
-    try:
-        return len(layer.output.shape)
-    except (AttributeError, ValueError):  # never called, or called more than once
-        return None
-
-
-def find_target_layer(model: keras.Model) -> str:
-    """The layer Grad-CAM uses: the last one with a rank-4 (N, h, w, K) output.
-
-    Layers are walked from the output backwards and nested models are searched
-    recursively, so for a backbone wrapped as an inner model the answer is a
-    `/`-joined path such as "densenet121/relu".
-
-    Raises:
-        ValueError: no layer has a 4-D output (naming the model).
-    """
-    path = _search(model)
-    if path is None:
-        raise ValueError(f"model {model.name!r} has no layer with a 4-D (N, h, w, K) output for Grad-CAM")
-    return "/".join(path)
-
-
-def _search(model: keras.Model) -> list[str] | None:
-    for layer in reversed(model.layers):
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if _is_container(layer):
-            inner = _search(layer)
-            if inner is not None:
-                return [layer.name, *inner]
-            continue
-        if _output_rank(layer) == 4:
-            return [layer.name]
-    return None
-
-
-def resolve_layer_path(model: keras.Model, path: str) -> list[keras.layers.Layer]:
-    """The chain of layers a `/`-joined path (as `find_target_layer` gives) names, outermost
-    first; ValueError quoting the bad part."""
-    chain, current = [], model
-    for part in path.split("/"):
-        if not _is_container(current):
-            raise ValueError(f"layer path {path!r}: {current.name!r} is not a model, cannot contain {part!r}")
-        try:
-            current = current.get_layer(part)
-        except ValueError:
-            names = ", ".join(layer.name for layer in current.layers[-8:])
-            raise ValueError(f"layer path {path!r}: no layer {part!r} in {current.name!r} (last layers: {names})") from None
-        chain.append(current)
-    return chain
-
-
-def _final_layer(model: keras.Model) -> keras.layers.Layer:
-    """The layer producing the model's output, descending into nested models."""
-    layer = model.layers[-1]
-    return _final_layer(layer) if _is_container(layer) else layer
 
 
 def _is_sigmoid(layer: keras.layers.Layer) -> bool:
@@ -102,49 +50,54 @@ def _is_sigmoid(layer: keras.layers.Layer) -> bool:
 
 
 class _Replay:
-    """Rebuilds a model's graph on fresh inputs, capturing the target map and the logit.
+    """Rebuilds a model's graph on fresh inputs, capturing the wanted layers' maps and the logit.
 
-    Each (nested) model is rebuilt as its own sub-model whose extra outputs are whatever
-    was captured inside it; the enclosing graph then *calls* that sub-model, so every
-    captured tensor belongs to the graph that finally uses it (no "graph disconnected").
+    `chains[i]` is the chain of layers (outermost first) that leads to wanted layer i; its
+    output is captured under the key i, the logit under "logit". Each (nested) model on the
+    way to a wanted layer or to the output is rebuilt as its own sub-model whose extra
+    outputs are whatever was captured inside it; the enclosing graph then *calls* that
+    sub-model, so every captured tensor belongs to the graph that finally uses it (no
+    "graph disconnected").
     """
 
-    def __init__(self, target_chain: list[keras.layers.Layer], final: keras.layers.Layer):
-        self.target_chain = target_chain
+    def __init__(self, chains: list[list[keras.layers.Layer]], final: keras.layers.Layer):
+        self.chains = chains
         self.final = final
-        self.captured: dict[str, Any] = {}
+        self.captured: dict[Any, Any] = {}
 
-    def rebuild(self, model: keras.Model, depth: int) -> tuple[list[Any], Any, dict[str, Any]]:
-        """-> (fresh inputs, output, tensors captured inside), all in one new graph."""
+    def rebuild(self, model: keras.Model, depth: int, active: list[int]) -> tuple[list[Any], Any, dict[Any, Any]]:
+        """-> (fresh inputs, output, tensors captured inside), all in one new graph. `active`:
+        the chains that pass through `model`, whose layer at `depth` lies inside it."""
         outer, self.captured = self.captured, {}
         if isinstance(model, keras.Sequential):
             inputs = [keras.Input(shape=model.inputs[0].shape[1:])]
             x = inputs[0]
             for layer in model.layers:
-                x = self.call(layer, depth, x)
+                x = self.call(layer, depth, active, x)
             output = x
         else:
             clone = keras.models.clone_model(
                 model,
                 clone_function=lambda layer: layer,  # share layers and weights, do not copy
-                call_function=lambda layer, *args, **kwargs: self.call(layer, depth, *args, **kwargs),
+                call_function=lambda layer, *args, **kwargs: self.call(layer, depth, active, *args, **kwargs),
             )
             inputs, output = clone.inputs, clone.outputs[0]
         inner, self.captured = self.captured, outer
         return inputs, output, inner
 
-    def call(self, layer: keras.layers.Layer, depth: int, *args: Any, **kwargs: Any) -> Any:
-        on_path = depth < len(self.target_chain) and layer is self.target_chain[depth]
-        leads_to_target = on_path and depth + 1 < len(self.target_chain)
-        if leads_to_target or (_is_container(layer) and _contains(layer, self.final)):
-            inputs, output, inner = self.rebuild(layer, depth + 1 if leads_to_target else len(self.target_chain))
+    def call(self, layer: keras.layers.Layer, depth: int, active: list[int], *args: Any, **kwargs: Any) -> Any:
+        here = [i for i in active if self.chains[i][depth] is layer]
+        deeper = [i for i in here if len(self.chains[i]) > depth + 1]
+        if deeper or (is_container(layer) and _contains(layer, self.final)):
+            inputs, output, inner = self.rebuild(layer, depth + 1, deeper)
             results = keras.Model(inputs, [output, *inner.values()])(*args)
             out = results[0]
             self.captured.update(zip(inner.keys(), results[1:]))
         else:
             out = layer(*args, **kwargs)
-        if on_path and not leads_to_target:
-            self.captured["features"] = out
+        for i in here:
+            if len(self.chains[i]) == depth + 1:
+                self.captured[i] = out
         if layer is self.final:
             self.captured["logit"] = self._logit(layer, args[0], out)
         return out
@@ -162,89 +115,186 @@ class _Replay:
 
 
 def _contains(model: keras.Model, target: keras.layers.Layer) -> bool:
-    return any(layer is target or (_is_container(layer) and _contains(layer, target)) for layer in model.layers)
+    return any(layer is target or (is_container(layer) and _contains(layer, target)) for layer in model.layers)
+
+
+def build_feature_gradient_model(model: keras.Model, layers: Sequence[str]) -> keras.Model:
+    """A model with outputs [feature_1, ..., feature_n, logit, probability] sharing `model`'s weights.
+
+    Args:
+        model: a keras model with one sigmoid output unit (flat, nested or Sequential).
+        layers: `/`-joined paths (find_target_layer / layers_by_stride syntax) of 4-D layers.
+
+    Returns:
+        keras.Model on fresh inputs of `model`'s input shape: feature_i is layer i's output
+        (N, h_i, w_i, K_i) as the model computes it, logit the sigmoid's input (N, 1),
+        probability the model's output (N, 1). The gradients of the logit w.r.t. the
+        features are those of the model itself: the CAM maps (cam_math) come from them.
+
+    Raises:
+        ValueError: no layers, a path that names no layer (quoting it), a layer whose output
+            is not 4-D, or a graph the replay cannot rebuild.
+    """
+    layers = list(layers)
+    if not layers:
+        raise ValueError("build_feature_gradient_model: no layers given")
+    chains = [resolve_layer_path(model, path) for path in layers]
+    for path, chain in zip(layers, chains):
+        if is_container(chain[-1]) or output_rank(chain[-1]) not in (4, None):
+            raise ValueError(f"layer {path!r} of {model.name!r} has no 4-D (N, h, w, K) output to take a CAM at")
+    replay = _Replay(chains, final_layer(model))
+    inputs, prob, captured = replay.rebuild(model, 0, list(range(len(chains))))
+    missing = [path for i, path in enumerate(layers) if i not in captured]
+    if missing or "logit" not in captured:
+        raise ValueError(f"replaying {model.name!r} did not reach {', '.join(map(repr, missing)) or 'the output'}")
+    features = [captured[i] for i in range(len(layers))]
+    for path, tensor in zip(layers, features):
+        if len(tensor.shape) != 4:
+            raise ValueError(f"layer {path!r} of {model.name!r} has no 4-D (N, h, w, K) output to take a CAM at")
+    return keras.Model(inputs, [*features, captured["logit"], prob], name=f"{model.name}_gradcam")
 
 
 def build_gradcam_model(model: keras.Model, target_layer: str) -> keras.Model:
     """A model with outputs (feature map, logit, probability) sharing `model`'s weights."""
-    replay = _Replay(resolve_layer_path(model, target_layer), _final_layer(model))
-    inputs, prob, captured = replay.rebuild(model, 0)
-    if "features" not in captured or "logit" not in captured:
-        raise ValueError(f"replaying {model.name!r} did not reach layer {target_layer!r} and the output")
-    return keras.Model(inputs, [captured["features"], captured["logit"], prob], name=f"{model.name}_gradcam")
+    return build_feature_gradient_model(model, [target_layer])
 
 
 class GradCam:
-    """Probability and Grad-CAM for a batch from one compiled forward + partial backward pass.
+    """Probability and a CAM for a batch from one compiled forward + partial backward pass.
+
+    Args:
+        model: a keras model with one sigmoid output unit.
+        target_layer: the layer of last-layer Grad-CAM (default: find_target_layer's); only
+            with `heatmap` None or the default.
+        heatmap: which map to compute (cam_math.HeatmapSpec: a method at one layer or a
+            fusion of several), e.g. the registry entry's `heatmap`. None: last-layer
+            Grad-CAM, exactly as without the argument.
+        strict: raise ValueError when `heatmap` names a layer the model lacks (or one with
+            no 4-D output); by default the analyzer falls back to last-layer Grad-CAM,
+            logs why, and flags every map with the reason (`heatmap_problem`).
+
+    Attributes:
+        method: "gradcam", "hirescam" or "layercam" (the map it computes), "none" without one.
+        target_layer: the path of the layer the map is taken at; for a fusion, the layers'
+            paths joined by "+" in the setting's order (e.g. "block_13_expand_relu+block_6_expand_relu");
+            None without a map.
+        layers: those paths as a tuple (empty without a map).
+        heatmap: the HeatmapSpec computed (the default's layers filled in).
 
     Build once per loaded model (the ModelManager does, and warms it up); calls are
     thread-safe. When no gradient path exists (no 4-D layer, or a graph the replay cannot
     rebuild), it falls back to the plain forward pass: the probability still comes, with
     no map (all zeros), `method` "none", and every image flagged with the reason
-    ("Grad-CAM unavailable: ...").
+    ("Grad-CAM unavailable: ..."). `pooled_features` always come from the last 4-D layer
+    (the layer the input check and the body-part head were fitted on), whatever the map's layers.
     """
 
-    def __init__(self, model: keras.Model, target_layer: str | None = None):
+    def __init__(self, model: keras.Model, target_layer: str | None = None, heatmap: HeatmapSpec | None = None,
+                 *, strict: bool = False):
         import tensorflow as tf  # only the compiled pass needs it: the layer search runs on any backend
 
+        if heatmap is not None and not heatmap.is_default and target_layer is not None:
+            raise ValueError("give target_layer (last-layer Grad-CAM) or a heatmap setting with its layers, not both")
         self.model = model
-        self.method = "gradcam"
         self.fallback_reason: str | None = None
+        self.heatmap_problem: str | None = None
         self._lock = threading.Lock()
+        spec = heatmap if heatmap is not None else HeatmapSpec.default()
         try:
-            self.target_layer: str | None = target_layer or find_target_layer(model)
-            self._grad_model = build_gradcam_model(model, self.target_layer)
-            self._fn = tf.function(self._gradcam_step, reduce_retracing=True)
+            last = find_target_layer(model)
+            if not spec.is_default:
+                try:
+                    self._build(spec, list(spec.layers), last)
+                except ValueError as exc:
+                    if strict:
+                        raise _BadSetting(f"heatmap setting {spec.label!r} does not fit {model.name!r}: {exc}") from None
+                    self.heatmap_problem = f"heatmap setting unusable ({exc}); last-layer Grad-CAM shown instead"
+                    log.warning("model %s: %s", model.name, self.heatmap_problem)
+                    spec = HeatmapSpec.default()
+            if spec.is_default:
+                self._build(spec, [target_layer or last], last)
+            self._fn = tf.function(self._cam_step, reduce_retracing=True)
+        except _BadSetting:
+            raise
         except ValueError as exc:
             log.warning("Grad-CAM unavailable for %s: %s", model.name, exc)
             self.method, self.fallback_reason = "none", f"Grad-CAM unavailable: {exc}"
-            self.target_layer = None
+            self.target_layer, self.layers, self.heatmap = None, (), None
             self._fn = tf.function(self._forward_step, reduce_retracing=True)
 
-    def _gradcam_step(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _build(self, spec: HeatmapSpec, layers: list[str], last: str) -> None:
+        # The last layer rides along (undifferentiated) when the map does not use it: its
+        # pooled features feed the input check and the body-part head.
+        wanted = layers if last in layers else [*layers, last]
+        self._grad_model = build_feature_gradient_model(self.model, wanted)
+        self._n_maps, self._pool_index = len(layers), wanted.index(last)
+        self.method, self.layers = spec.method, tuple(layers)
+        self.target_layer = "+".join(layers)
+        self.heatmap = HeatmapSpec(spec.method, tuple(layers) if spec.layers else (), spec.contour_level,
+                                   spec.provenance)
+
+    def _cam_step(self, x: tf.Tensor) -> tuple[tf.Tensor, tuple[tf.Tensor, ...], tf.Tensor]:
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
             tape.watch(x)  # so the tape records the graph even when weights are frozen
-            features, logit, prob = self._grad_model(x, training=False)
+            *features, logit, prob = self._grad_model(x, training=False)
             score = tf.reduce_sum(logit)  # samples are independent: d(sum)/dA_i = d(logit_i)/dA_i
-        grads = tape.gradient(score, features)
-        if grads is None:
-            grads = tf.zeros_like(features)
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # (N, 1, 1, K)
-        cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))  # (N, h, w)
-        return tf.reshape(prob, (-1,)), cam, tf.reduce_mean(features, axis=(1, 2))  # pooled, as the head pools
+        targets = features[: self._n_maps]
+        grads = tape.gradient(score, targets)
+        maps = tuple(_tf_layer_map(self.method, a, tf.zeros_like(a) if g is None else g)
+                     for a, g in zip(targets, grads))
+        pooled = tf.reduce_mean(features[self._pool_index], axis=(1, 2))  # pooled, as the head pools
+        return tf.reshape(prob, (-1,)), maps, pooled
 
-    def _forward_step(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, None]:
+    def _forward_step(self, x: tf.Tensor) -> tuple[tf.Tensor, tuple[tf.Tensor, ...], None]:
         import tensorflow as tf
 
         prob = self.model(x, training=False)
-        return tf.reshape(prob, (-1,)), tf.zeros((tf.shape(x)[0], 1, 1)), None
+        return tf.reshape(prob, (-1,)), (tf.zeros((tf.shape(x)[0], 1, 1)),), None
 
     def __call__(self, batch: np.ndarray) -> GradCamOutput:
-        """batch: float32 (N, H, W, C), model-ready. Returns GradCamOutput."""
+        """batch: float32 (N, H, W, C), model-ready. Returns GradCamOutput (heatmaps (N, h, w)
+        at the finest layer's grid, in [0, 1])."""
         import tensorflow as tf
 
         x = tf.convert_to_tensor(batch, tf.float32)
-        prob, cam, pooled = self._fn(x)
+        prob, maps, pooled = self._fn(x)
         prob = np.clip(np.nan_to_num(prob.numpy().astype(np.float64), nan=0.5), 0.0, 1.0)
-        maps, flags = [], []
-        for raw in cam.numpy():
+        cam = fuse_maps([m.numpy() for m in maps])  # one layer: unchanged
+        heatmaps, flags = [], []
+        for raw in cam:
             if self.method == "none":
-                maps.append(np.zeros_like(raw, np.float32))
+                heatmaps.append(np.zeros_like(raw, np.float32))
                 flags.append(self.fallback_reason)
                 continue
             norm, flag = normalise_map(raw)
-            maps.append(norm)
-            flags.append(flag)
+            heatmaps.append(norm)
+            flags.append(flag or self.heatmap_problem)
         pooled = None if pooled is None else pooled.numpy()
-        return GradCamOutput(prob, np.stack(maps), tuple(flags), self.method, self.target_layer, pooled)
+        return GradCamOutput(prob, np.stack(heatmaps), tuple(flags), self.method, self.target_layer, pooled)
 
     def warm_up(self) -> None:
         """Trace the compiled function once (batch of one) so the first real call is fast."""
         with self._lock:
             shape = (1, *self.model.inputs[0].shape[1:])
             self(np.zeros(shape, np.float32))
+
+
+def _tf_layer_map(method: str, a: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
+    """cam_math.layer_map in TensorFlow, inside the compiled pass: (N, h, w, K) x 2 -> (N, h, w)."""
+    import tensorflow as tf
+
+    if method == "gradcam":
+        weights = tf.reduce_mean(g, axis=(1, 2), keepdims=True)  # (N, 1, 1, K)
+        return tf.nn.relu(tf.reduce_sum(a * weights, axis=-1))
+    if method == "hirescam":
+        return tf.nn.relu(tf.reduce_sum(a * g, axis=-1))
+    return tf.nn.relu(tf.reduce_sum(a * tf.nn.relu(g), axis=-1))  # layercam
+
+
+class _BadSetting(ValueError):
+    """A heatmap setting that does not fit the model (GradCam(strict=True))."""
 
 
 def compute_gradcam(model: keras.Model, x: np.ndarray, layer: str | None = None) -> np.ndarray:

@@ -10,6 +10,8 @@ On abnormal images that carry a lesion mask (the phantoms do):
   map makes it fall fast, so lower area is better), or restored into the blurred copy
   (insertion; higher is better). Blurring rather than blacking out keeps the perturbed
   images closer to radiographs (the concern ROAD raises about out-of-distribution masks);
+- region Dice: overlap of the hot region the overlay outlines (the connected part above a
+  share of the peak that holds the peak) with the mask; it picks a model's contour level;
 - seconds per image.
 
 xray_ai.explain.evaluate gives all of them for each method (`evaluate_explanations`), picks
@@ -25,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["POINTING_TOLERANCE", "STEPS", "pointing_game", "energy_inside", "deletion_insertion"]
+__all__ = ["POINTING_TOLERANCE", "STEPS", "pointing_game", "energy_inside", "region_dice", "deletion_insertion"]
 
 # Zhang et al. (2016), "Top-down neural attention by excitation backprop": a hit when the
 # maximum lies within 15 pixels of the object, on inputs of about 224 pixels.
@@ -108,6 +110,34 @@ def energy_inside(heatmaps: Sequence[Any], masks: Sequence[Any]) -> float:
         total = h.sum()
         shares.append(float(h[m].sum() / total) if total > 0 else 0.0)
     return float(np.mean(shares))
+
+
+def region_dice(heatmaps: Sequence[Any], masks: Sequence[Any], level: float) -> float:
+    """Mean Dice overlap of each map's strongest hot region with its lesion mask.
+
+    The region is what xray_ai.outputs.overlay outlines and boxes: the map (resized to the
+    mask) at or above `level` x its peak, the connected component (8-connected) that holds
+    the peak. A flat map has no region and scores 0.
+
+    Args:
+        heatmaps, masks: as for `pointing_game`.
+        level: share of the peak, in (0, 1].
+
+    Returns:
+        Mean Dice in [0, 1] over abnormal images.
+    """
+    if not 0.0 < level <= 1.0:
+        raise ValueError(f"level must be in (0, 1], got {level!r}")
+    dice = []
+    for h, m in _localisation_pairs(heatmaps, masks):
+        peak = float(h.max())
+        if peak <= float(h.min()):
+            dice.append(0.0)
+            continue
+        _, labels = cv2.connectedComponents((h >= level * peak).astype(np.uint8), connectivity=8)
+        region = labels == labels.flat[int(np.argmax(h))]
+        dice.append(float(2.0 * np.sum(region & m) / (region.sum() + m.sum())))
+    return float(np.mean(dice))
 
 
 # --------------------------------------------------------------------------- faithfulness

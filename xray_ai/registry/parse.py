@@ -18,6 +18,7 @@ from xray_ai.registry.schema import (
     PREPROCESSING,
     PROFILES,
     Condition,
+    HeatmapSpec,
     InputSpec,
     ModelEntry,
     RegistryError,
@@ -88,7 +89,7 @@ class FieldReader:
 _ENTRY_KEYS = {
     "condition", "architecture", "path", "sha256", "version", "input", "preprocessing",
     "threshold", "threshold_method", "profile", "trained_on", "intended_use", "metrics",
-    "created", "notes", "kind", "members",
+    "created", "notes", "kind", "members", "heatmap",
 }
 # Keys that belong to a file, so to an ensemble's members and never to the ensemble.
 _FILE_KEYS = ("path", "sha256", "preprocessing")
@@ -161,8 +162,26 @@ def parse_entry(model_id: str, raw: Any, conditions: Mapping[str, Condition]) ->
         notes=f.text("notes", "", empty_ok=True),
         kind=kind,
         members=members,
+        heatmap=_heatmap(f, members),
         extra={k: v for k, v in raw.items() if k not in _ENTRY_KEYS},
     )
+
+
+def _heatmap(f: FieldReader, members: tuple[str, ...]) -> HeatmapSpec | None:
+    """The optional `heatmap` field: a CAM method and layer paths (checked against the model
+    file when it loads: xray_ai.explain.gradcam.GradCam), a contour level, provenance."""
+    raw = f.obj.get("heatmap")
+    if raw is None:
+        return None
+    if members:
+        raise RegistryError(f"{f.where}.heatmap: an ensemble has no heatmap setting of its own; "
+                            "each member's entry holds its own")
+    try:
+        return HeatmapSpec.from_json(raw)
+    except ValueError as exc:
+        message = str(exc)
+        detail = message[len("heatmap"):].lstrip(".: ") if message.startswith("heatmap") else message
+        raise RegistryError(f"{f.where}.heatmap: {detail}") from None
 
 
 def _single_fields(f: FieldReader) -> tuple[str, str, str | None, tuple[str, ...]]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from xray_ai.explain.cam_math import HeatmapSpec  # numpy only: the `heatmap` field's value
+
 __all__ = [
     "SCHEMA_VERSION",
     "ARCHITECTURES",
@@ -131,6 +133,10 @@ class ModelEntry:
     An ensemble (`kind == "ensemble"`) has `path` and `sha256` None, `architecture`
     "ensemble" and two or more `members` (ids of single models of the same condition);
     its `input` is informational, as each member uses its own.
+
+    `heatmap`: the model's default heatmap setting (method, layers, contour level, and how it
+    was chosen: README "Explanations and how far to trust them"); None (no field) means
+    last-layer Grad-CAM. An ensemble has none: each member shows its own.
     """
 
     id: str
@@ -151,6 +157,7 @@ class ModelEntry:
     notes: str = ""
     kind: str = "single"
     members: tuple[str, ...] = ()
+    heatmap: HeatmapSpec | None = None
     # Fields this version does not model, kept so that a save never drops them.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -188,5 +195,7 @@ class ModelEntry:
             "created": self.created,
             "notes": self.notes,
         }
+        if self.heatmap is not None:  # absent stays absent: an entry without it writes what it always did
+            out["heatmap"] = self.heatmap.to_json()
         out.update(self.extra)
         return out

@@ -83,10 +83,13 @@ def fit_record_path(model_path: str | Path) -> Path:
 
 
 @functools.lru_cache(maxsize=256)
-def onnx_export_paths(keras_sha256: str, root: Path) -> tuple[Path, Path]:
+def onnx_export_paths(keras_sha256: str, root: Path, variant: str | None = None) -> tuple[Path, Path]:
     """(ONNX file, JSON sidecar) in `root` for the `.keras` file with this sha256.
 
-    Cached: the export's stamp is asked for on every analysis, and pathlib's joins cost
-    more than the stat.
+    `variant`: which map the export computes when it is not last-layer Grad-CAM
+    (`onnx_export.variant_name`), so that the exports of two heatmap settings of one model
+    sit side by side. Cached: the export's stamp is asked for on every analysis, and
+    pathlib's joins cost more than the stat.
     """
-    return root / f"{keras_sha256}.onnx", root / f"{keras_sha256}.json"
+    stem = keras_sha256 if variant is None else f"{keras_sha256}.{variant}"
+    return root / f"{stem}.onnx", root / f"{stem}.json"

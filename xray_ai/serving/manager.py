@@ -33,7 +33,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
@@ -41,11 +41,13 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 from xray_ai.registry import ModelEntry, Registry, RegistryError, default_registry_path, load_registry
 from xray_ai.serving import body_part, input_check
 from xray_ai.serving.analyzer import Analyzer
+from xray_ai.explain.cam_math import HeatmapSpec
 from xray_ai.serving.artifacts import body_part_path, input_check_path
 from xray_ai.serving.body_part import BodyPartHead
 from xray_ai.serving.head import UnsupportedHead, detect_head
 from xray_ai.serving.input_check import FeatureDistribution
-from xray_ai.serving.onnx_backend import OnnxGradCam, export_model, export_paths, export_stamp, load_export
+from xray_ai.serving.onnx_backend import (OnnxGradCam, export_model, export_paths, export_stamp, load_export,
+                                          load_pinned)
 from xray_ai.serving.settings import BACKENDS, cache_dir, default_backend
 from xray_ai.serving.verify import ModelProblem, load_verified
 
@@ -68,12 +70,11 @@ class LoadedModel:
     """A model ready to analyse.
 
     Attributes:
-        model: the keras model (the placeholder CNN when `placeholder` is True).
         entry: the registry entry it serves.
         placeholder: True when the real model could not be used.
         placeholder_reason: why, in words a user can act on; None otherwise.
-        analyzer: the probability + Grad-CAM function (serving.analyzer.Analyzer):
-            xray_ai.explain.gradcam.GradCam (TensorFlow) or serving.onnx_backend.OnnxGradCam
+        analyzer: the probability + heatmap function (serving.analyzer.Analyzer):
+            xray_ai.explain.gradcam.GradCam (TensorFlow) or serving.onnx_session.OnnxGradCam
             (ONNX Runtime).
         load_seconds: time spent loading, verifying and warming up.
         backend: "onnxruntime" or "tensorflow": what computes the results.
@@ -83,9 +84,12 @@ class LoadedModel:
         input_check_reason: why there is no input check; None when there is one.
         body_part_head: the model's auxiliary body-part head (serving.body_part), read at
             load from `<model>.bodypart.npz`; None when it has none (or it is not its own).
+        model (property): the keras model (the placeholder CNN when `placeholder` is True).
+            A model served from its shipped ONNX export is opened without keras; its keras
+            model (and TensorFlow) is loaded, verified, on first access of `model` only:
+            by the heatmap methods other than the analyzer's own.
     """
 
-    model: keras.Model
     entry: ModelEntry
     placeholder: bool
     placeholder_reason: str | None
@@ -96,6 +100,17 @@ class LoadedModel:
     input_check: FeatureDistribution | None = None
     input_check_reason: str | None = None
     body_part_head: BodyPartHead | None = None
+    keras_model: keras.Model | None = field(default=None, compare=False, repr=False)
+    load_keras: Callable[[], keras.Model] | None = field(default=None, compare=False, repr=False)
+    _model_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    @property
+    def model(self) -> keras.Model:
+        if self.keras_model is None:
+            with self._model_lock:
+                if self.keras_model is None:
+                    object.__setattr__(self, "keras_model", self.load_keras())
+        return self.keras_model
 
     @property
     def target_layer(self) -> str | None:
@@ -245,7 +260,7 @@ class ModelManager:
     def _export_stamp(self, entry: ModelEntry) -> tuple | None:
         if self.backend == "tensorflow" or entry.sha256 is None:
             return None
-        return export_stamp(entry.sha256, self.onnx_cache)
+        return export_stamp(entry.sha256, self.onnx_cache, entry.heatmap)
 
     def _cached(self, entry: ModelEntry, key: tuple) -> LoadedModel | None:
         """The cached model for `entry` if it is still current: same entry and model file,
@@ -264,25 +279,38 @@ class ModelManager:
 
     def _load(self, entry: ModelEntry, path: Path) -> LoadedModel:
         start = time.perf_counter()
-        try:
-            model = load_verified(entry, path, self.registry.base_dir)
-            placeholder, reason = False, None
-        except ModelProblem as exc:
-            reason = str(exc)
-            log.warning("model %s unusable, serving a PLACEHOLDER: %s", entry.id, reason)
-            from xray_ai.training.architectures import build_placeholder  # keras: only when a model fails
+        spec = entry.heatmap or HeatmapSpec.default()
+        base = self.registry.base_dir
+        pinned: OnnxGradCam | None = None
+        pinned_reason: str | None = None
+        if self.backend != "tensorflow":
+            # a shipped export the registry pins opens without keras, so without TensorFlow
+            pinned, pinned_reason = load_pinned(entry, base, spec)
+        if pinned is not None:
+            model, placeholder, reason = None, False, None
+            analyzer: Analyzer | None = pinned
+            backend_reason: str | None = None
+        else:
+            try:
+                model = load_verified(entry, path, base)
+                placeholder, reason = False, None
+            except ModelProblem as exc:
+                reason = str(exc)
+                log.warning("model %s unusable, serving a PLACEHOLDER: %s", entry.id, reason)
+                from xray_ai.training.architectures import build_placeholder  # keras: only when a model fails
 
-            model, placeholder = build_placeholder(entry.input.shape), True
-        analyzer: Analyzer | None = None
-        backend_reason: str | None = None
-        if placeholder:
-            backend_reason = "a placeholder is never served by ONNX Runtime"
-        elif self.backend != "tensorflow":
-            analyzer, backend_reason = self._onnx_analyzer(entry, model)
-        if analyzer is None:
-            from xray_ai.explain.gradcam import GradCam  # tensorflow is imported here, on first load only
+                model, placeholder = build_placeholder(entry.input.shape), True
+            analyzer, backend_reason = None, None
+            if placeholder:
+                backend_reason = "a placeholder is never served by ONNX Runtime"
+            elif self.backend != "tensorflow":
+                analyzer, backend_reason = self._onnx_analyzer(entry, model, spec)
+                if analyzer is None and pinned_reason:
+                    backend_reason = f"{pinned_reason}; {backend_reason}"
+            if analyzer is None:
+                from xray_ai.explain.gradcam import GradCam  # tensorflow is imported here, on first load only
 
-            analyzer = GradCam(model)
+                analyzer = GradCam(model, heatmap=None if placeholder else entry.heatmap)
         if self.warm_up:
             analyzer.warm_up()
         backend = getattr(analyzer, "backend", "tensorflow")
@@ -293,45 +321,93 @@ class ModelManager:
             part_head, _ = _read_sidecar(body_part.load, body_part_path(path), "body-part head", entry)
         seconds = time.perf_counter() - start
         log.info("loaded %s in %.2f s (placeholder=%s, backend=%s)", entry.id, seconds, placeholder, backend)
-        return LoadedModel(model, entry, placeholder, reason, analyzer, seconds, backend, backend_reason,
-                           check, check_reason, part_head)
+        return LoadedModel(entry, placeholder, reason, analyzer, seconds, backend, backend_reason,
+                           check, check_reason, part_head, keras_model=model,
+                           load_keras=lambda: load_verified(entry, path, base))
 
-    def _onnx_analyzer(self, entry: ModelEntry, model: keras.Model) -> tuple[OnnxGradCam | None, str | None]:
-        """(ONNX Runtime analyzer, None), or (None, why TensorFlow serves instead)."""
-        try:
-            head = detect_head(model)
-        except UnsupportedHead as exc:
-            reason = f"head not supported by the ONNX Runtime backend: {exc}"
-            log.info("model %s: %s; serving TensorFlow", entry.id, reason)
-            return None, reason
-        if self.backend == "onnx" and not export_paths(entry.sha256, self.onnx_cache)[0].is_file():
+    def _onnx_analyzer(self, entry: ModelEntry, model: keras.Model, spec: HeatmapSpec
+                       ) -> tuple[OnnxGradCam | None, str | None]:
+        """(ONNX Runtime analyzer from the cache, None), or (None, why TensorFlow serves instead)."""
+        if spec.is_default:
+            try:
+                detect_head(model)
+            except UnsupportedHead as exc:
+                reason = f"head not supported by the ONNX Runtime backend: {exc}"
+                log.info("model %s: %s; serving TensorFlow", entry.id, reason)
+                return None, reason
+        if self.backend == "onnx" and not export_paths(entry.sha256, self.onnx_cache, spec)[0].is_file():
             try:  # asked for ONNX Runtime explicitly: export now rather than decline
-                export_model(model, entry.sha256, self.onnx_cache)
+                export_model(model, entry.sha256, self.onnx_cache, spec)
             except (RuntimeError, OSError, ValueError) as exc:
                 return None, f"ONNX export failed ({type(exc).__name__}: {exc})"
-        analyzer, reason = load_export(model, entry.sha256, self.onnx_cache, head=head)
+        analyzer, reason = load_export(model, entry.sha256, self.onnx_cache, spec=spec)
         if analyzer is None:
             log.info("model %s: %s; serving TensorFlow", entry.id, reason)
         return analyzer, reason
 
-    def export_onnx(self, model_id: str, *, force: bool = False) -> Path:
-        """Build (or keep) the verified ONNX export of a registered model; returns its path.
+    def export_onnx(self, model_id: str, *, force: bool = False, ship: bool = False) -> Path:
+        """Build (or keep) the verified ONNX export of a registered model, for the map its
+        entry's heatmap setting names; returns its path.
+
+        ship: write it beside the model file (`<model>.onnx`, with a `<model>.onnx.json`
+        sidecar) and pin it in the registry entry's `onnx` field (its sha256, the model
+        file's, the setting, the output shapes), so that it is served without TensorFlow on
+        any machine with the repository: `load_pinned`. Otherwise into the cache.
 
         Raises:
-            RegistryError: unknown id. ValueError: the model file is unusable, or its head
-            has no closed-form Grad-CAM (serving.head.UnsupportedHead). RuntimeError: the
-            export failed or disagrees with keras.
+            RegistryError: unknown id. ValueError: the model file is unusable, its head has
+            no closed-form Grad-CAM (serving.head.UnsupportedHead), or its heatmap setting
+            cannot be exported. RuntimeError: the export failed or disagrees with TensorFlow.
         """
         entry = self.resolve(model_id=model_id)
-        try:
-            model = load_verified(entry, entry.resolve_path(self.registry.base_dir), self.registry.base_dir)
-        except ModelProblem as exc:
-            raise ValueError(str(exc)) from None
-        if not force:
-            analyzer, _ = load_export(model, entry.sha256, self.onnx_cache)
+        spec = entry.heatmap or HeatmapSpec.default()
+        path = entry.resolve_path(self.registry.base_dir)
+        if ship and not force:
+            analyzer, _ = load_pinned(entry, self.registry.base_dir, spec)
             if analyzer is not None:
                 return analyzer.onnx_path
-        return export_model(model, entry.sha256, self.onnx_cache)
+        try:
+            model = load_verified(entry, path, self.registry.base_dir)
+        except ModelProblem as exc:
+            raise ValueError(str(exc)) from None
+        if ship:
+            return self._ship_export(entry, model, spec, path)
+        if not force:
+            analyzer, _ = load_export(model, entry.sha256, self.onnx_cache, spec=spec)
+            if analyzer is not None:
+                return analyzer.onnx_path
+        return export_model(model, entry.sha256, self.onnx_cache, spec)
+
+    def _ship_export(self, entry: ModelEntry, model: keras.Model, spec: HeatmapSpec, path: Path) -> Path:
+        import dataclasses
+
+        from xray_ai.registry import edit_registry
+        from xray_ai.serving.onnx_export import export_to
+
+        onnx_path, meta_path = path.with_suffix(".onnx"), path.with_suffix(".onnx.json")
+        meta = export_to(model, entry.sha256, onnx_path, meta_path, spec)
+        base = self.registry.base_dir.resolve()
+        pinned = {
+            "path": onnx_path.resolve().relative_to(base).as_posix(),
+            "sha256": meta["onnx_sha256"],
+            "keras_sha256": entry.sha256,
+            "format": meta["format"],
+            "heatmap": meta["heatmap"],
+            "target_layer": meta["target_layer"],
+            "output_shapes": meta["output_shapes"],
+            "exporter": meta["exporter"],
+            "check_max_probability_diff": meta["check_max_probability_diff"],
+            "created": meta["created"],
+        }
+
+        def pin(registry: Registry) -> Registry:
+            current = registry.model(entry.id)
+            if current.sha256 != entry.sha256:
+                raise RegistryError(f"model {entry.id}: its file changed while it was exported; export again")
+            return registry.with_model(dataclasses.replace(current, extra={**current.extra, "onnx": pinned}))
+
+        edit_registry(self.registry_path, pin, action="export-onnx --ship")
+        return onnx_path
 
 
 def _read_sidecar(load: Callable[[Path, str | None], tuple[_Found | None, str | None]], path: Path, what: str,

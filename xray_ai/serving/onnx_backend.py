@@ -1,83 +1,87 @@
-"""ONNX Runtime backend: probability and exact Grad-CAM from one forward pass, no second pass.
+"""ONNX Runtime backend: probability and an exact heatmap from one ONNX Runtime pass.
 
-The whole model is exported to ONNX together with the closed-form backward product of its
-head (serving.head, which says why it is exact): the export returns the pooled feature map
-(for the input check), the raw Grad-CAM map before its ReLU (sum_k A_k g_k / (h w)) and the
-probability. One ONNX Runtime pass gives them all; numpy only scales the map to [0, 1].
-A model whose head has no closed form (`detect_head` says why) keeps the TensorFlow path.
+An export (built by serving.onnx_export) returns the pooled feature map (for the input
+check), one raw map per heatmap layer and the probability: last-layer Grad-CAM from the
+head's closed-form backward product (serving.head), or, for a registry `heatmap` setting at
+finer layers, each layer's CAM from the backward pass through the network's tail written
+into the graph (serving.gradient_ops). numpy then fuses the layers' maps
+(explain.cam_math.fuse_maps) and scales them to [0, 1].
 
-The export lives outside git, in a per-user cache (serving.settings.cache_dir) keyed by the
-`.keras` file's sha256 (serving.artifacts.onnx_export_paths): `<cache>/<sha256>.onnx` and a
-JSON sidecar that records the ONNX file's own sha256, the head weights' digest and the layer
-names. Loading verifies all of them, and then that the export was made from this very model
-file, checked against the model rather than the sidecar (which whoever replaces the export
-can rewrite): the graph must hold the head constants computed from the model's weights,
-byte for byte, and its results on a fixed probe must agree with keras'. Otherwise it
-declines with a reason (the caller then serves TensorFlow), logged as a WARNING when an
-export exists but is refused, so the CLI shows it on stderr. `python -m xray_ai export-onnx` builds exports ahead of time; nothing
-here exports implicitly.
+Two places an export may come from:
 
-This module imports neither tensorflow nor onnxruntime at import time: keras is imported
-by the functions that inspect or export a model, onnxruntime when a session is opened.
+- **Shipped beside the model** (`models/<id>.onnx`), pinned by the registry entry's `onnx`
+  field (path, sha256, the `.keras` sha256 it was made from, its heatmap setting and
+  shapes): `load_pinned` verifies the `.keras` and ONNX files' sha256 against the registry
+  (the same trust as the model file itself) and opens the session *without importing
+  keras or TensorFlow*, so the first analysis of a fresh install takes an ONNX session's
+  start, not TensorFlow's. `python -m xray_ai export-onnx --ship MODEL_ID` writes one.
+- **The per-user cache** (serving.settings.cache_dir), keyed by the `.keras` file's sha256
+  (and the heatmap setting): `<cache>/<sha256>[.<variant>].onnx` and a JSON sidecar.
+  `load_export` verifies the sidecar, the ONNX file's sha256, and then that the export was
+  made from this very model file, checked against the model rather than the sidecar (which
+  whoever replaces the export can rewrite): serving.export_check. This needs the keras
+  model, so TensorFlow.
+
+Either declines with a reason (the caller then serves TensorFlow), logged as a WARNING when
+an export exists but is refused, so the CLI shows it on stderr. Nothing here exports
+implicitly; `python -m xray_ai export-onnx` builds exports.
+
+This module imports neither tensorflow nor onnxruntime at import time.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
-import tempfile
-import threading
-import time
-import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xray_ai.explain.base import GradCamOutput, normalise_map
+from xray_ai.explain.cam_math import HeatmapSpec
 from xray_ai.serving.artifacts import file_sha256, onnx_export_paths
-from xray_ai.serving.export_check import CHECK_TOLERANCE, check_bound, disagreement
-from xray_ai.serving.head import Head, UnsupportedHead, detect_head, grad_cam_layer, head_tensors
-from xray_ai.serving.settings import cache_dir, session_threads
-from xray_ai.version import __version__
+from xray_ai.serving.export_check import check_bound
+from xray_ai.serving.head import Head, UnsupportedHead, detect_head
+from xray_ai.serving.onnx_export import EXPORT_FORMAT, check_against_tensorflow, export_to, variant_name
+from xray_ai.serving.onnx_session import BACKEND_NAME, OnnxGradCam, check_session_shapes, open_session
+from xray_ai.serving.settings import cache_dir
 
 if TYPE_CHECKING:
     import keras
-    import onnxruntime
+
+    from xray_ai.registry import ModelEntry
 
 __all__ = [
     "BACKEND_NAME",
     "EXPORT_FORMAT",
     "OnnxGradCam",
+    "check_session_shapes",
     "export_model",
     "export_paths",
     "export_stamp",
     "load_export",
+    "load_pinned",
     "open_session",
 ]
 
 log = logging.getLogger(__name__)
 
-BACKEND_NAME = "onnxruntime"
-# Bump when the export's layout or meaning changes: older exports are then ignored.
-# 1: the feature map only. 2: feature map, each ReLU layer's output, probability.
-# 3: pooled features, raw Grad-CAM map (the backward product in the graph), probability.
-EXPORT_FORMAT = 3
-_CHECK_TOLERANCE = CHECK_TOLERANCE
-
 
 # ---------------------------------------------------------------------------- cache
 
 
-def export_paths(keras_sha256: str, directory: str | Path | None = None) -> tuple[Path, Path]:
-    """(onnx file, JSON sidecar) for the `.keras` file with this sha256, in `directory`
-    (default: the cache, `settings.cache_dir()`)."""
-    return onnx_export_paths(keras_sha256, Path(directory) if directory is not None else cache_dir())
+def export_paths(keras_sha256: str, directory: str | Path | None = None,
+                 spec: HeatmapSpec | None = None) -> tuple[Path, Path]:
+    """(onnx file, JSON sidecar) for the `.keras` file with this sha256 and heatmap setting,
+    in `directory` (default: the cache, `settings.cache_dir()`)."""
+    root = Path(directory) if directory is not None else cache_dir()
+    return onnx_export_paths(keras_sha256, root, variant_name(spec))
 
 
-def export_stamp(keras_sha256: str, directory: str | Path | None = None) -> tuple | None:
+def export_stamp(keras_sha256: str, directory: str | Path | None = None,
+                 spec: HeatmapSpec | None = None) -> tuple | None:
     """Identity of an export for cache keys, so that a new or removed export is picked up:
     (size, mtime) of its sidecar, None while there is none.
 
@@ -87,121 +91,143 @@ def export_stamp(keras_sha256: str, directory: str | Path | None = None) -> tupl
     verified model it read.
     """
     try:
-        st = os.stat(export_paths(keras_sha256, directory)[1])
+        st = os.stat(export_paths(keras_sha256, directory, spec)[1])
     except OSError:
         return None
     return (st.st_size, st.st_mtime_ns)
 
 
-# ---------------------------------------------------------------------------- analyzer
-
-
-class OnnxGradCam:
-    """Probability and exact Grad-CAM from one ONNX Runtime pass plus numpy; the same call
-    contract as xray_ai.explain.gradcam.GradCam (batch in, GradCamOutput out): both are a
-    serving.analyzer.Analyzer.
-
-    One session per loaded model, shared by every app session: runs are serialised by a
-    lock, because one run already uses every core (intra-op threads = cores) and two at
-    once would only make their thread pools fight over them.
-    """
-
-    method: str = "gradcam"
-    backend: str = BACKEND_NAME
-    fallback_reason: str | None = None  # the closed form always gives Grad-CAM
-
-    def __init__(self, session: onnxruntime.InferenceSession, head: Head, onnx_path: Path):
-        self.session = session
-        self.head = head
-        self.onnx_path = onnx_path
-        self.target_layer: str | None = head.target_layer
-        self._input = session.get_inputs()[0].name
-        self._lock = threading.Lock()
-
-    def forward(self, batch: np.ndarray) -> list[np.ndarray]:
-        """The export's outputs for a model-ready batch: pooled features (N, K), raw Grad-CAM
-        maps (N, h, w), probabilities (N, 1); float32."""
-        x = np.ascontiguousarray(batch, np.float32)
-        with self._lock:
-            return self.session.run(None, {self._input: x})
-
-    def __call__(self, batch: np.ndarray) -> GradCamOutput:
-        """batch: float32 (N, H, W, C), model-ready. Returns GradCamOutput."""
-        pooled, cams, probabilities = self.forward(batch)
-        prob = np.clip(np.nan_to_num(probabilities.reshape(-1).astype(np.float64), nan=0.5), 0.0, 1.0)
-        maps, flags = zip(*(normalise_map(cam) for cam in cams))
-        return GradCamOutput(prob, np.stack(maps), tuple(flags), self.method, self.target_layer, pooled)
-
-    def warm_up(self) -> None:
-        """One run so that ONNX Runtime's first-call allocations are not paid by a user."""
-        self(np.zeros((1, *self.session.get_inputs()[0].shape[1:]), np.float32))
-
-
-def open_session(path: str | Path) -> onnxruntime.InferenceSession:
-    """An ONNX Runtime CPU session configured for this machine: intra-op threads = cores."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = session_threads()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+# ---------------------------------------------------------------------------- loading
 
 
 def load_export(
-    model: keras.Model, keras_sha256: str, directory: str | Path | None = None, head: Head | None = None
+    model: keras.Model, keras_sha256: str, directory: str | Path | None = None, head: Head | None = None,
+    spec: HeatmapSpec | None = None,
 ) -> tuple[OnnxGradCam | None, str | None]:
-    """The ONNX Runtime analyzer for `model` if a verified export exists, else (None, why).
+    """The ONNX Runtime analyzer for `model` and heatmap setting `spec` (default: last-layer
+    Grad-CAM) if a verified export is in the cache `directory`, else (None, why).
 
-    Checks: the head has the closed form; the export and its sidecar exist; the sidecar
-    names this `.keras` sha256, this export format, these head weights and layer; the ONNX
-    file's sha256 matches the sidecar; the session takes just the image and returns the
-    feature map; the export was made from `model` itself (`export_check.check_bound`). Never raises for
-    a bad export: the reason says what was wrong, and an export that exists but is refused
-    is logged as a WARNING.
+    Checks: the sidecar names this `.keras` sha256, this export format and setting (and,
+    for the closed form, these head weights and layer); the ONNX file's sha256 matches the
+    sidecar; the session takes just the image and returns what the setting needs; the
+    export was made from `model` itself (closed form: `export_check.check_bound`; gradients:
+    its maps and probability on the fixed probe agree with TensorFlow's). Never raises for a
+    bad export: the reason says what was wrong; an export that exists but is refused is
+    logged as a WARNING.
     """
-    try:
-        head = head or detect_head(model)
-    except UnsupportedHead as exc:
-        return None, f"head not supported by the ONNX Runtime backend: {exc}"
-    onnx_path, meta_path = export_paths(keras_sha256, directory)
+    spec = spec or HeatmapSpec.default()
+    if spec.is_default:
+        try:
+            head = head or detect_head(model)
+        except UnsupportedHead as exc:
+            return None, f"head not supported by the ONNX Runtime backend: {exc}"
+    onnx_path, meta_path = export_paths(keras_sha256, directory, spec)
     if not onnx_path.is_file():
         return None, f"no ONNX export yet ({onnx_path}); `python -m xray_ai export-onnx` builds it"
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         return _refused(f"ONNX export sidecar {meta_path.name} unreadable ({type(exc).__name__}: {exc})")
-    expected = {
-        "format": EXPORT_FORMAT,
-        "keras_sha256": keras_sha256,
-        "head_sha256": head.digest(),
-        "target_layer": head.target_layer,
-    }
+    expected: dict[str, Any] = {"format": EXPORT_FORMAT, "keras_sha256": keras_sha256,
+                                "heatmap": {"method": spec.method, "layers": list(spec.layers)}}
+    if spec.is_default:
+        expected.update(head_sha256=head.digest(), target_layer=head.target_layer)
+    meta.setdefault("heatmap", {"method": "gradcam", "layers": []})  # exports from before settings existed
     for field, want in expected.items():
         if meta.get(field) != want:
             return _refused(f"ONNX export {onnx_path.name}: sidecar {field} is {meta.get(field)!r}, expected {want!r}")
-    actual = file_sha256(onnx_path)
-    if actual != meta.get("onnx_sha256"):
-        return _refused(
-            f"ONNX export {onnx_path.name} fails its check: sha256 {actual[:12]}..., the sidecar records "
-            f"{str(meta.get('onnx_sha256'))[:12]}... (file replaced or damaged)"
-        )
-    try:
-        session = open_session(onnx_path)
-    except ImportError as exc:
-        return _refused(f"onnxruntime is not installed ({exc})")
-    except Exception as exc:  # onnxruntime raises its own exception types for a bad graph
-        return _refused(f"ONNX Runtime cannot open {onnx_path.name} ({type(exc).__name__}: {exc})")
-    problem = _check_session(session, model, head)
+    analyzer, problem = _open_verified(onnx_path, meta.get("onnx_sha256"), tuple(model.inputs[0].shape[1:]),
+                                       None, spec, head)
     if problem:
         return _refused(f"ONNX export {onnx_path.name}: {problem}")
-    analyzer = OnnxGradCam(session, head, onnx_path)
-    problem = check_bound(analyzer, onnx_path, model, head)
+    if spec.is_default:
+        problem = check_bound(analyzer, onnx_path, model, head)
+    else:
+        problem = check_against_tensorflow(model, spec, None, analyzer)[0]  # the export's own check
     if problem:
         return _refused(f"ONNX export {onnx_path.name} was not made from this model file: {problem}")
     return analyzer, None
+
+
+def load_pinned(entry: ModelEntry, base_dir: Path, spec: HeatmapSpec | None = None
+                ) -> tuple[OnnxGradCam | None, str | None]:
+    """The analyzer of the export the registry entry pins (`onnx` field), opened without
+    keras or TensorFlow, or (None, why not; None when the entry pins none).
+
+    Verified: the field is well formed; the export computes `spec` (the entry's heatmap
+    setting); it was made from the `.keras` file the entry names (its recorded sha256 is the
+    entry's, and the `.keras` file on disk still has it: a missing or changed model file
+    means the placeholder, whatever the export); the ONNX file is inside the registry's
+    folder and has the pinned sha256; the session's input and outputs have the pinned shapes.
+    """
+    field = entry.extra.get("onnx")
+    if field is None:
+        return None, None
+    spec = spec or HeatmapSpec.default()
+    try:
+        pinned = _pinned_field(field, entry)
+    except ValueError as exc:
+        return _refused(f"model {entry.id}: registry field onnx: {exc}")
+    if pinned["heatmap"] != {"method": spec.method, "layers": list(spec.layers)}:
+        return None, (f"the shipped export computes {pinned['heatmap']}, the entry's heatmap setting is "
+                      f"{spec.label}; `python -m xray_ai export-onnx --ship {entry.id}` rebuilds it")
+    if pinned["keras_sha256"] != entry.sha256:
+        return _refused(f"model {entry.id}: the shipped export was made from another model file "
+                        f"(sha256 {pinned['keras_sha256'][:12]}..., the entry's is {str(entry.sha256)[:12]}...)")
+    base = base_dir.resolve()
+    onnx_path = (base / pinned["path"]).resolve()
+    if not onnx_path.is_relative_to(base):
+        return _refused(f"model {entry.id}: onnx.path {pinned['path']!r} is outside the registry's folder")
+    if not onnx_path.is_file():
+        return _refused(f"model {entry.id}: the shipped export {pinned['path']} is missing")
+    keras_path = entry.resolve_path(base_dir)
+    try:
+        keras_sha = file_sha256(keras_path)
+    except OSError as exc:
+        return None, f"the model file {keras_path} cannot be read ({exc})"
+    if keras_sha != entry.sha256:
+        return None, f"the model file {keras_path.name} does not have the entry's sha256"
+    analyzer, problem = _open_verified(onnx_path, pinned["sha256"], tuple(entry.input.shape),
+                                       pinned["output_shapes"], spec, None, pinned.get("target_layer"))
+    if problem:
+        return _refused(f"model {entry.id}: shipped export {onnx_path.name}: {problem}")
+    return analyzer, None
+
+
+def _pinned_field(field: Any, entry: ModelEntry) -> dict:
+    """The registry's `onnx` object, checked for the keys load_pinned reads."""
+    if not isinstance(field, Mapping):
+        raise ValueError(f"must be an object, got {type(field).__name__}")
+    for key, kind in (("path", str), ("sha256", str), ("keras_sha256", str), ("heatmap", Mapping),
+                      ("output_shapes", list)):
+        if not isinstance(field.get(key), kind):
+            raise ValueError(f"{key} missing or not a {kind.__name__}")
+    if field.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"format {field.get('format')!r}; this version reads format {EXPORT_FORMAT}")
+    return {**field, "heatmap": {"method": field["heatmap"].get("method"),
+                                 "layers": list(field["heatmap"].get("layers", []))}}
+
+
+def _open_verified(onnx_path: Path, want_sha256: Any, input_shape: tuple[int, ...], output_shapes: list | None,
+                   spec: HeatmapSpec, head: Head | None, target_layer: str | None = None
+                   ) -> tuple[OnnxGradCam | None, str | None]:
+    """Open the session after its sha256 check, and check its shapes: (analyzer, None) or (None, why)."""
+    actual = file_sha256(onnx_path)
+    if actual != want_sha256:
+        return None, (f"sha256 {actual[:12]}..., expected {str(want_sha256)[:12]}... (file replaced or damaged)")
+    try:
+        session = open_session(onnx_path)
+    except ImportError as exc:
+        return None, f"onnxruntime is not installed ({exc})"
+    except Exception as exc:  # onnxruntime raises its own exception types for a bad graph
+        return None, f"ONNX Runtime cannot open it ({type(exc).__name__}: {exc})"
+    problem = check_session_shapes(session, input_shape, output_shapes)
+    if problem:
+        return None, problem
+    n_maps = len(session.get_outputs()) - 2
+    if n_maps != max(len(spec.layers), 1):
+        return None, f"it returns {n_maps} maps, the heatmap setting {spec.label} needs {max(len(spec.layers), 1)}"
+    return OnnxGradCam(session, onnx_path, spec=spec, head=head, target_layer=target_layer), None
 
 
 def _refused(reason: str) -> tuple[None, str]:
@@ -210,109 +236,10 @@ def _refused(reason: str) -> tuple[None, str]:
     return None, reason
 
 
-def _check_session(session: onnxruntime.InferenceSession, model: keras.Model, head: Head) -> str | None:
-    """Why the session does not fit `model` and `head` (inputs, output shapes), or None."""
-    ins, outs = session.get_inputs(), session.get_outputs()
-    if len(ins) != 1:
-        return f"the session takes {len(ins)} inputs ({', '.join(i.name for i in ins)}); only the image is allowed"
-    if list(ins[0].shape[1:]) != list(model.inputs[0].shape[1:]):
-        return f"the session's input is {ins[0].shape}, the model's {tuple(model.inputs[0].shape)}"
-    h, w, k = head.feature_shape
-    expected = [[k], [h, w], [1]]
-    if [list(o.shape[1:]) for o in outs] != expected:
-        return (f"the session returns {[o.shape for o in outs]}, expected (N, ...) shapes {expected}: "
-                "pooled features, Grad-CAM map, probability")
-    return None
-
-
-# ---------------------------------------------------------------------------- export
-
-
-def _export_outputs(model: keras.Model, head: Head) -> list[Any]:
-    """What the export returns: the pooled features (N, K), the raw Grad-CAM map (N, h, w;
-    before the ReLU) and the model's output (the probability, N x 1)."""
-    features, pooled, relu_outputs = head_tensors(model)
-    cam = grad_cam_layer(head)([features, *relu_outputs, model.outputs[0]])
-    return [pooled, cam, model.outputs[0]]
-
-
-def export_model(model: keras.Model, keras_sha256: str, directory: str | Path | None = None) -> Path:
-    """Export `model` with the outputs the backend reads (`_export_outputs`) to the cache,
-    checked and atomic.
-
-    The export is run once on a fixed random batch against keras itself: ONNX Runtime's
-    probability must agree within 1e-4, and its Grad-CAM maps and pooled features with
-    those the numpy head (`Head.raw_cam`) computes from keras' own feature map within 1e-3
-    (relative), or nothing is written.
-
-    Returns:
-        The `.onnx` path. Raises UnsupportedHead (head without the closed form),
-        RuntimeError (export failed or disagrees with keras), OSError (cache not writable).
-    """
-    import keras
-
-    head = detect_head(model)
-    onnx_path, meta_path = export_paths(keras_sha256, directory)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    exported = keras.Model(model.inputs[0], _export_outputs(model, head), name=f"{model.name}_gradcam")
-    shape = tuple(model.inputs[0].shape[1:])
-    probe = np.random.default_rng(0).uniform(0.0, 1.0, (2, *shape)).astype(np.float32)
-    exported(probe[:1])  # keras' export needs a model that has been called once
-    start = time.perf_counter()
-    fd, tmp_name = tempfile.mkstemp(dir=onnx_path.parent, prefix=f".{keras_sha256[:12]}-", suffix=".onnx")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    tmp_meta = meta_path.with_name(f"{tmp.stem}.json")
-    try:
-        with warnings.catch_warnings():  # tf2onnx's own deprecation noise, not ours to fix
-            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-            exported.export(str(tmp), format="onnx", verbose=False)
-        session = open_session(tmp)
-        problem = _check_session(session, model, head)
-        if problem:
-            raise RuntimeError(f"exported graph is unusable: {problem}")
-        # the graph's probability must be keras', its Grad-CAM the numpy head's on keras' feature map
-        problem = disagreement(OnnxGradCam(session, head, tmp), model, head, probe)
-        if problem:
-            raise RuntimeError(f"exported graph disagrees with the model: {problem}")
-        p_onnx = OnnxGradCam(session, head, tmp).forward(probe)[2]
-        diff = float(np.max(np.abs(p_onnx.reshape(-1) - np.asarray(model(probe, training=False)).reshape(-1))))
-        meta = _sidecar(model, keras_sha256, head, tmp, session, diff, time.perf_counter() - start)
-        meta["onnx_file"] = onnx_path.name
-        tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, onnx_path)  # the onnx first: a sidecar never points at a missing file
-        os.replace(tmp_meta, meta_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_meta.unlink(missing_ok=True)
-    log.info("exported %s to %s in %.1f s (|dp| = %.1e)", model.name, onnx_path, time.perf_counter() - start, diff)
+def export_model(model: keras.Model, keras_sha256: str, directory: str | Path | None = None,
+                 spec: HeatmapSpec | None = None) -> Path:
+    """Export `model` (computing `spec`'s map) into the cache, checked and atomic
+    (serving.onnx_export.export_to). Returns the `.onnx` path."""
+    onnx_path, meta_path = export_paths(keras_sha256, directory, spec)
+    export_to(model, keras_sha256, onnx_path, meta_path, spec)
     return onnx_path
-
-
-def _sidecar(model: keras.Model, keras_sha256: str, head: Head, onnx_file: Path,
-             session: onnxruntime.InferenceSession, diff: float, seconds: float) -> dict:
-    """The JSON sidecar of a checked export: what `load_export` verifies, and how it was made."""
-    import keras
-
-    try:  # tf2onnx only names the exporter here; keras' export may run without it
-        import tf2onnx
-
-        exporter = f"keras {keras.__version__} export (tf2onnx {tf2onnx.__version__})"
-    except ImportError:
-        exporter = f"keras {keras.__version__} export"
-    return {
-        "format": EXPORT_FORMAT,
-        "keras_sha256": keras_sha256,
-        "onnx_sha256": file_sha256(onnx_file),
-        "head_sha256": head.digest(),
-        "target_layer": head.target_layer,
-        "feature_shape": list(head.feature_shape),
-        "model_name": model.name,
-        "input_name": session.get_inputs()[0].name,
-        "output_names": [o.name for o in session.get_outputs()],
-        "xray_ai_version": __version__,
-        "exporter": exporter,
-        "check_max_probability_diff": diff,
-        "export_seconds": round(seconds, 2),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
