@@ -299,7 +299,7 @@ def test_a_damaged_or_foreign_export_is_ignored_with_a_reason(damage, exported, 
     assert analyzer is None
     expected = {"tampered_onnx": "fails its check", "missing_sidecar": "sidecar", "other_keras_sha": "keras_sha256",
                 "old_format": "format", "other_weights": "head_sha256",
-                "feature_map_only": "pooled features, Grad-CAM map, probability"}[damage]
+                "feature_map_only": "pooled features, one 2-D map per layer, probability"}[damage]
     assert expected in reason
 
 

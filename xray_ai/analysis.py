@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from xray_ai.explain.base import METHODS, GradCamOutput
+from xray_ai.explain.base import DEFAULT_METHOD, METHODS, GradCamOutput
 from xray_ai.images import XRay
 from xray_ai.registry import Registry
 from xray_ai.result import (NOT_ASSESSABLE_WARNING, NOT_COUNTED_WARNING, SYNTHETIC_WARNING, UNLIKE_WARNING,
@@ -61,7 +61,7 @@ def analyze(
     condition: str | None,
     manager: ModelManager | None = None,
     model_id: str | None = None,
-    method: str = "gradcam",
+    method: str = DEFAULT_METHOD,
     progress: Callable[[float], None] | None = None,
 ) -> AnalysisResult:
     """Score one study and explain it.
@@ -73,9 +73,11 @@ def analyze(
         model_id: a specific registered model instead of the condition's active one. For an
             ensemble entry every member is run and the result is their mean (module docstring);
             every method works, member by member.
-        method: the heatmap method, one of xray_ai.explain.METHODS. Grad-CAM comes from the
-            same compiled pass as the probability; the others are computed afterwards on the
-            keras model (TensorFlow), view by view.
+        method: the heatmap method, one of xray_ai.explain.METHODS. "default" (the model's
+            own map: its registry `heatmap` setting, else last-layer Grad-CAM) comes from the
+            same compiled pass as the probability, on either backend, and so does "gradcam"
+            for a model whose own map it is; the others are computed afterwards on the keras
+            model (TensorFlow), view by view.
         progress: called with 0..1 while a slow method (LIME) runs.
 
     Returns:
@@ -122,7 +124,7 @@ def study_models(loaded: LoadedModel | LoadedEnsemble) -> tuple[LoadedModel, ...
 
 def result_from_outputs(images: XRay | Sequence[XRay], loaded: LoadedModel | LoadedEnsemble,
                         outputs: Sequence[GradCamOutput], manager: ModelManager, registry: Registry) -> AnalysisResult:
-    """What analyze(images, ..., method="gradcam") returns, from forward passes run elsewhere.
+    """What analyze(images, ...) returns with the default method, from forward passes run elsewhere.
 
     Args:
         images: the views of one study.
@@ -301,7 +303,7 @@ def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
     heatmap_method, target_layer = loaded.heatmap_method, loaded.target_layer
     for start, batch, out in _batches(loaded, [v.pixels for v in views]):
         n = len(batch)
-        if method == "gradcam":
+        if _analyzer_computes(loaded, method):
             maps = list(zip(out.heatmaps, out.flags))
         else:
             from xray_ai.explain.methods import explainer_for  # tensorflow; only for the non-default methods
@@ -315,9 +317,18 @@ def _run_model(loaded: LoadedModel, views: list[XRay], method: str,
                 maps.append((explanation.heatmap, explanation.flag))
                 heatmap_method, target_layer = explanation.method, explanation.target_layer
         results.extend(_view_results(loaded, views[start : start + n], out, maps))
-    backend = (loaded.backend if method == "gradcam" or loaded.backend == "tensorflow"
+    backend = (loaded.backend if _analyzer_computes(loaded, method) or loaded.backend == "tensorflow"
                else f"{loaded.backend} (probability), tensorflow ({method})")
     return _Run(tuple(results), heatmap_method, target_layer, backend)
+
+
+def _analyzer_computes(loaded: LoadedModel, method: str) -> bool:
+    """Whether the analyzer's own pass gives `method`'s map: the model's default, or
+    last-layer Grad-CAM asked for by name when that is the default."""
+    if method == DEFAULT_METHOD:
+        return True
+    return method == "gradcam" and loaded.heatmap_method == "gradcam" and (
+        loaded.entry.heatmap is None or loaded.entry.heatmap.is_default)
 
 
 def _view_results(loaded: LoadedModel, views: Sequence[XRay], out: GradCamOutput,

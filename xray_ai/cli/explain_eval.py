@@ -83,13 +83,12 @@ def _choose(args, manager, loaded, images, masks, data: str, model_path: Path) -
     output = args.output or choice_json_path(model_path)
     save(report, output)
     print(f"{args.model_id}: {len(images)} abnormal validation images with lesion masks")
-    print(f"{'setting':16s} {'pointing':>9s} {'<=15px@224':>10s} {'energy in':>10s} {'ms/image':>9s}")
+    print(f"{'setting':16s} {'pointing':>9s} {'<=15px@224':>10s} {'energy in':>10s}")
     for key, r in report["settings"].items():
         mark = " *" if key == report["chosen"] else ""
-        print(f"{key + mark:16s} {r['pointing_game']:9.3f} {r['pointing_game_tolerant']:10.3f} "
-              f"{r['energy_inside']:10.3f} {1000 * r['seconds_per_image']:9.1f}")
+        print(f"{key + mark:16s} {r['pointing_game']:9.3f} {r['pointing_game_tolerant']:10.3f} {r['energy_inside']:10.3f}")
     print(f"* chosen: {spec.label}; contour level {spec.contour_level} (region Dice "
-          f"{spec.provenance['contour_dice']:.3f}); ms/image batched")
+          f"{spec.provenance['contour_dice']:.3f})")
     print(f"saved {output}", file=sys.stderr)
     if args.write_registry:
         _write(manager, args.model_id, spec, "explain-eval --split valid --write-registry")
@@ -106,21 +105,32 @@ def _table(args, manager, loaded, images, masks, split: str, model_path: Path) -
     from xray_ai.explain.methods import explainer_for
 
     entry, model = loaded.entry, loaded.model
-    methods = args.methods or [m for m in METHODS if m != DEFAULT_METHOD]
-    by_stride = {} if args.no_settings else layers_by_stride(model)
+    try:
+        by_stride = layers_by_stride(model)
+    except ValueError:  # no static input size: the table methods only
+        by_stride = {}
     settings = candidate_settings(by_stride) if by_stride else {}
-    strides = {path: s for s, path in layers_by_stride(model).items()}
+    strides = {path: s for s, path in by_stride.items()}
     default = "gradcam"
     if entry.heatmap is not None:
         default = setting_key(entry.heatmap, strides)
         settings.setdefault(default, entry.heatmap)
+    if args.methods:  # table methods and settings, as named
+        unknown = [m for m in args.methods if m not in METHODS and m not in settings]
+        if unknown:
+            raise BadInput(f"--methods {' '.join(unknown)}: unknown; valid: {', '.join(METHODS)}, "
+                           f"and this model's settings {', '.join(settings)}")
+        methods = [m for m in args.methods if m in METHODS]
+        settings = {k: v for k, v in settings.items() if k in args.methods}
+    else:
+        methods = [m for m in METHODS if m != DEFAULT_METHOD]
     forward = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
     report = evaluate_explanations(
         explainer_for(model, entry.heatmap), lambda b: forward(tf.constant(b)).numpy().reshape(-1), images, masks,
         methods, model_id=args.model_id, settings=settings, faithfulness_images=args.faithfulness_images,
         limits={"lime": args.lime_images}, progress=_progress)
     report.update(split=split, default=default if default in report["methods"] else None,
-                  layers_by_stride={str(s): p for s, p in layers_by_stride(model).items()})
+                  layers_by_stride={str(s): p for s, p in by_stride.items()})
     output = args.output or explain_json_path(model_path)
     save(report, output)
     print(format_table(report))

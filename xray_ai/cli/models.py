@@ -100,9 +100,10 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--split", choices=["valid", "test", "all"],
                    help="valid: choose the default heatmap (every CAM method x layer, pointing game within 15 px); "
                         "test (default where there is one): the full table; all: every image")
-    x.add_argument("--methods", nargs="+", choices=METHODS,
-                   help="table methods to score besides the CAM settings (default: all but 'default')")
-    x.add_argument("--no-settings", action="store_true", help="leave out the CAM method x layer settings")
+    x.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help=f"what to score on the test split: methods of the table ({', '.join(METHODS)}) and CAM "
+                        "settings such as layercam@16 or hirescam@16+8 (default: every method but 'default', "
+                        "and every setting)")
     x.add_argument("--max-images", type=int, default=40, help="abnormal images to use (default 40; 0: all)")
     x.add_argument("--faithfulness-images", type=int,
                    help="deletion/insertion on the first N of them only (default: all of them)")

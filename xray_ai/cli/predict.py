@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from xray_ai.cli.common import EXIT_OK, BadInput, add_registry_arg
-from xray_ai.explain.base import METHODS  # numpy only
+from xray_ai.explain.base import DEFAULT_METHOD, METHODS  # numpy only
 
 __all__ = ["add_predict_parser", "cmd_predict", "summary"]
 
@@ -33,8 +33,10 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG, JPEG or DICOM files")
     p.add_argument("--condition", help="condition id (see `registry list`)")
     p.add_argument("--model", dest="model_id", help="a registered model id instead of the active one")
-    p.add_argument("--method", default="gradcam", choices=METHODS,
-                   help="heatmap method (default gradcam; the others run on TensorFlow after the scoring pass)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                   help=f"heatmap method (default {DEFAULT_METHOD!r}: the model's own, chosen on its validation split "
+                        "and named in its registry entry, else Grad-CAM; the others run on TensorFlow after the "
+                        "scoring pass)")
     p.add_argument("--heatmap", type=Path, help="write the overlay PNG here (one per view: NAME_viewN.png)")
     p.add_argument("--intensity", type=_intensity, default=0.5, help="heatmap intensity 0..1 (default 0.5)")
     p.add_argument("--no-annotations", action="store_true", help="overlay without the automatic finding box")

@@ -270,7 +270,7 @@ class GradCam:
                 continue
             norm, flag = normalise_map(raw)
             heatmaps.append(norm)
-            flags.append(flag or self.heatmap_problem)
+            flags.append("; ".join(f for f in (flag, self.heatmap_problem) if f) or None)
         pooled = None if pooled is None else pooled.numpy()
         return GradCamOutput(prob, np.stack(heatmaps), tuple(flags), self.method, self.target_layer, pooled)
 

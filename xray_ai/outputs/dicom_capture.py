@@ -133,8 +133,8 @@ def _file_meta(ds: Dataset) -> FileMetaDataset:
 
 
 def _banner(lines: list[tuple[str, tuple[int, int, int]]], width: int) -> np.ndarray:
-    """A black strip `width` px wide holding `lines`, each in its colour: the font is as large
-    as fits the longest line (at most 1/40 of a square image's side... at least 9 px)."""
+    """A black strip `width` px wide holding `lines`, each in its colour. The font is 1/36 of
+    the width (9 to 64 px), made smaller until the longest line fits."""
     size = max(9, min(64, width // 36))
     font = _font(size)
     longest = max(lines, key=lambda line: _text_width(font, line[0]))[0]

@@ -9,7 +9,11 @@ the automatic mark, the manual markers and the placeholder watermark are drawn o
 The automatic mark follows the decision: the caller passes the view's finding level
 (`AnalysisResult.finding_level`) and the heatmap's strongest region gets a solid box
 "finding", a dotted box "possible finding", or nothing; `finding_legend` says which is
-which. Lines and labels are fractions of the image's size (a label too small to read is
+which. The heatmap may come at any grid (7 x 7 from a stride-32 layer, 28 x 28 from a
+stride-8 one): it is upsampled bilinearly from its own grid to the image. With a model's
+`contour_level` (its registry `heatmap` field, chosen on validation) the region is cut at
+that share of the peak and its outline is drawn inside the box. A flat map (its values
+within FLAT_RANGE of its peak, an all-zero map among them) has no strongest region: no box. Lines and labels are fractions of the image's size (a label too small to read is
 left out); `display_pixels` upscales a small image for the screen and the PDF."""
 
 from __future__ import annotations
@@ -21,23 +25,25 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from xray_ai.outputs.watermark import draw_watermark
 from xray_ai.result import FINDING, PLACEHOLDER_WATERMARK, POSSIBLE_FINDING, AnalysisResult
 
 __all__ = ["Marker", "render_overlay", "strongest_region", "to_rgb8", "display_pixels", "finding_legend",
-           "COLORMAPS", "DISPLAY_MIN_SIDE"]
+           "COLORMAPS", "DISPLAY_MIN_SIDE", "FLAT_RANGE"]
 
 # Colours are RGB (the output of render_overlay is RGB, not OpenCV's BGR).
 _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
 _BOX = (255, 230, 0)
 _MARKER = (0, 255, 255)
-_WATERMARK = (220, 0, 0)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 # Annotation geometry is computed on a copy of the heatmap no larger than this (long side),
 # then scaled to the image: exact enough for a box, and cheap on a 2000 px image.
 _WORK_SIDE = 512
 DISPLAY_MIN_SIDE = 512  # display_pixels upscales a smaller image to this shorter side
 _MIN_TEXT_PX = 7  # a label whose letters would be shorter than this is left out
+#: A map whose max - min is at most this share of its max is flat: it points nowhere.
+FLAT_RANGE = 0.02
 
 COLORMAPS: tuple[str, ...] = tuple(
     sorted(name[len("COLORMAP_"):].lower() for name in dir(cv2) if name.startswith("COLORMAP_"))
@@ -92,9 +98,11 @@ def strongest_region(heatmap: np.ndarray, shape: tuple[int, ...],
 
     Returns:
         (x0, y0, x1, y1) with 0 <= x0 <= x1 < W and 0 <= y0 <= y1 < H (inclusive corners),
-        or None when the heatmap has no positive value.
+        or None when the heatmap is flat (no positive value, or all values within
+        FLAT_RANGE of its peak).
     """
-    return _region(_check_heatmap(heatmap), (int(shape[0]), int(shape[1])), threshold_level)
+    found = _region(_check_heatmap(heatmap), (int(shape[0]), int(shape[1])), threshold_level)
+    return None if found is None else found[0]
 
 
 def render_overlay(
@@ -109,6 +117,7 @@ def render_overlay(
     markers: Sequence[Marker] = (),
     placeholder: bool = False,
     threshold_level: float = 0.5,
+    contour_level: float | None = None,
 ) -> np.ndarray:
     """Blend a heatmap onto a radiograph and draw the finding box, markers and watermark.
 
@@ -132,19 +141,25 @@ def render_overlay(
         markers: manual markers, drawn numbered from 1 with their labels.
         placeholder: draw the PLACEHOLDER_WATERMARK across the image (untrained model).
         threshold_level: fraction of the heatmap maximum that counts as hot, in (0, 1].
+        contour_level: the model's level (its registry `heatmap.contour_level`, chosen on
+            validation), in (0, 1]: given, it replaces threshold_level and the hot region's
+            outline is drawn inside the box. None: a box only, at threshold_level.
 
     Returns:
         uint8 array H x W x 3 (RGB) at the image's own resolution.
 
     Raises:
         ValueError: intensity outside [0, 1], an unknown colormap, an image or heatmap that
-            is not 2-D, threshold_level outside (0, 1], or an unknown finding level.
+            is not 2-D, threshold_level or contour_level outside (0, 1], or an unknown
+            finding level.
     """
     intensity = float(intensity)
     if not 0.0 <= intensity <= 1.0:  # also rejects NaN
         raise ValueError(f"intensity must be in [0, 1], got {intensity!r}")
     if not 0.0 < threshold_level <= 1.0:
         raise ValueError(f"threshold_level must be in (0, 1], got {threshold_level!r}")
+    if contour_level is not None and not 0.0 < contour_level <= 1.0:
+        raise ValueError(f"contour_level must be in (0, 1], got {contour_level!r}")
     if finding not in (None, FINDING, POSSIBLE_FINDING):
         raise ValueError(f"finding must be {FINDING!r}, {POSSIBLE_FINDING!r} or None, got {finding!r}")
     cmap = _colormap_code(colormap)
@@ -160,14 +175,17 @@ def render_overlay(
 
     scale = _scale(height, width)
     if annotate and finding is not None and heat is not None:
-        box = _region(heat, (height, width), threshold_level)
-        if box is not None:
+        found = _region(heat, (height, width), threshold_level if contour_level is None else contour_level)
+        if found is not None:
+            box, component = found
+            if contour_level is not None:
+                _draw_outline(out, component, scale)
             label = finding if probability is None else f"{finding} p={float(probability):.2f}"
             _draw_box(out, box, dotted=finding == POSSIBLE_FINDING, label=label, scale=scale)
     for number, marker in enumerate(markers, start=1):
         _draw_marker(out, number, marker, scale)
     if placeholder:
-        _draw_watermark(out, PLACEHOLDER_WATERMARK)
+        draw_watermark(out, PLACEHOLDER_WATERMARK)
     return out
 
 
@@ -269,27 +287,44 @@ def _strokes(scale: float) -> tuple[int, int]:
 # --- automatic annotation ----------------------------------------------------------------
 
 
-def _region(heat: np.ndarray, shape: tuple[int, int], threshold_level: float) -> tuple[int, int, int, int] | None:
-    """Bounding box (x0, y0, x1, y1, inclusive) of the strongest hot region in image pixels, or None."""
+def _region(heat: np.ndarray, shape: tuple[int, int],
+            threshold_level: float) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """(bounding box (x0, y0, x1, y1, inclusive) in image pixels, the region as a uint8 mask
+    at the work size) of the strongest hot region, or None for a flat map."""
+    top, bottom = float(heat.max()), float(heat.min())
+    if top <= 0.0 or top - bottom <= FLAT_RANGE * top:
+        return None
     height, width = shape
     factor = min(1.0, _WORK_SIDE / max(height, width))
     work_w, work_h = max(1, round(width * factor)), max(1, round(height * factor))
     work = cv2.resize(heat, (work_w, work_h), interpolation=cv2.INTER_LINEAR)
     peak = float(work.max())
-    if peak <= 0.0:
-        return None
     mask = (work >= threshold_level * peak).astype(np.uint8)
     _, labels = cv2.connectedComponents(mask, connectivity=8)
     peak_y, peak_x = np.unravel_index(int(np.argmax(work)), work.shape)
     component = (labels == labels[peak_y, peak_x]).astype(np.uint8)
     bx, by, bw, bh = cv2.boundingRect(component)
     sx, sy = width / work_w, height / work_h
-    return (
+    box = (
         int(math.floor(bx * sx)),
         int(math.floor(by * sy)),
         min(width - 1, int(math.ceil((bx + bw) * sx)) - 1),
         min(height - 1, int(math.ceil((by + bh) * sy)) - 1),
     )
+    return box, component
+
+
+def _draw_outline(out: np.ndarray, component: np.ndarray, scale: float) -> None:
+    """The hot region's outline (traced at the work size, scaled to the image), dark under light."""
+    contours, _ = cv2.findContours(component, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    height, width = out.shape[:2]
+    sx, sy = width / component.shape[1], height / component.shape[0]
+    scaled = [np.rint((c.astype(np.float64) + 0.5) * (sx, sy) - 0.5).astype(np.int32) for c in contours]
+    thick, halo = _strokes(scale)
+    thin = max(1, thick // 2)
+    kind = cv2.LINE_AA if thin > 1 else cv2.LINE_8
+    cv2.polylines(out, scaled, True, _BLACK, thin + max(0, halo - thick), kind)
+    cv2.polylines(out, scaled, True, _BOX, thin, kind)
 
 
 def _draw_box(out: np.ndarray, box: tuple[int, int, int, int], *, dotted: bool, label: str, scale: float) -> None:
@@ -349,51 +384,3 @@ def _draw_marker(out: np.ndarray, number: int, marker: Marker, scale: float) -> 
         cv2.line(out, (cx, cy + radius // 2), (cx, cy + arm), colour, thick + add, cv2.LINE_AA)
     text = f"{number} {marker.label}".strip()
     _draw_label(out, text, (cx + arm, cy + arm // 2), scale, above=False)
-
-
-# --- placeholder watermark ---------------------------------------------------------------
-
-
-def _draw_watermark(out: np.ndarray, text: str) -> None:
-    """Red text with a white halo along the image diagonal, sized to the image."""
-    height, width = out.shape[:2]
-    diagonal = math.hypot(width, height)
-    thick_ref = 2
-    (ref_w, ref_h), _ = cv2.getTextSize(text, _FONT, 1.0, thick_ref)
-    lines = [text]
-    # Two lines when one line's letters would be small for the image (or tiny in pixels).
-    letter_h = 0.85 * diagonal / ref_w * ref_h
-    if letter_h < max(12.0, 0.03 * min(width, height)) and " - " in text:
-        lines = text.split(" - ", 1)
-    widest = max(cv2.getTextSize(line, _FONT, 1.0, thick_ref)[0][0] for line in lines)
-    font_scale = 0.85 * diagonal / widest
-    thick = max(1, int(round(font_scale * 2.2)))
-    sizes = [cv2.getTextSize(line, _FONT, font_scale, thick) for line in lines]
-    line_h = max(h + b for (_, h), b in sizes)
-    gap = int(0.35 * line_h)
-    halo = max(2, thick // 2 + 1)
-    canvas_w = int(math.ceil(diagonal))
-    canvas_h = len(lines) * line_h + (len(lines) - 1) * gap + 4 * halo
-    text_strip = np.zeros((canvas_h, canvas_w), dtype=np.uint8)
-    y = 2 * halo
-    for line, ((line_w, line_top), _base) in zip(lines, sizes):
-        origin = ((canvas_w - line_w) // 2, y + line_top)
-        cv2.putText(text_strip, line, origin, _FONT, font_scale, 255, thick, cv2.LINE_AA)
-        y += line_h + gap
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * halo + 1, 2 * halo + 1))
-    halo_strip = cv2.dilate(text_strip, kernel)
-    # Rotate the strip about its centre onto the image centre, rising left to right.
-    angle = math.degrees(math.atan2(height, width))
-    matrix = cv2.getRotationMatrix2D((canvas_w / 2.0, canvas_h / 2.0), angle, 1.0)
-    matrix[0, 2] += width / 2.0 - canvas_w / 2.0
-    matrix[1, 2] += height / 2.0 - canvas_h / 2.0
-    text_mask = cv2.warpAffine(text_strip, matrix, (width, height), flags=cv2.INTER_LINEAR)
-    halo_mask = cv2.warpAffine(halo_strip, matrix, (width, height), flags=cv2.INTER_LINEAR)
-    # Blend only the pixels under the halo (a small part of the image).
-    where = np.flatnonzero(halo_mask)
-    pixels = out.reshape(-1, 3)
-    blended = pixels[where].astype(np.float32)
-    for mask, colour in ((halo_mask, _WHITE), (text_mask, _WATERMARK)):
-        alpha = mask.reshape(-1)[where].astype(np.float32)[:, None] * (1.0 / 255.0)
-        blended += alpha * (np.asarray(colour, dtype=np.float32) - blended)
-    pixels[where] = np.rint(blended).astype(np.uint8)

@@ -214,7 +214,8 @@ def _open_verified(onnx_path: Path, want_sha256: Any, input_shape: tuple[int, ..
     """Open the session after its sha256 check, and check its shapes: (analyzer, None) or (None, why)."""
     actual = file_sha256(onnx_path)
     if actual != want_sha256:
-        return None, (f"sha256 {actual[:12]}..., expected {str(want_sha256)[:12]}... (file replaced or damaged)")
+        return None, (f"it fails its check: sha256 {actual[:12]}..., expected {str(want_sha256)[:12]}... "
+                      "(file replaced or damaged)")
     try:
         session = open_session(onnx_path)
     except ImportError as exc:

@@ -230,6 +230,7 @@ def _sidecar(model: keras.Model, keras_sha256: str, spec: HeatmapSpec, head: Hea
         "heatmap": {"method": spec.method, "layers": list(spec.layers)},
         "head_sha256": head.digest() if head is not None else None,
         "target_layer": head.target_layer if head is not None else "+".join(spec.layers),
+        "feature_shape": list(head.feature_shape) if head is not None else None,
         "pooled_layer": find_target_layer(model),
         "input_shape": list(model.inputs[0].shape[1:]),
         "output_shapes": [list(o.shape[1:]) for o in outputs],

@@ -20,7 +20,8 @@ from xray_ai.training.calibration import choose_threshold, reliability
 from xray_ai.training.features import pooled_features
 from xray_ai.training.temperature import Calibration, predict
 
-__all__ = ["OperatingPoint", "choose_operating_point", "evaluate_held_out", "localisation", "body_part_accuracy"]
+__all__ = ["OperatingPoint", "choose_operating_point", "evaluate_held_out", "localisation", "choose_default_heatmap",
+           "body_part_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,23 @@ def localisation(model, df, spec: InputSpec) -> dict[str, Any] | None:
         "energy_inside": scores.energy_inside(heatmaps, masks),
         "target_layer": cam.target_layer,
     }
+
+
+def choose_default_heatmap(model, parts: dict, spec: InputSpec, data: str = "") -> Any:
+    """The model's default heatmap setting (xray_ai.explain.choose), chosen on the abnormal
+    validation images with lesion masks, with the test split's figures for it added after the
+    choice; None when the validation split has no lesion masks (the entry keeps Grad-CAM)."""
+    from xray_ai.explain.choose import choose_heatmap, compute_maps, localisation_scores, with_test_figures
+    images, masks = lesion_cases(parts["valid"], spec)
+    if not images:
+        return None
+    chosen, _ = choose_heatmap(model, images, masks, data=f"{data}; valid split, {len(images)} abnormal images")
+    del images, masks
+    test_images, test_masks = lesion_cases(parts["test"], spec) if not parts["test"].empty else ([], [])
+    if test_images:
+        maps = compute_maps(model, {"chosen": chosen}, test_images)["chosen"]
+        chosen = with_test_figures(chosen, localisation_scores(maps, test_masks), len(test_images))
+    return chosen
 
 
 def body_part_accuracy(model, head, df, spec: InputSpec) -> dict[str, Any]:

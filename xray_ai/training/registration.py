@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from xray_ai.explain.cam_math import HeatmapSpec
 from xray_ai.phantoms import MANIFEST
 from xray_ai.registry import InputSpec, ModelEntry, Registry, TrainingData, save_registry
 from xray_ai.training.config import TrainConfig
@@ -51,13 +52,15 @@ def _describe_dataset(config: TrainConfig) -> TrainingData:
 
 def register_model(config: TrainConfig, registry: Registry, *, model_id: str, path: Path, sha256: str,
                    spec: InputSpec, profile: str, point: OperatingPoint, metrics: dict[str, Any],
-                   fit_record: dict | None = None) -> None:
+                   fit_record: dict | None = None, heatmap: HeatmapSpec | None = None) -> None:
     """Add the model's entry to `registry` and save it; `config.activate` also makes it the
     condition's active model.
 
     fit_record: the `<stem>.fit.json` of a model fitted elsewhere and registered without
         fitting here (`--epochs 0`): its backbone started from the weights the record names,
         not from `config.weights`.
+    heatmap: the default heatmap setting chosen on the validation split (held_out.choose_default_heatmap);
+        None: the entry has none, and shows last-layer Grad-CAM.
     """
     created = _dt.date.today().isoformat()
     described = dataclasses.replace(config, weights=fit_record["training"]["weights"]) if fit_record else config
@@ -70,7 +73,7 @@ def register_model(config: TrainConfig, registry: Registry, *, model_id: str, pa
         intended_use=config.intended_use or (
             "Demonstration on synthetic data; not for clinical use." if trained_on.synthetic
             else "Research use; validate locally before any clinical use."),
-        metrics=metrics, created=created,
+        metrics=metrics, created=created, heatmap=heatmap,
     )
     updated = registry.with_model(entry)
     if config.activate:

@@ -6,7 +6,8 @@ heads (`heads`: lesion-mask supervision, the body-part head) and fit it with the
 optimiser, callbacks and class weights (`fitting`; protocols in `config`); fold a
 temperature fitted on validation into the model (`temperature`); choose the operating point
 on the *validation* split only and measure on the test split, falling back to validation
-and saying so (`held_out`); save the `.keras` file and its side files, the input check
+and saying so (`held_out`); where the images have lesion masks, choose the default heatmap
+(CAM method and layers) on the validation split too (`held_out.choose_default_heatmap`); save the `.keras` file and its side files, the input check
 among them (`saving`); and, when asked, register and activate it (`registration`).
 
 With `config.initial_model` the run starts from a saved classifier (`initial_model`); with
@@ -25,7 +26,7 @@ from xray_ai.training.config import TrainConfig, TrainOutcome, run_settings
 from xray_ai.training.datasets import read_dataset
 from xray_ai.training.fitting import build_for_training, fit_with_pipeline, training_record, training_summary
 from xray_ai.training.heads import Heads, body_part_head_of, body_parts_of, lesion_weight_for
-from xray_ai.training.held_out import choose_operating_point, evaluate_held_out
+from xray_ai.training.held_out import choose_default_heatmap, choose_operating_point, evaluate_held_out
 from xray_ai.training.initial_model import initial_body_part_head, read_fit_record
 from xray_ai.training.registration import register_model
 from xray_ai.training.saving import default_model_id, save_input_check, save_model
@@ -87,6 +88,11 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
         config, protocol, epochs_run=done, batch_size=batch_size, learning_rate=learning_rate, seconds=seconds,
         train_images=len(train_df), valid_images=len(parts["valid"]), class_weights=weights,
         augmentation="seeds' defaults" if config.augment else "none", heads=heads), fit_record)
+    heatmap = choose_default_heatmap(model, parts, spec, data=Path(config.data).name)
+    if heatmap is not None:
+        metrics["heatmap"] = heatmap.to_json()  # in <id>.metrics.json too, registered or not
+        _say(stream, f"default heatmap (chosen on validation): {heatmap.label}, pointing game within 15 px "
+                     f"{heatmap.provenance['pointing_game_tolerant']:.2f}; contour level {heatmap.contour_level}")
 
     model_id = config.model_id or default_model_id(config, protocol)
     path = Path(config.out) / f"{model_id}.keras"
@@ -97,5 +103,5 @@ def train(config: TrainConfig, stream: Any = None) -> TrainOutcome:
     if config.register:
         register_model(config, registry, model_id=model_id, path=path, sha256=sha, spec=spec,
                        profile=protocol.profile, point=point, metrics=metrics,
-                       fit_record=fit_record if epochs == 0 else None)
+                       fit_record=fit_record if epochs == 0 else None, heatmap=heatmap)
     return TrainOutcome(model_id, path, sha, point.threshold, point.method, metrics, seconds, done, history)
