@@ -5,7 +5,7 @@ import streamlit as st
 
 from ui.common import get_manager, registry_or_stop
 from ui.text import plain
-from xray_ai.explain.evaluate import explain_json_path, load_report
+from xray_ai.explain.evaluate import read_heatmap_table
 
 SCALARS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "kappa", "ece")
 
@@ -61,9 +61,12 @@ for entry in registry.models.values():
             st.markdown(f"**Body-part head:** accuracy {part['accuracy']:.3f} on {plain(part['n'])} "
                         f"{plain(part['split'])} images ({plain(', '.join(part['classes']))})")
         # an ensemble has no file, so no heatmap-trust report beside one (its members have theirs)
-        explanations = (None if entry.is_ensemble
-                        else load_report(explain_json_path(entry.resolve_path(registry.base_dir))))
-        if explanations:
-            st.markdown(f"Heatmap trust on {plain(explanations['n_images'])} abnormal images with lesion masks "
-                        "(pointing game, energy inside and insertion: higher is better; deletion: lower is better)")
-            st.dataframe(pd.DataFrame(explanations["methods"]).T)
+        found = None if entry.is_ensemble else read_heatmap_table(entry.resolve_path(registry.base_dir))
+        if found:
+            explanations, rows = found
+            st.markdown(f"Heatmap trust on the {plain(explanations.get('split', 'stored'))} split, up to "
+                        f"{plain(explanations['n_images'])} abnormal images with lesion masks (pointing game, energy "
+                        "inside and insertion: higher is better; deletion: lower is better). Default: "
+                        + plain(entry.heatmap.label + ", chosen on the validation split" if entry.heatmap
+                                else "last-layer Grad-CAM"))
+            st.dataframe(pd.DataFrame(rows).set_index("method"))

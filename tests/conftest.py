@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The app preloads every active model in a background thread (ui.common); page tests that
+# run the app in-process would pay for loads they do not use. The browser tests start the
+# app with the README's command, preload included.
+os.environ.setdefault("XRAY_AI_PRELOAD", "0")
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 TINY_SHAPE = (32, 32, 1)

@@ -227,3 +227,37 @@ def test_importing_overlay_and_report_does_not_import_tensorflow_or_streamlit():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_flat_map_gets_no_box():
+    image = _radiograph()
+    for flat in (np.zeros((7, 7), np.float32), np.full((7, 7), 0.8, np.float32),
+                 np.full((28, 28), 0.9, np.float32) + np.float32(0.001) * np.eye(28, dtype=np.float32)):
+        assert strongest_region(flat, image.shape) is None
+        plain = render_overlay(image, flat, 0.5, annotate=False)
+        np.testing.assert_array_equal(render_overlay(image, flat, 0.5, finding="finding"), plain)
+
+
+def test_a_fine_map_is_upsampled_from_its_own_grid():
+    """A 28 x 28 map (a stride-8 layer at 224 px) boxes its hot cell, not a 7 x 7 cell."""
+    image = _radiograph()
+    fine = np.zeros((28, 28), np.float32)
+    fine[10, 20] = 1.0
+    x0, y0, x1, y1 = strongest_region(fine, image.shape)
+    h, w = image.shape
+    assert x0 <= (20.5 / 28) * w <= x1 and y0 <= (10.5 / 28) * h <= y1
+    assert x1 - x0 < w / 7 and y1 - y0 < h / 7
+
+
+def test_the_models_contour_level_cuts_the_region_and_outlines_it():
+    image = _radiograph()
+    yy, xx = np.mgrid[0:28, 0:28]
+    heatmap = np.exp(-((yy - 14) ** 2 + (xx - 14) ** 2) / 40.0).astype(np.float32)
+    low, high = (strongest_region(heatmap, image.shape, level) for level in (0.3, 0.8))
+    assert low[0] < high[0] and low[2] > high[2]  # a lower level outlines a larger region
+    boxed = render_overlay(image, heatmap, 0.5, finding="finding", threshold_level=0.8)
+    outlined = render_overlay(image, heatmap, 0.5, finding="finding", contour_level=0.8)
+    inside = (slice(high[1] + 3, high[3] - 2), slice(high[0] + 3, high[2] - 2))
+    assert (outlined[inside] != boxed[inside]).any()  # the outline is drawn inside the same box
+    with pytest.raises(ValueError, match="contour_level"):
+        render_overlay(image, heatmap, 0.5, contour_level=0.0)

@@ -4,11 +4,20 @@ The ModelManager is cached with st.cache_resource, so every browser session shar
 set of loaded models (loading DenseNet121 takes seconds; reloading it on every rerun is
 the memory leak users of such apps report). It is keyed by the registry path, so a
 deployment (or a test) that points XRAY_AI_REGISTRY elsewhere gets its own manager.
+
+When the manager is first made, a background thread loads every condition's active model
+(`preload_active`), so the first analysis finds its model loaded: with the shipped ONNX
+exports that is under a second per model and never imports TensorFlow. An analysis that
+asks for a model still loading waits for that load (the manager's per-model lock), never
+for the others. `XRAY_AI_PRELOAD=0` turns it off (the tests of single pages do).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -29,11 +38,30 @@ __all__ = [
 ]
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+log = logging.getLogger(__name__)
 
 
 @st.cache_resource(show_spinner=False)
 def _manager_for(registry_path: str) -> ModelManager:
-    return ModelManager(registry_path)
+    manager = ModelManager(registry_path)
+    if os.environ.get("XRAY_AI_PRELOAD", "1") != "0":
+        threading.Thread(target=preload_active, args=(manager,), name="xray_ai-preload", daemon=True).start()
+    return manager
+
+
+def preload_active(manager: ModelManager) -> None:
+    """Load each condition's active model, one after the other; a failure is logged and left
+    for the analysis that needs the model to report (as the placeholder or an error)."""
+    try:
+        active = list(manager.registry.active_models)
+    except Exception as exc:  # an invalid registry: the pages say so
+        log.warning("preload skipped: %s", exc)
+        return
+    for condition in active:
+        try:
+            manager.get(condition=condition)
+        except Exception as exc:  # reported by the page that asks for it
+            log.warning("preload of %s failed: %s", condition, exc)
 
 
 def get_manager() -> ModelManager:

@@ -17,12 +17,15 @@ from xray_ai.outputs.overlay import Marker
 __all__ = ["marker_editor"]
 
 
-def marker_editor(overlay: np.ndarray, view: int, filename: str | None, caption: str) -> None:
-    """Show the overlay as a clickable image; a click adds a marker to session state."""
+def marker_editor(overlay: np.ndarray, view: int, filename: str | None, caption: str, *,
+                  jpeg_quality: int | None = None) -> None:
+    """Show the overlay as a clickable image (sent as a JPEG of that quality when given, else
+    a PNG); a click adds a marker to session state."""
     markers: list[Marker] = st.session_state.setdefault("analyse.markers", [])
     label = st.text_input("Label for the next marker (then click on the image)", value="marker",
                           max_chars=40, key=f"analyse.marker_label.{view}")
-    click = streamlit_image_coordinates(overlay, key=f"analyse.click.{view}", use_column_width="always")
+    encoding = {"image_format": "JPEG", "jpeg_quality": jpeg_quality} if jpeg_quality else {}
+    click = streamlit_image_coordinates(overlay, key=f"analyse.click.{view}", use_column_width="always", **encoding)
     st.caption(caption)
     last_key = f"analyse.last_click.{view}"
     if click and click.get("width") and click != st.session_state.get(last_key):

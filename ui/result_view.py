@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ui.display import JPEG_QUALITY, screen_views
 from ui.markers import marker_editor
 from ui.text import plain
-from xray_ai.outputs.overlay import display_pixels, finding_legend, render_overlay
+from xray_ai.outputs.overlay import finding_legend, render_overlay
 from xray_ai.result import AnalysisResult, ViewResult, warning_kind
 
 __all__ = ["NOT_ASSESSABLE_TITLE", "UNRELIABLE_EXPANDER", "NOT_ASSESSABLE_CARD_KEY", "show_result_card",
@@ -73,19 +74,20 @@ def show_views(result: AnalysisResult) -> float:
         if len(result.views) > 1:
             _views_table(result)
     unreliable = [i for i, v in enumerate(result.views) if not (assessable and v.assessable)]
+    screens = screen_views(result)  # screen-sized, once per result: redraws never touch full resolution
     for index, view in enumerate(result.views):
         left, right = st.columns(2)
-        left.image(view.image.pixels, caption=f"{plain(view.filename)} (as loaded; DICOM after windowing)", clamp=True)
+        left.image(screens[index], caption=f"{plain(view.filename)} (as loaded; DICOM after windowing)", clamp=True,
+                   output_format="JPEG")
         mine = [m for m in markers if m.view == index]
         if index in unreliable:
-            overlay = render_overlay(display_pixels(view.image.pixels), None, markers=mine,
-                                     placeholder=result.placeholder)
+            overlay = render_overlay(screens[index], None, markers=mine, placeholder=result.placeholder)
         else:
-            overlay = render_overlay(display_pixels(view.image.pixels), view.heatmap if show_heatmap else None,
+            overlay = render_overlay(screens[index], view.heatmap if show_heatmap else None,
                                      intensity, annotate=annotate, finding=result.finding_level(view),
                                      markers=mine, placeholder=result.placeholder)
         with right:
-            marker_editor(overlay, index, view.filename, _caption(result, view))
+            marker_editor(overlay, index, view.filename, _caption(result, view), jpeg_quality=JPEG_QUALITY)
     if assessable:
         st.caption("**Automatic marks.** " + " ".join(finding_legend(result)))
     if not unreliable:
@@ -100,10 +102,12 @@ def show_views(result: AnalysisResult) -> float:
         else:
             st.markdown("The heatmaps of the views out of the model's scope: **unreliable**, not counted, not marked.")
         columns = st.columns(2)
-        for column, view in enumerate(result.views[i] for i in unreliable):
+        for column, index in enumerate(unreliable):
+            view = result.views[index]
             columns[column % 2].image(
-                render_overlay(display_pixels(view.image.pixels), view.heatmap, intensity, placeholder=result.placeholder),
-                caption=f"{plain(view.filename)}: heatmap, model output {view.probability:.1%} (unreliable)")
+                render_overlay(screens[index], view.heatmap, intensity, placeholder=result.placeholder),
+                caption=f"{plain(view.filename)}: heatmap, model output {view.probability:.1%} (unreliable)",
+                output_format="JPEG")
     return intensity
 
 

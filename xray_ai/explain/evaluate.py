@@ -191,22 +191,21 @@ def _read_table(path: str, mtime_ns: int, size: int) -> tuple[dict[str, Any], li
 
 def heatmap_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A saved report's rows as the performance page shows them: one dict per method or
-    setting (name, pointing strict and within 15 px, energy inside, deletion, insertion,
-    ms per image, n), the model's default marked. numpy-free reading of the JSON."""
+    setting, "method" (the model's default marked "(default)"), then pointing_game (strict),
+    pointing_game_tolerant (within 15 px at 224), energy_inside, deletion_auc (lower is
+    better), insertion_auc, ms_per_image, n and layer; a figure the report lacks is None."""
     default = report.get("default")
     table = []
     for key, r in report.get("methods", {}).items():
         if not isinstance(r, Mapping):
             continue
+        seconds = r.get("seconds_per_image")
         table.append({
             "method": key + (" (default)" if key == default else ""),
-            "layer": r.get("layer") or "",
-            "pointing (strict)": r.get("pointing_game"),
-            "pointing (15 px at 224)": r.get("pointing_game_tolerant"),
-            "energy inside": r.get("energy_inside"),
-            "deletion (lower better)": r.get("deletion_auc"),
-            "insertion": r.get("insertion_auc"),
-            "ms per image": None if r.get("seconds_per_image") is None else round(1000 * r["seconds_per_image"], 1),
+            **{k: r.get(k) for k in ("pointing_game", "pointing_game_tolerant", "energy_inside", "deletion_auc",
+                                     "insertion_auc")},
+            "ms_per_image": None if seconds is None else round(1000 * seconds, 1),
             "n": r.get("n", report.get("n_images")),
+            "layer": r.get("layer"),
         })
     return table
