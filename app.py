@@ -4,9 +4,13 @@ Start with `streamlit run app.py`. Nothing heavy happens here: tensorflow is imp
 only when the first analysis loads a model, so the first paint is immediate.
 """
 
-import streamlit as st
+import os
 
-from ui.common import DISCLAIMER
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # should a model load on TensorFlow: its banner off the log
+
+import streamlit as st  # noqa: E402
+
+from ui.common import DISCLAIMER  # noqa: E402
 
 st.set_page_config(page_title="xray_ai: radiograph decision support", page_icon=":material/radiology:", layout="wide")
 st.caption(DISCLAIMER)

@@ -10,6 +10,11 @@ For each backbone at 224 x 224, in one process and on the same random weights:
     the worker pool, views of several studies batched (16) through the backend's session,
     Grad-CAM scaling, scope gate, result assembly, one CSV row per study. Model loading is
     not timed (BatchRun.execute loads it before its clock starts).
+It also times, alone on one thread, what predict-batch does on top of the forward pass for
+each image (decoding and preparing its study, `prepare_study`): on 2 cores that work shares
+the cores with the forward pass, so it bounds the ratio at forward / (forward + decode), with
+the forward's cost counted as the bare rate's core-milliseconds per image (printed as the
+"decode ceiling").
 Rounds alternate the three, and the ratio is taken per round (batch run / the mean of the
 bare forwards measured just before and after it) and then its median, so a drift in the
 machine's load moves both sides alike. Weights are random (speed does not depend on them);
@@ -104,7 +109,8 @@ def bench(arch: str, args, tmp: Path) -> dict:
     import keras
 
     from xray_ai import load_image
-    from xray_ai.batch import BatchJob, BatchRun
+    from xray_ai.batch import BatchJob, BatchRun, find_studies
+    from xray_ai.batch.core import model_inputs, prepare_study
     from xray_ai.serving.artifacts import file_sha256
     from xray_ai.serving.manager import ModelManager
     from xray_ai.serving.onnx_backend import open_session
@@ -134,6 +140,11 @@ def bench(arch: str, args, tmp: Path) -> dict:
     # a warm-up run (page cache, first-call allocations), not counted
     BatchRun(BatchJob(source=archive, out=tmp / f"warm-{arch}.csv", condition="fracture", registry=registry,
                       batch_size=args.batch_size, workers=args.workers)).execute()
+    studies = find_studies(archive)
+    start = time.perf_counter()
+    for study in studies:
+        prepare_study(study, model_inputs(loaded))
+    decode_ms = (time.perf_counter() - start) * 1000.0 / n_images
     rounds = []
     for r in range(args.rounds):
         before = _forward_rate(bare, x, args.forward_seconds)
@@ -146,7 +157,7 @@ def bench(arch: str, args, tmp: Path) -> dict:
         after = _forward_rate(bare, x, args.forward_seconds)
         rounds.append({"bare": (before + after) / 2, "served": served_rate, "batch": summary.images_per_second,
                        "line": summary.line()})
-    return {"rounds": rounds, "images": n_images}
+    return {"rounds": rounds, "images": n_images, "decode_ms": decode_ms}
 
 
 def main() -> None:
@@ -184,6 +195,12 @@ def main() -> None:
               f"{statistics.median(r['served'] for r in rs):18.1f} {statistics.median(r['batch'] for r in rs):14.1f} "
               f"{statistics.median(ratios):6.2f}x  rounds: {', '.join(f'{q:.2f}' for q in ratios)}; "
               f"{res['images']} images")
+    cores = session_threads()
+    for arch, res in results.items():
+        forward_core_ms = cores * 1000.0 / statistics.median(r["bare"] for r in res["rounds"])
+        ceiling = forward_core_ms / (forward_core_ms + res["decode_ms"])
+        print(f"  {arch}: decode + prepare {res['decode_ms']:.2f} ms per image on one thread, the forward "
+              f"{forward_core_ms:.2f} core-ms per image: decode ceiling {ceiling:.2f}x on {cores} cores")
     for arch, res in results.items():
         print(f"  {arch}, last round: {res['rounds'][-1]['line']}")
 

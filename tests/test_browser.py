@@ -157,17 +157,12 @@ def streamlit_server():
     port = _free_port()
     log_path = ARTIFACTS / "browser_streamlit.log"
     log_file = open(log_path, "w")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.headless", "true",
-        "--server.port", str(port),
-        "--server.address", "127.0.0.1",
-        "--browser.gatherUsageStats", "false",
-        # Others edit pages/ while tests run: a file watcher would rerun the app mid-test.
-        "--server.fileWatcherType", "none",
-        "--server.runOnSave", "false",
-    ]
+    # The README's own command, `streamlit run app.py`, with the shipped .streamlit/config.toml
+    # (loopback, headless, no file watcher, no usage statistics); only the port comes from the
+    # environment, as a deployment would set it. Preloading is on, as for a user.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", STREAMLIT_SERVER_PORT=str(port))
+    env.pop("XRAY_AI_PRELOAD", None)
+    cmd = [str(Path(sys.executable).with_name("streamlit")), "run", "app.py"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     server = _Server(f"http://127.0.0.1:{port}", proc, log_path)
@@ -349,6 +344,33 @@ def _save_timings() -> None:
     (ARTIFACTS / "browser_timings.json").write_text(json.dumps(TIMINGS, indent=2) + "\n")
     print(f"\nupload-to-result: first analysis {TIMINGS.get('first_analysis_s')} s, "
           f"second analysis {TIMINGS.get('second_analysis_s')} s")
+
+
+APP_DISCLAIMER = "Decision support only, not a diagnosis"  # xray_ai.result.DISCLAIMER, shown by app.py
+APP_PAGES = ["Analyse", "Model registry", "Model performance", "About"]  # app.py's st.navigation
+
+
+def test_a_deep_link_as_the_first_request_goes_through_the_app(browser, streamlit_server):
+    """The very first request after the start is a deep link (/about, a bookmark): it must run
+    app.py (the disclaimer, the app's own navigation of four pages), not Streamlit's
+    automatic navigation of a `pages/` folder. Runs first: nothing else has loaded a page."""
+    page = browser.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    try:
+        page.goto(f"{streamlit_server.url}/about", wait_until="domcontentloaded", timeout=60_000)
+        main = page.get_by_test_id("stMain")
+        # app.py's caption (the About page also quotes the disclaimer in its text)
+        expect(main.get_by_test_id("stCaptionContainer").filter(has_text=APP_DISCLAIMER)).to_have_count(
+            1, timeout=60_000)
+        expect(main.get_by_role("heading", name=re.compile("About", re.I)).first).to_be_visible()
+        links = page.get_by_test_id("stSidebarNavLink")
+        expect(links).to_have_count(len(APP_PAGES))
+        assert [t.strip() for t in links.all_inner_texts()] == APP_PAGES
+    except Exception:
+        _report_failure(page, [], streamlit_server, "browser_deep_link_failure.png")
+        raise
+    finally:
+        page.close()
 
 
 def test_an_in_scope_phantom_gives_a_decision_and_a_report(browser, streamlit_server):

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m xray_ai",
         description="Decision support for radiographs: never a diagnosis; a clinician decides.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what loads and how long it takes, and let TensorFlow's own log lines through "
+                             "(also XRAY_AI_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_predict_parser(sub)
     add_predict_batch_parser(sub)
@@ -69,11 +72,26 @@ _COMMANDS = {
 }
 
 
+def _quiet_libraries(verbose: bool) -> None:
+    """Our warnings on stderr; TensorFlow's and absl's start-up lines (oneDNN, CPU features,
+    "All log messages before absl::InitializeLog()") only when asked for. Set before
+    TensorFlow is imported, which only a command that needs it does."""
+    if verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+        level = os.environ.get("XRAY_AI_LOG", "INFO")
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ logs: errors only
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        level = os.environ.get("XRAY_AI_LOG", "WARNING")
+        for name in ("tensorflow", "absl", "tf2onnx", "h5py"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` (default: sys.argv[1:]), run the command, and return its exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's banner off stderr
-    logging.basicConfig(level=os.environ.get("XRAY_AI_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    _quiet_libraries(args.verbose or bool(os.environ.get("XRAY_AI_DEBUG")))
     try:
         return _COMMANDS[args.command](args)
     except BadInput as exc:

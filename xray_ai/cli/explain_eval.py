@@ -26,6 +26,10 @@ from xray_ai.cli.common import EXIT_OK, BadInput
 
 __all__ = ["run_explain_eval", "data_mismatch"]
 
+# The table's CAM methods and the settings they compute (xray_ai.explain.cam_family).
+_ALIASES = {"gradcam": "gradcam@32", "hirescam": "hirescam@16", "layercam": "layercam@16",
+            "layercam-fusion": "layercam@16+8"}
+
 
 def data_mismatch(entry: Any, df: Any) -> str | None:
     """Why `df` (a dataset frame) is not the data the entry records it was trained and tested
@@ -101,7 +105,8 @@ def _table(args, manager, loaded, images, masks, split: str, model_path: Path) -
     from xray_ai.explain.base import DEFAULT_METHOD, METHODS
     from xray_ai.explain.choose import candidate_settings, setting_key, with_test_figures
     from xray_ai.explain.evaluate import evaluate_explanations, explain_json_path, format_table, save
-    from xray_ai.explain.gradcam import layers_by_stride
+    from xray_ai.explain.cam_math import HeatmapSpec
+    from xray_ai.explain.gradcam import find_target_layer, layers_by_stride
     from xray_ai.explain.methods import explainer_for
 
     entry, model = loaded.entry, loaded.model
@@ -111,24 +116,26 @@ def _table(args, manager, loaded, images, masks, split: str, model_path: Path) -
         by_stride = {}
     settings = candidate_settings(by_stride) if by_stride else {}
     strides = {path: s for s, path in by_stride.items()}
-    default = "gradcam"
-    if entry.heatmap is not None:
-        default = setting_key(entry.heatmap, strides)
-        settings.setdefault(default, entry.heatmap)
     if args.methods:  # table methods and settings, as named
+        if entry.heatmap is not None:
+            settings.setdefault(setting_key(entry.heatmap, strides), entry.heatmap)
         unknown = [m for m in args.methods if m not in METHODS and m not in settings]
         if unknown:
             raise BadInput(f"--methods {' '.join(unknown)}: unknown; valid: {', '.join(METHODS)}, "
                            f"and this model's settings {', '.join(settings)}")
         methods = [m for m in args.methods if m in METHODS]
         settings = {k: v for k, v in settings.items() if k in args.methods}
-    else:
-        methods = [m for m in METHODS if m != DEFAULT_METHOD]
+    else:  # every method, but not twice: the table's CAM rows are settings (gradcam = gradcam@32, ...)
+        methods = [m for m in METHODS if m != DEFAULT_METHOD and _ALIASES.get(m) not in settings]
+        if entry.heatmap is not None:
+            settings.setdefault(setting_key(entry.heatmap, strides), entry.heatmap)
+    shown = entry.heatmap or HeatmapSpec("gradcam", (find_target_layer(model),))
+    default = "gradcam" if entry.heatmap is None and "gradcam" in methods else setting_key(shown, strides)
     forward = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
     report = evaluate_explanations(
         explainer_for(model, entry.heatmap), lambda b: forward(tf.constant(b)).numpy().reshape(-1), images, masks,
         methods, model_id=args.model_id, settings=settings, faithfulness_images=args.faithfulness_images,
-        limits={"lime": args.lime_images}, progress=_progress)
+        limits={"lime": args.lime_images}, threshold=entry.threshold, progress=_progress)
     report.update(split=split, default=default if default in report["methods"] else None,
                   layers_by_stride={str(s): p for s, p in by_stride.items()})
     output = args.output or explain_json_path(model_path)

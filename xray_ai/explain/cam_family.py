@@ -63,7 +63,8 @@ def default_map(context: MethodContext, x: np.ndarray, progress: Progress | None
     spec = context.heatmap or HeatmapSpec.default()
     if spec.is_default:
         return gradcam_map(context, x, progress)._replace(method="gradcam")
-    return _spec_map(context, x, spec)
+    out = _spec_map(context, x, spec)
+    return out._replace(method="gradcam" if context.cam_for(spec).heatmap_problem else spec.method)
 
 
 def stride_layers(context: MethodContext, strides: tuple[int, ...]) -> tuple[str, ...]:
@@ -84,7 +85,7 @@ def stride_layers(context: MethodContext, strides: tuple[int, ...]) -> tuple[str
 
 def _spec_map(context: MethodContext, x: np.ndarray, spec: HeatmapSpec) -> MethodOutput:
     out = context.cam_for(spec)(x)
-    return MethodOutput(out.heatmaps[0], out.flags[0], out.target_layer, out.method)
+    return MethodOutput(out.heatmaps[0], out.flags[0], out.target_layer)
 
 
 def _compile_gradcam_pp(grad_model) -> Callable[[tf.Tensor], tf.Tensor]:

@@ -161,5 +161,8 @@ def choose_heatmap(model: Any, images: Sequence[np.ndarray], masks: Sequence[np.
 def with_test_figures(spec: HeatmapSpec, figures: Mapping[str, Any], n: int) -> HeatmapSpec:
     """`spec` with its test-split figures (measured after the choice) added to its provenance."""
     test = {"split": "test", "n": n, **{k: round(float(figures[k]), 4) for k in
-                                        ("pointing_game", "pointing_game_tolerant", "energy_inside") if k in figures}}
+                                        ("pointing_game", "pointing_game_tolerant", "pointing_game_tolerant_detected",
+                                         "energy_inside") if figures.get(k) is not None}}
+    if figures.get("n_detected") is not None:
+        test["n_detected"] = int(figures["n_detected"])
     return HeatmapSpec(spec.method, spec.layers, spec.contour_level, {**spec.provenance, "test": test})

@@ -68,8 +68,8 @@ def format_table(report: dict[str, Any]) -> str:
     """The report of `scores.evaluate_explanations` as a fixed-width table, one method a row."""
     lines = [
         f"{report['model_id']}: {report['n_images']} abnormal images with lesion masks",
-        f"{'method':16s} {'pointing':>9s} {'<=15px@224':>10s} {'energy in':>10s} {'deletion':>9s} {'insertion':>10s} "
-        f"{'ms/image':>9s} {'n':>5s}",
+        f"{'method':16s} {'pointing':>9s} {'<=15px@224':>10s} {'15px det.':>10s} {'energy in':>10s} {'deletion':>9s} "
+        f"{'insertion':>10s} {'ms/image':>9s} {'n':>5s}",
     ]
 
     def num(value: Any, width: int) -> str:
@@ -79,12 +79,13 @@ def format_table(report: dict[str, Any]) -> str:
         mark = " *" if method == report.get("default") else ""
         lines.append(
             f"{method + mark:16s} {num(r['pointing_game'], 9)} {num(r['pointing_game_tolerant'], 10)} "
-            f"{num(r['energy_inside'], 10)} {num(r.get('deletion_auc'), 9)} {num(r.get('insertion_auc'), 10)} "
+            f"{num(r.get('pointing_game_tolerant_detected'), 10)} {num(r['energy_inside'], 10)} {num(r.get('deletion_auc'), 9)} {num(r.get('insertion_auc'), 10)} "
             f"{1000 * r['seconds_per_image']:9.1f} {r.get('n', report['n_images']):5d}"
         )
     if report.get("default"):
         lines.append(f"* the model's default heatmap ({report['default']}, chosen on the validation split)")
-    lines.append("pointing game / energy inside / insertion: higher is better; deletion: lower is better")
+    lines.append("pointing game / energy inside / insertion: higher is better; deletion: lower is better; "
+                 "15px det.: on the images the model calls positive")
     return "\n".join(lines)
 
 
@@ -106,7 +107,7 @@ def evaluate_explanations(explainer: Any, predict: Callable[[np.ndarray], np.nda
                           images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                           methods: Sequence[str], *, model_id: str = "",
                           settings: Mapping[str, Any] | None = None, faithfulness_images: int | None = None,
-                          limits: Mapping[str, int] | None = None,
+                          limits: Mapping[str, int] | None = None, threshold: float | None = None,
                           progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """Scores per method (and per heatmap setting) over abnormal images with lesion masks.
 
@@ -121,14 +122,22 @@ def evaluate_explanations(explainer: Any, predict: Callable[[np.ndarray], np.nda
         faithfulness_images: deletion/insertion on the first this many images only (they
             cost 2 x (STEPS + 1) model runs per image); default all.
         limits: method id or setting key -> at most this many images for that row (LIME).
+        threshold: the model's operating point: given, each row also scores the pointing game
+            within 15 px on the images the model calls positive (`..._detected`, `n_detected`):
+            a map cannot point at a finding its model does not see.
 
     Returns:
         {"model_id", "n_images", "steps", "created", "methods": {row: {pointing_game,
         pointing_game_tolerant, energy_inside, deletion_auc, insertion_auc,
-        seconds_per_image, n, n_faithfulness, [layers]}}}.
+        seconds_per_image, n, n_faithfulness, layer, [pointing_game_tolerant_detected,
+        n_detected]}}}.
     """
     if not images:
         raise ValueError("no abnormal images to evaluate explanations on")
+    detected = None
+    if threshold is not None:
+        probs = np.concatenate([predict(np.stack(images[k : k + 32])) for k in range(0, len(images), 32)])
+        detected = probs >= threshold
     rows: list[tuple[str, Callable[[np.ndarray], tuple[np.ndarray, str | None]]]] = []
     for method in methods:
         rows.append((method, lambda x, m=method: (lambda e: (e.heatmap, e.target_layer))(explainer.explain(x[None], m))))
@@ -163,6 +172,11 @@ def evaluate_explanations(explainer: Any, predict: Callable[[np.ndarray], np.nda
             "n_faithfulness": n_faith,
             "layer": layer,
         }
+        if detected is not None:
+            seen = [i for i in range(n) if detected[i]]
+            results[key]["n_detected"] = len(seen)
+            results[key]["pointing_game_tolerant_detected"] = (
+                pointing_game([maps[i] for i in seen], [masks[i] for i in seen], POINTING_TOLERANCE) if seen else None)
     return {
         "model_id": model_id,
         "n_images": len(images),
@@ -192,7 +206,8 @@ def _read_table(path: str, mtime_ns: int, size: int) -> tuple[dict[str, Any], li
 def heatmap_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A saved report's rows as the performance page shows them: one dict per method or
     setting, "method" (the model's default marked "(default)"), then pointing_game (strict),
-    pointing_game_tolerant (within 15 px at 224), energy_inside, deletion_auc (lower is
+    pointing_game_tolerant (within 15 px at 224), pointing_game_tolerant_detected (the same on
+    the images the model calls positive), energy_inside, deletion_auc (lower is
     better), insertion_auc, ms_per_image, n and layer; a figure the report lacks is None."""
     default = report.get("default")
     table = []
@@ -202,8 +217,8 @@ def heatmap_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         seconds = r.get("seconds_per_image")
         table.append({
             "method": key + (" (default)" if key == default else ""),
-            **{k: r.get(k) for k in ("pointing_game", "pointing_game_tolerant", "energy_inside", "deletion_auc",
-                                     "insertion_auc")},
+            **{k: r.get(k) for k in ("pointing_game", "pointing_game_tolerant", "pointing_game_tolerant_detected",
+                                     "energy_inside", "deletion_auc", "insertion_auc")},
             "ms_per_image": None if seconds is None else round(1000 * seconds, 1),
             "n": r.get("n", report.get("n_images")),
             "layer": r.get("layer"),

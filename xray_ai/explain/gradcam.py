@@ -39,7 +39,7 @@ from xray_ai.explain.layers import (final_layer, find_target_layer, is_container
                                     resolve_layer_path)
 
 __all__ = ["find_target_layer", "resolve_layer_path", "layers_by_stride", "build_gradcam_model",
-           "build_feature_gradient_model", "compute_gradcam", "GradCam"]
+           "build_feature_gradient_model", "tf_layer_map", "compute_gradcam", "GradCam"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ def build_feature_gradient_model(model: keras.Model, layers: Sequence[str]) -> k
     for path, tensor in zip(layers, features):
         if len(tensor.shape) != 4:
             raise ValueError(f"layer {path!r} of {model.name!r} has no 4-D (N, h, w, K) output to take a CAM at")
+    inputs = inputs[0] if len(inputs) == 1 else inputs  # one input: called with a tensor, not a list
     return keras.Model(inputs, [*features, captured["logit"], prob], name=f"{model.name}_gradcam")
 
 
@@ -242,7 +243,7 @@ class GradCam:
             score = tf.reduce_sum(logit)  # samples are independent: d(sum)/dA_i = d(logit_i)/dA_i
         targets = features[: self._n_maps]
         grads = tape.gradient(score, targets)
-        maps = tuple(_tf_layer_map(self.method, a, tf.zeros_like(a) if g is None else g)
+        maps = tuple(tf_layer_map(self.method, a, tf.zeros_like(a) if g is None else g)
                      for a, g in zip(targets, grads))
         pooled = tf.reduce_mean(features[self._pool_index], axis=(1, 2))  # pooled, as the head pools
         return tf.reshape(prob, (-1,)), maps, pooled
@@ -281,8 +282,9 @@ class GradCam:
             self(np.zeros(shape, np.float32))
 
 
-def _tf_layer_map(method: str, a: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
-    """cam_math.layer_map in TensorFlow, inside the compiled pass: (N, h, w, K) x 2 -> (N, h, w)."""
+def tf_layer_map(method: str, a: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
+    """cam_math.layer_map in TensorFlow, inside a compiled pass: features A and logit gradients
+    g, (N, h, w, K) each -> the raw map (N, h, w) of "gradcam", "hirescam" or "layercam"."""
     import tensorflow as tf
 
     if method == "gradcam":
@@ -291,6 +293,9 @@ def _tf_layer_map(method: str, a: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
     if method == "hirescam":
         return tf.nn.relu(tf.reduce_sum(a * g, axis=-1))
     return tf.nn.relu(tf.reduce_sum(a * tf.nn.relu(g), axis=-1))  # layercam
+
+
+_tf_layer_map = tf_layer_map  # the name serving.onnx_export first imported
 
 
 class _BadSetting(ValueError):
