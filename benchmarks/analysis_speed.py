@@ -16,9 +16,11 @@ untimed call of the same kind, so that one runtime's idle-spinning threads do no
 next) and the medians compared, so machine load drifts affect all of them alike. Weights are random (speed does not depend on them); batch-norm
 statistics are set from one random batch so that the heatmaps are not empty.
 
-Run:  python benchmarks/analysis_speed.py [--archs densenet121 mobilenetv2] [--repeats 30]
+Run:  python benchmarks/analysis_speed.py [--archs densenet121 mobilenetv2 efficientnetlite0] [--repeats 30]
+          [--heatmap gradcam | layercam:16 | layercam:16+8 | hirescam:8 ...]
 Targets: issue 2, analyze() (TensorFlow) <= 1.3x compiled forward and <= 2.5x ONNX Runtime
-(DenseNet121); issue 7, analyze() on ONNX Runtime <= 1.2x the bare ONNX Runtime forward.
+(DenseNet121); issue 7, analyze() on ONNX Runtime <= 1.2x the bare ONNX Runtime forward;
+issue 16, with a model's default map at finer layers (--heatmap), <= 1.5x on both backends.
 """
 
 from __future__ import annotations
@@ -40,13 +42,14 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 
-def _registry(tmp: Path, arch: str, model_file: Path, sha: str) -> Path:
+def _registry(tmp: Path, arch: str, model_file: Path, sha: str, heatmap: dict | None = None) -> Path:
     entry = {
         "condition": "fracture", "architecture": arch, "path": model_file.name, "sha256": sha,
         "version": "bench", "input": {"height": 224, "width": 224, "channels": 3},
         "threshold": 0.5, "threshold_method": "benchmark", "profile": "fast",
         "trained_on": {"dataset": "random weights (benchmark)", "version": "", "synthetic": True},
         "intended_use": "speed benchmark only", "metrics": {}, "created": "2026-11-22",
+        **({"heatmap": heatmap} if heatmap else {}),
     }
     reg = {
         "schema_version": 1,
@@ -77,7 +80,19 @@ def _time(fn) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def bench(arch: str, repeats: int, tmp: Path) -> dict[str, float]:
+def heatmap_setting(model, choice: str) -> dict | None:
+    """`gradcam` (last layer, closed form) -> None; `METHOD:STRIDE[+STRIDE]` (e.g. layercam:16,
+    layercam:16+8) -> the registry's heatmap field at the last layer of each stride."""
+    if choice == "gradcam":
+        return None
+    from xray_ai.explain.layers import layers_by_stride
+
+    method, strides = choice.split(":")
+    by_stride = layers_by_stride(model)
+    return {"method": method, "layers": [by_stride[int(s)] for s in strides.split("+")]}
+
+
+def bench(arch: str, repeats: int, tmp: Path, heatmap: str = "gradcam") -> dict[str, float]:
     import keras
     import tensorflow as tf
 
@@ -95,7 +110,8 @@ def bench(arch: str, repeats: int, tmp: Path) -> dict[str, float]:
     _calibrate_batch_norm(keras, model)
     model_file = tmp / f"{arch}.keras"
     model.save(model_file)
-    registry = _registry(tmp, arch, model_file, file_sha256(model_file))
+    setting = heatmap_setting(model, heatmap)
+    registry = _registry(tmp, arch, model_file, file_sha256(model_file), setting)
     cache = tmp / "onnx_cache"
     manager = ModelManager(registry, backend="tensorflow")
     t0 = time.perf_counter()
@@ -165,20 +181,24 @@ def bench(arch: str, repeats: int, tmp: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", nargs="+", default=["densenet121", "mobilenetv2"])
+    parser.add_argument("--archs", nargs="+", default=["densenet121", "mobilenetv2", "efficientnetlite0"])
+    parser.add_argument("--heatmap", default="gradcam",
+                        help="the model's default map: gradcam (last layer, closed form) or METHOD:STRIDE[+STRIDE], "
+                             "e.g. layercam:16 or layercam:16+8 (gradients through the tail in the export)")
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     import keras
     import tensorflow as tf
 
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, batch 1, 224x224, repeats {args.repeats}")
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, batch 1, 224x224, repeats {args.repeats}, "
+          f"default heatmap {args.heatmap}")
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs:
             # Each backbone on its own: drop the previous one's models, sessions and graphs
             # (keras models hold reference cycles that only the collector frees).
             keras.backend.clear_session()
             gc.collect()
-            m = bench(arch, args.repeats, Path(tmp))
+            m = bench(arch, args.repeats, Path(tmp), args.heatmap)
             a, c, o = m["analyze() (TensorFlow backend)"], m["compiled forward (tf.function)"], m["ONNX Runtime forward"]
             b, ob = m["analyze() on ONNX Runtime backend"], m["ONNX Runtime forward, backend's export"]
             print(f"\n{arch}: model load + verify + warm-up {m['_load_s']:.2f} s (TensorFlow), "

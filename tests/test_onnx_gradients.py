@@ -47,7 +47,9 @@ def _every_op_model(keras):
     x = L.DepthwiseConv2D(3, strides=2, padding="same", name="dw_same_s2")(x)  # 4 x 4
     x = L.Conv2D(16, 1, activation="relu", name="expand_relu")(x)
     x = L.AveragePooling2D(2, name="avg")(L.Conv2D(16, 3, padding="same", activation="relu", name="c4")(x))  # 2 x 2
-    x = L.Conv2D(24, 1, name="top")(x)
+    x = L.Conv2D(256, 1, use_bias=False, name="wide")(x)  # 16 x 256: big enough to be shared (4096 weights)
+    x = L.BatchNormalization(name="wide_bn")(x)  # folded into the forward kernel by tf2onnx, not the backward one
+    x = L.Conv2D(64, 1, name="top")(L.ReLU(name="wide_relu")(x))
     x = L.ReLU(name="top_relu")(x)
     x = L.GlobalAveragePooling2D(name="gap")(x)
     x = L.Dense(8, activation="relu", name="head_dense")(x)
@@ -59,6 +61,9 @@ def _every_op_model(keras):
 def every_op(tmp_path_factory, keras_mod):
     keras_mod.utils.set_random_seed(4)
     model = _every_op_model(keras_mod)
+    bn = model.get_layer("wide_bn")  # statistics that make the fold a real scaling
+    rng = np.random.default_rng(5)
+    bn.set_weights([rng.uniform(0.5, 2.0, 256), rng.normal(0, 0.2, 256), rng.normal(0, 0.1, 256), rng.uniform(0.2, 2.0, 256)])
     path = tmp_path_factory.mktemp("every_op") / "every_op.keras"
     model.save(path)
     return keras_mod.models.load_model(path, compile=False), path
@@ -161,7 +166,10 @@ def test_ship_pins_the_export_in_the_registry(shipped):
     assert pinned["path"] == "models/every_op.onnx" and onnx_file.is_file()
     assert pinned["sha256"] == file_sha256(onnx_file) and pinned["keras_sha256"] == entry["sha256"]
     assert pinned["heatmap"] == {"method": "layercam", "layers": ["mid_relu"]}
-    assert pinned["output_shapes"] == [[24], [8, 8], [1]]
+    assert pinned["output_shapes"] == [[64], [8, 8], [1]]
+    # large kernels are stored once, the backward ones derived from the forward ones (a division by the fold)
+    shared = int(pinned["exporter"].split("; ")[1].split()[0])
+    assert shared >= 1, pinned["exporter"]
     assert (shipped.parent / "models" / "every_op.onnx.json").is_file()
 
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import EXAMPLES
+from test_ensemble import ensemble_registry, model_b_file  # noqa: F401  (fixtures)
 from xray_ai.batch import CSV_COLUMNS, BatchInputError, BatchJob, BatchRun, find_studies, read_rows
 from xray_ai.batch.rows import RowWriter
 from xray_ai.cli import main
@@ -134,8 +135,8 @@ def test_rows_are_predict_json_and_bad_files_are_error_rows(backend, archive, ti
             continue
         row = rows[study.study_id]
         assert row["status"] == "ok" and row["backend"] == ("onnxruntime" if backend == "onnx" else "tensorflow")
-        # --method gradcam: the analyzer's own map, from the scoring pass (what predict-batch gives)
-        code, stdout, err = _run(["predict", *study.files, "--condition", "fracture", "--json", "--method", "gradcam",
+        # predict's default method: the model's own map, from the scoring pass, as predict-batch gives it
+        code, stdout, err = _run(["predict", *study.files, "--condition", "fracture", "--json",
                                   "--registry", str(tiny_registry), "--backend", backend], capsys)
         assert code == 0, err
         alone = json.loads(stdout)
@@ -302,3 +303,20 @@ def test_a_study_over_the_view_limit_is_an_error_row(tmp_path, tiny_registry):
     (row,) = read_rows(out)
     assert summary.errors == 1 and row["status"] == "error" and "at most 16 views" in row["error"]
     shutil.rmtree(tmp_path / "big")
+
+
+def test_an_ensemble_batches_each_member_with_its_own_input(ensemble_registry, archive, tmp_path, capsys):
+    """Members of other input sizes and preprocessing: each gets its own batch; rows as predict's."""
+    out = tmp_path / "rows.jsonl"
+    code, _, err = _run(["predict-batch", str(archive), "--condition", "fracture", "--out", str(out),
+                         "--registry", str(ensemble_registry), "--backend", "tensorflow", "--batch-size", "3"], capsys)
+    assert code == 0, err
+    rows = {r["study"]: r for r in read_rows(out)}
+    for study in [s for s in find_studies(archive) if s.study_id in ("p1/s1", "1.2.3.4.100")]:
+        row = rows[study.study_id]
+        assert row["members"] == ["tiny-test", "tiny-b"]
+        code, stdout, err = _run(["predict", *study.files, "--condition", "fracture", "--json",
+                                  "--registry", str(ensemble_registry), "--backend", "tensorflow"], capsys)
+        alone = json.loads(stdout)
+        _close({k: v for k, v in row.items() if k in alone and k != "created"},
+               {k: v for k, v in alone.items() if k != "created"}, study.study_id)

@@ -70,10 +70,7 @@ def _conv_grad(op: tf.Operation, dy: tf.Tensor) -> list:
     dilations = list(op.get_attr("dilations"))
     if padding == "EXPLICIT":
         raise ValueError(f"{op.name}: explicit padding is not exported with gradients")
-    if kernel.shape[0] == 1 and kernel.shape[1] == 1 and strides == [1, 1, 1, 1]:
-        dx = tf.nn.conv2d(dy, tf.transpose(kernel, [0, 1, 3, 2]), [1, 1, 1, 1], "VALID")
-    else:
-        dx = tf.nn.conv2d_transpose(dy, kernel, tf.shape(x), strides, padding, dilations=dilations)
+    dx = tf.nn.conv2d_transpose(dy, kernel, tf.shape(x), strides, padding, dilations=dilations)
     return [dx, None]
 
 

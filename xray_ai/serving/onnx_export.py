@@ -139,7 +139,89 @@ def _write_graph(model: keras.Model, spec: HeatmapSpec, head: Head | None, targe
             return f"keras {keras.__version__} export (tf2onnx {tf2onnx.__version__})"
         function, signature = _gradient_function(model, spec)
         tf2onnx.convert.from_function(function, input_signature=signature, opset=17, output_path=str(target))
-        return f"tf2onnx {tf2onnx.__version__} from_function, exportable gradients (xray_ai.serving.gradient_ops)"
+        shared = share_backward_weights(target)
+        return (f"tf2onnx {tf2onnx.__version__} from_function, exportable gradients (xray_ai.serving.gradient_ops); "
+                f"{shared} backward kernels derived from the forward ones")
+
+
+def share_backward_weights(path: Path) -> int:
+    """Store each backward kernel as an operation on its forward twin, not as a second copy.
+
+    tf2onnx folds batch norm into the forward convolutions' kernels (W * s per output
+    channel) while the backward pass's ConvTranspose keeps the raw kernel W, and the head's
+    backward MatMul a transposed copy: the export held the network's weights twice. Here each
+    such initializer is replaced by `Div(W * s, s)` or `Transpose(W)` of the forward one, which
+    ONNX Runtime folds back into a constant when it opens the session (in memory; the file
+    holds each kernel once). The division may differ from W in the last bit, well inside what
+    the export's check against TensorFlow allows. Returns how many kernels were shared.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph_model = onnx.load(str(path))
+    graph = graph_model.graph
+    arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    uses: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses.setdefault(name, set()).add(node.op_type)
+    forward = {}
+    for name, array in arrays.items():
+        if uses.get(name) == {"Conv"} and array.ndim == 4 or uses.get(name) == {"MatMul"} and array.ndim == 2:
+            forward.setdefault(array.shape, []).append(name)
+    replaced: dict[str, tuple[str, Any]] = {}
+    twins: set[str] = set()  # kept as they are: a kernel is derived from a stored one, never from a derived one
+    for name, array in arrays.items():
+        if array.size < 4096 or name in twins:  # small kernels are not worth a node
+            continue
+        if uses.get(name) == {"ConvTranspose"} and array.ndim == 4:
+            for twin in forward.get(array.shape, ()):
+                scale = None if twin in replaced else _channel_scale(arrays[twin], array)
+                if scale is not None:
+                    replaced[name] = ("Div", (twin, scale))
+                    twins.add(twin)
+                    break
+        elif uses.get(name) == {"MatMul"} and array.ndim == 2:
+            for twin in forward.get(array.shape[::-1], ()):
+                if twin not in replaced and np.array_equal(arrays[twin].T, array):
+                    replaced[name] = ("Transpose", twin)
+                    twins.add(twin)
+                    break
+    if not replaced:
+        return 0
+    kept = [i for i in graph.initializer if i.name not in replaced]
+    new_nodes = []
+    for name, (op, what) in replaced.items():
+        if op == "Div":
+            twin, scale = what
+            scale_name = f"{name}__channel_scale"
+            kept.append(numpy_helper.from_array(scale.reshape(-1, 1, 1, 1).astype(np.float32), scale_name))
+            new_nodes.append(helper.make_node("Div", [twin, scale_name], [name], name=f"{name}__shared"))
+        else:
+            new_nodes.append(helper.make_node("Transpose", [what], [name], perm=[1, 0], name=f"{name}__shared"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = new_nodes + list(graph.node)  # the derived kernels first: the graph stays topologically sorted
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(graph_model, str(path))
+    return len(replaced)
+
+
+def _channel_scale(merged: np.ndarray, raw: np.ndarray) -> np.ndarray | None:
+    """s with merged = raw * s[o] for every output channel o (axis 0), or None."""
+    flat_m, flat_r = merged.reshape(len(merged), -1).astype(np.float64), raw.reshape(len(raw), -1).astype(np.float64)
+    pivot = np.argmax(np.abs(flat_r), axis=1)
+    denominator = flat_r[np.arange(len(raw)), pivot]
+    if np.any(denominator == 0):
+        return None
+    scale = flat_m[np.arange(len(merged)), pivot] / denominator
+    if not np.all(np.isfinite(scale)) or np.any(scale == 0):
+        return None
+    rebuilt = (flat_m / scale[:, None]).astype(np.float32)
+    if not np.allclose(rebuilt, flat_r, rtol=1e-5, atol=1e-7 * float(np.abs(flat_r).max())):
+        return None
+    return scale
 
 
 def check_against_tensorflow(model: keras.Model, spec: HeatmapSpec, head: Head | None, analyzer: Any) -> tuple[str | None, float]:
@@ -196,7 +278,10 @@ def export_to(model: keras.Model, keras_sha256: str, onnx_path: Path, meta_path:
             raise
         except Exception as exc:  # tf2onnx raises its own types for an op it cannot convert
             raise RuntimeError(f"ONNX conversion failed ({type(exc).__name__}: {exc})") from exc
-        session = open_session(tmp)
+        try:
+            session = open_session(tmp)
+        except Exception as exc:  # onnxruntime's own exception types for a graph it refuses
+            raise RuntimeError(f"ONNX Runtime cannot open the export ({type(exc).__name__}: {exc})") from exc
         analyzer = OnnxGradCam(session, tmp, spec=spec)
         problem = check_session_shapes(session, tuple(model.inputs[0].shape[1:]))
         if problem:
@@ -207,6 +292,8 @@ def export_to(model: keras.Model, keras_sha256: str, onnx_path: Path, meta_path:
         meta = _sidecar(model, keras_sha256, spec, head, tmp, session, exporter, diff, time.perf_counter() - start)
         meta["onnx_file"] = onnx_path.name
         tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
+        for written in (tmp, tmp_meta):  # mkstemp's 0600: readable like the model files beside it
+            os.chmod(written, 0o644)
         os.replace(tmp, onnx_path)  # the onnx first: a sidecar never points at a missing file
         os.replace(tmp_meta, meta_path)
     finally:
