@@ -34,7 +34,7 @@ def app_registry(tiny_registry, monkeypatch):
 
 
 def page(name):
-    return AppTest.from_file(str(REPO / "pages" / name), default_timeout=TIMEOUT)
+    return AppTest.from_file(str(REPO / "app_pages" / name), default_timeout=TIMEOUT)
 
 
 def shown(elements):

@@ -110,7 +110,7 @@ def test_no_name_is_no_attempt(registry):
 
 
 def _page():
-    return AppTest.from_file(str(REPO / "pages" / "registry.py"), default_timeout=120)
+    return AppTest.from_file(str(REPO / "app_pages" / "registry.py"), default_timeout=120)
 
 
 def _unlock(page, name="Dr Admin", password="s3cret"):

@@ -434,7 +434,7 @@ def test_explain_eval_refuses_an_ensemble(ensemble_registry, tmp_path, capsys):
 def _page(name):
     from streamlit.testing.v1 import AppTest
 
-    return AppTest.from_file(str(REPO / "pages" / name), default_timeout=120)
+    return AppTest.from_file(str(REPO / "app_pages" / name), default_timeout=120)
 
 
 @pytest.fixture()
