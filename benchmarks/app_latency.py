@@ -83,11 +83,6 @@ class App:
         self.idle()
         return time.perf_counter() - start
 
-    def clear_uploads(self) -> None:
-        for button in self.page.get_by_test_id("stFileUploader").get_by_role("button", name="Remove").all():
-            button.click()
-            self.idle()
-
     def slider_step(self) -> float:
         """Seconds from one arrow-key step of the intensity slider to the redrawn overlay."""
         expander = self.main.get_by_test_id("stExpander").first
@@ -135,6 +130,42 @@ def engine_seconds(repeats: int) -> tuple[float, str]:
     return statistics.median(times), result.backend
 
 
+def _session(context, port: int, condition: str | None = None) -> App:
+    """A new tab (a new Streamlit session) on the Analyse page, with `condition` chosen."""
+    page = context.new_page()
+    page.on("pageerror", lambda e: print("page error:", e))
+    page.goto(f"http://127.0.0.1:{port}", wait_until="domcontentloaded")
+    app = App(page, f"http://127.0.0.1:{port}")
+    page.get_by_test_id("stFileUploader").wait_for(timeout=60_000)
+    app.idle()
+    if condition:
+        page.get_by_role("combobox", name="Condition").click()
+        page.get_by_role("option", name=condition).click()
+        app.idle()
+    return app
+
+
+def measure(context, port: int, repeats: int) -> tuple:
+    """(cold, warm list, slider list, registry list, performance list), seconds. Each upload
+    in a new session (tab), as a new user would; the models stay loaded in the server."""
+    app = _session(context, port)
+    cold = app.upload(FIRST_FILE)
+    app.page.close()
+    warm = []
+    for _ in range(repeats):
+        app = _session(context, port, "Pneumonia (chest)")
+        warm.append(app.upload(LARGE_FILE))
+        app.page.close()
+    app = _session(context, port, "Pneumonia (chest)")
+    app.upload(LARGE_FILE)
+    slider = [app.slider_step() for _ in range(repeats)]
+    registry, performance = [], []
+    for _ in range(repeats):
+        registry.append(app.open_page("Model registry"))
+        performance.append(app.open_page("Model performance"))
+    return cold, warm, slider, registry, performance
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -150,36 +181,17 @@ def main() -> None:
             with sync_playwright() as p:
                 context = p.chromium.launch_persistent_context(profile, executable_path=args.browser,
                                                                args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
-                page = context.new_page()
-                page.on("pageerror", lambda e: print("page error:", e))
-                page.goto(f"http://127.0.0.1:{port}", wait_until="domcontentloaded")
-                app = App(page, f"http://127.0.0.1:{port}")
-                page.get_by_test_id("stFileUploader").wait_for(timeout=60_000)
-                app.idle()
-                cold = app.upload(FIRST_FILE)
-                app.clear_uploads()
-                page.get_by_role("combobox", name="Condition").click()
-                page.get_by_role("option", name="Pneumonia (chest)").click()
-                app.idle()
-                warm = []
-                for _ in range(args.repeats):
-                    warm.append(app.upload(LARGE_FILE))
-                    app.clear_uploads()
-                app.upload(LARGE_FILE)
-                slider = [app.slider_step() for _ in range(args.repeats)]
-                registry = [app.open_page("Model registry")]
-                performance = [app.open_page("Model performance")]
-                for _ in range(args.repeats - 1):
-                    registry.append(app.open_page("Model registry"))
-                    performance.append(app.open_page("Model performance"))
+                try:
+                    figures = measure(context, port, args.repeats)
+                except Exception:
+                    context.pages[-1].screenshot(path=str(LOG.with_suffix(".png")), full_page=True)
+                    print(f"failed; the app's log: {LOG}, a screenshot: {LOG.with_suffix('.png')}")
+                    raise
                 context.close()
-        except Exception:
-            page.screenshot(path=str(LOG.with_suffix(".png")), full_page=True)
-            print(f"failed; the app's log: {LOG}, a screenshot: {LOG.with_suffix('.png')}")
-            raise
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+    cold, warm, slider, registry, performance = figures
     engine, backend = engine_seconds(args.repeats)
     med = statistics.median
     print(f"app latency on {os.cpu_count()} cores, medians of {args.repeats} (seconds; the engine served by {backend})")

@@ -10,12 +10,10 @@ For an ensemble entry every member runs that same path with its own input size a
 preprocessing (and its own backend); per view, the result is the mean of the members'
 probabilities and of their heatmaps (resized to a common size), then the study mean.
 
-The stages, for callers that run the forward pass themselves: analyze() is
-(1) `manager.get` -> (2) each model of `study_models` runs the views (prepare_batch, then
-its analyzer) -> (3) `_assemble` (scope gate, study mean, warnings, provenance).
-`result_from_outputs` is stage 3 for the Grad-CAM method, given the analyzer outputs of
-stage 2: predict-batch (xray_ai.batch) sends the views of several studies through one
-forward call and hands each study its own rows, which gives the result analyze() gives.
+Stages: `manager.get`; each model of `study_models` runs the views (prepare_batch, its
+analyzer); `_assemble` (scope gate, study mean, warnings, provenance). `result_from_outputs`
+is the last stage alone, for predict-batch (xray_ai.batch), which runs the views of several
+studies through one forward call and hands each study its own rows of the output.
 """
 
 from __future__ import annotations
@@ -96,14 +94,9 @@ def analyze(
     registry = manager.registry  # read once: each read stats the file
     loaded = manager.get(condition=condition, model_id=model_id, registry=registry)
 
-    if isinstance(loaded, LoadedEnsemble):
-        models = list(loaded.members)
-        runs = []
-        for i, member in enumerate(models):  # each member with its own input size and preprocessing
-            step = (lambda f, i=i: progress((i + f) / len(models))) if progress else None
-            runs.append(_run_model(member, views, method, step))
-    else:
-        runs = [_run_model(loaded, views, method, progress)]
+    models = study_models(loaded)  # an ensemble's members each with its own input size and preprocessing
+    runs = [_run_model(model, views, method, (lambda f, i=i: progress((i + f) / len(models))) if progress else None)
+            for i, model in enumerate(models)]
     return _assemble(loaded, views, runs, manager, registry)
 
 
@@ -126,20 +119,16 @@ def result_from_outputs(images: XRay | Sequence[XRay], loaded: LoadedModel | Loa
                         outputs: Sequence[GradCamOutput], manager: ModelManager, registry: Registry) -> AnalysisResult:
     """What analyze(images, ...) returns with the default method, from forward passes run elsewhere.
 
-    Args:
-        images: the views of one study.
-        loaded: what `manager.get` returned for the study's model (with `registry`).
-        outputs: one analyzer output per model of `study_models(loaded)`, each holding
-            exactly these views' rows, in view order: `model.analyzer(batch)` on the
-            `prepare_batch` of the views (or the matching rows of a larger batch).
-        manager, registry: the manager that loaded the model and the registry it read.
+    `loaded` is what `manager.get` returned (with `registry`); `outputs` holds one analyzer
+    output per model of `study_models(loaded)`, each with exactly these views' rows in view
+    order: `model.analyzer(prepare_batch(views...))`, or the matching rows of a larger batch.
     """
     views = study_views(images)
     models = study_models(loaded)
     if len(outputs) != len(models) or any(len(out.probabilities) != len(views) for out in outputs):
         raise ValueError(f"expected {len(models)} analyzer output(s) of {len(views)} rows each")
     runs = [_Run(tuple(_view_results(model, views, out, list(zip(out.heatmaps, out.flags)))),
-                 model.heatmap_method, model.target_layer, model.backend)  # as _run_model gives for gradcam
+                 model.heatmap_method, model.target_layer, model.backend)  # as _run_model gives them
             for model, out in zip(models, outputs)]
     return _assemble(loaded, views, runs, manager, registry)
 
@@ -150,13 +139,9 @@ def _assemble(loaded: LoadedModel | LoadedEnsemble, views: list[XRay], runs: lis
     scope gate, the study probability, the warnings and the provenance."""
     entry = loaded.entry
     registry_condition = registry.condition(entry.condition)
-    if isinstance(loaded, LoadedEnsemble):
-        models = list(loaded.members)
-        members = tuple(m.entry.id for m in models)
-        run = _mean_of_members(list(members), runs)
-    else:
-        models, members = [loaded], ()
-        (run,) = runs
+    models = list(study_models(loaded))
+    members = tuple(m.entry.id for m in models) if isinstance(loaded, LoadedEnsemble) else ()
+    run = _mean_of_members(list(members), runs) if members else runs[0]
     scoped = tuple(_with_scope(v, registry_condition, models) for v in run.views)
     counted = [v for v in scoped if v.assessable] or list(scoped)  # none in scope: all, for the record
 

@@ -16,8 +16,6 @@ side). `workers=0` decodes in the main thread (no overlap; what a Ray actor does
 from __future__ import annotations
 
 import multiprocessing
-import os
-import threading
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -34,11 +32,6 @@ __all__ = ["POOLS", "score_local"]
 
 POOLS = ("thread", "process")
 _AHEAD_BATCHES = 4  # views decoded ahead of the forward pass, in batches
-# How much the decoders defer to the forward pass (a nice value, Linux: per thread). ONNX
-# Runtime splits each operator over every core and waits for its slowest thread, so a
-# decoder that takes a core from one of them stalls both; at a lower priority a decoder runs
-# where the forward leaves a core idle (between operators, between batches).
-DECODER_NICENESS = 10
 
 
 class _Inline(Executor):
@@ -53,20 +46,10 @@ class _Inline(Executor):
         return future
 
 
-def _defer() -> None:
-    """Lower this decoder thread's (or process's) priority by DECODER_NICENESS, where the OS allows."""
-    if DECODER_NICENESS:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICENESS)
-        except (AttributeError, OSError):  # not on Linux, or not allowed: decoders at full priority
-            pass
-
-
 def _quiet_worker() -> None:
     """A spawned worker does not see the parent's warning filters: image warnings are in
     each row already (the result's `warnings`), printed they would bury the progress bar."""
     warnings.filterwarnings("ignore", category=ImageLoadWarning)
-    _defer()
 
 
 def _executor(workers: int, pool: str) -> Executor:
@@ -77,7 +60,7 @@ def _executor(workers: int, pool: str) -> Executor:
     if workers == 0:
         return _Inline()
     if pool == "thread":
-        return ThreadPoolExecutor(workers, thread_name_prefix="xray-batch", initializer=_defer)
+        return ThreadPoolExecutor(workers, thread_name_prefix="xray-batch")
     # spawn, not fork: this process already runs ONNX Runtime's or TensorFlow's threads
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker)
 
