@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
+import types
 
 import numpy as np
 import pydicom
@@ -102,7 +104,7 @@ def test_mura_layout_gives_mura_study_ids(tmp_path):
     assert {s.study_id for s in studies} == labelled  # rows join MURA's own label CSV
     assert all(s.study_id.startswith("MURA-v1.1/valid/XR_") for s in studies)
     assert all(not n.endswith("_mask.png") for s in studies for n in s.names)
-    assert all(__import__("os").path.isfile(f) for s in studies for f in s.files)
+    assert all(os.path.isfile(f) for s in studies for f in s.files)
 
 
 def test_a_csv_lists_files_with_a_study_column(tmp_path):
@@ -284,7 +286,10 @@ def test_dicom_out_without_the_writer_exits_2_before_any_work(archive, tiny_regi
     assert code == 2 and "--dicom-out" in err and not out.exists()
 
 
-def test_process_decoders_give_the_rows_threads_give(archive, tiny_registry, tmp_path):
+def test_process_decoders_give_the_rows_threads_give(archive, tiny_registry, tmp_path, monkeypatch):
+    # A spawned worker reruns the parent's __main__ file: under pytest, after Streamlit's
+    # AppTest, that can be an app page. `python -m xray_ai` is never rerun (a package's __main__).
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     rows = {}
     for pool in ("thread", "process"):
         out = tmp_path / f"{pool}.jsonl"

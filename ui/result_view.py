@@ -85,7 +85,8 @@ def show_views(result: AnalysisResult) -> float:
         else:
             overlay = render_overlay(screens[index], view.heatmap if show_heatmap else None,
                                      intensity, annotate=annotate, finding=result.finding_level(view),
-                                     markers=mine, placeholder=result.placeholder)
+                                     markers=mine, placeholder=result.placeholder,
+                                     contour_level=result.contour_level)
         with right:
             marker_editor(overlay, index, view.filename, _caption(result, view), jpeg_quality=JPEG_QUALITY)
     if assessable:

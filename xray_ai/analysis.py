@@ -10,10 +10,9 @@ For an ensemble entry every member runs that same path with its own input size a
 preprocessing (and its own backend); per view, the result is the mean of the members'
 probabilities and of their heatmaps (resized to a common size), then the study mean.
 
-Stages: `manager.get`; each model of `study_models` runs the views (prepare_batch, its
-analyzer); `_assemble` (scope gate, study mean, warnings, provenance). `result_from_outputs`
-is the last stage alone, for predict-batch (xray_ai.batch), which runs the views of several
-studies through one forward call and hands each study its own rows of the output.
+Stages: `manager.get`; each model of `study_models` runs the views; `_assemble` (scope gate,
+study mean, warnings, provenance). `result_from_outputs` is the last stage alone, for
+predict-batch (xray_ai.batch), which runs several studies' views through one forward call.
 """
 
 from __future__ import annotations
@@ -205,7 +204,15 @@ def _assemble(loaded: LoadedModel | LoadedEnsemble, views: list[XRay], runs: lis
         metrics=dict(entry.metrics),
         members=members,
         high_sensitivity_threshold=_high_sensitivity_threshold(entry.metrics),
+        contour_level=_contour_level(loaded, run),
     )
+
+
+def _contour_level(loaded: LoadedModel | LoadedEnsemble, run: _Run) -> float | None:
+    """The model's validated contour level (registry `heatmap`) when the map shown is its own default."""
+    heatmap = loaded.entry.heatmap if isinstance(loaded, LoadedModel) else None
+    own = heatmap is not None and (run.method, run.target_layer) == (loaded.heatmap_method, loaded.target_layer)
+    return heatmap.contour_level if own else None
 
 
 def _with_scope(view: ViewResult, condition, models: list[LoadedModel]) -> ViewResult:
@@ -218,7 +225,7 @@ def _with_scope(view: ViewResult, condition, models: list[LoadedModel]) -> ViewR
 
 def _high_sensitivity_threshold(metrics) -> float | None:
     """The entry's second operating point (train stores it beside the Youden point), if any."""
-    point = metrics.get("high_sensitivity_operating_point") if metrics else None
+    point = (metrics or {}).get("high_sensitivity_operating_point")
     value = point.get("threshold") if isinstance(point, dict) else None
     return float(value) if isinstance(value, (int, float)) else None
 
@@ -268,12 +275,8 @@ def _batches(loaded: LoadedModel, images: list[np.ndarray]):
 
 @dataclass(frozen=True)
 class _Run:
-    """What one model (or the mean of an ensemble's members) said about the views of a study.
-
-    `views` holds one ViewResult per view, in the order given: its probability, heatmap
-    (float32 2-D in [0, 1]) and flag, member probabilities (empty for a single model), input
-    checks and body-part estimate. The rest describes the run as a whole.
-    """
+    """What one model (or the mean of an ensemble's members) said about the views of a study:
+    one ViewResult per view, in the order given; the rest describes the run as a whole."""
 
     views: tuple[ViewResult, ...]
     method: str

@@ -151,6 +151,10 @@ class AnalysisResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     members: tuple[str, ...] = ()
     high_sensitivity_threshold: float | None = None
+    # the share of the map's peak at which the overlay outlines the hot region, chosen on
+    # validation with the model's default map (registry `heatmap.contour_level`); None: the
+    # overlay's own level (another method, or a model without the setting)
+    contour_level: float | None = None
 
     @property
     def assessable(self) -> bool:
@@ -247,6 +251,7 @@ class AnalysisResult:
             "placeholder_reason": self.placeholder_reason,
             "heatmap_method": self.heatmap_method,
             "target_layer": self.target_layer,
+            "contour_level": self.contour_level,
             "backend": self.backend,
             "members": list(self.members),
             "views": [self._view_json(v) for v in self.views],

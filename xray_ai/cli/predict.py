@@ -128,6 +128,7 @@ def _write_overlays(result, target: Path, intensity: float, annotate: bool) -> N
             annotate=annotate,
             finding=result.finding_level(view),
             placeholder=result.placeholder,
+            contour_level=result.contour_level,
         )
         out = target if len(result.views) == 1 else target.with_name(f"{target.stem}_view{i}{target.suffix}")
         Image.fromarray(rgb).save(out)

@@ -72,6 +72,7 @@ def render_capture(result: AnalysisResult, source: SourceImage) -> np.ndarray:
         _INTENSITY,
         finding=result.finding_level(view),
         placeholder=result.placeholder,
+        contour_level=result.contour_level,
     )
     return np.concatenate([_banner(banner_lines(result, source), overlay.shape[1]), overlay], axis=0)
 

@@ -285,6 +285,7 @@ def _image_section(
         overlay = render_overlay(
             pixels, view.heatmap, intensity, finding=result.finding_level(view),
             markers=[m for m in markers if m.view == index], placeholder=result.placeholder,
+            contour_level=result.contour_level,
         )
         height, width = pixels.shape
         draw_w = half
