@@ -41,8 +41,8 @@ _VIEW_FIELDS = ("file", "probability", "heatmap_flag", "input_check", "body_part
 _RESULT_FIELDS = ("condition", "condition_name", "model_id", "model_version", "architecture", "profile", "sha256",
                   "trained_on", "intended_use", "synthetic_training_data", "probability", "assessable",
                   "probability_reliable", "decision", "threshold", "threshold_method", "high_sensitivity_threshold",
-                  "placeholder", "placeholder_reason", "heatmap_method", "target_layer", "backend", "members",
-                  "measurements")
+                  "placeholder", "placeholder_reason", "heatmap_method", "target_layer", "contour_level", "backend",
+                  "members", "measurements")
 CSV_COLUMNS = ("study", "status", "error", "files", "n_views", *_RESULT_FIELDS,
                *(f"view_{f}" for f in _VIEW_FIELDS), "warnings", "created",
                "heatmaps", "report", "dicom", "output_error", "extra")
