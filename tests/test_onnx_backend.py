@@ -83,11 +83,13 @@ def _export_and_load(model, tmp_path, key="a" * 64):
     return analyzer
 
 
-def _assert_equivalent(model, analyzer, x):
+def _assert_equivalent(model, analyzer, x, reference=None):
+    """`analyzer` (ONNX Runtime) agrees with `reference` (TensorFlow; default: last-layer Grad-CAM)."""
     from xray_ai.explain.gradcam import GradCam
 
-    tf_out, ort_out = GradCam(model)(x), analyzer(x)
-    assert ort_out.target_layer == tf_out.target_layer and ort_out.method == "gradcam"
+    reference = reference or GradCam(model)
+    tf_out, ort_out = reference(x), analyzer(x)
+    assert ort_out.target_layer == tf_out.target_layer and ort_out.method == tf_out.method
     np.testing.assert_allclose(ort_out.probabilities, tf_out.probabilities, atol=PROB_TOL, rtol=0)
     assert ort_out.heatmaps.shape == tf_out.heatmaps.shape and ort_out.heatmaps.dtype == np.float32
     assert ort_out.flags == tf_out.flags
@@ -475,23 +477,26 @@ SHIPPED = _shipped_models()
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped model file exists (and verifies) yet")
 @pytest.mark.parametrize("model_id", SHIPPED or ["none"])
-def test_every_shipped_model_is_equivalent_on_onnx(model_id, tmp_path):
+def test_every_shipped_model_is_equivalent_on_onnx(model_id):
+    """The export shipped and pinned beside each model (what a fresh clone serves) gives
+    TensorFlow's probability and map for the entry's heatmap setting on real radiographs."""
     from xray_ai import load_image
+    from xray_ai.explain.gradcam import GradCam
     from xray_ai.serving.preprocessing import prepare_batch
 
-    manager = ModelManager(REPO / "model_registry.json", onnx_cache=tmp_path, backend="tensorflow", warm_up=False)
+    manager = ModelManager(REPO / "model_registry.json", backend="tensorflow", warm_up=False)
     loaded = manager.get(model_id=model_id)
     assert not loaded.placeholder, loaded.placeholder_reason
     try:
         hd.detect_head(loaded.model)
     except hd.UnsupportedHead as exc:
         pytest.fail(f"{model_id}: a model this project trains must have the closed-form head: {exc}")
-    manager.export_onnx(model_id)
-    analyzer, reason = ob.load_export(loaded.model, loaded.entry.sha256, tmp_path)
-    assert analyzer is not None, reason
+    spec = loaded.entry.heatmap
+    analyzer, reason = ob.load_pinned(loaded.entry, manager.registry.base_dir, spec)
+    assert analyzer is not None, reason or f"{model_id} ships no pinned export"
     images = [load_image(EXAMPLES / name).pixels for name in ("rg3_tibia.png", "rg1_chest.png")]
     batch = prepare_batch(images, loaded.entry.input, loaded.entry.preprocessing)
-    _assert_equivalent(loaded.model, analyzer, batch)
+    _assert_equivalent(loaded.model, analyzer, batch, GradCam(loaded.model, heatmap=spec))
 
 
 # ---------------------------------------------------------------------------- bound to its model (issue 18)
