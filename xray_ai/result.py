@@ -86,6 +86,9 @@ class ViewResult:
             body-part head; None when the model has no such head.
         scope_reasons: why the view is out of the model's scope (xray_ai.scope), one
             sentence each naming the file; empty when it is in scope.
+        measurement: a measurement model's reading of the view (for cardiomegaly's CTR a
+            xray_ai.measurement.ctr.CtrMeasurement: the ratio, the two widths, where they lie,
+            the masks); None for a classifier, or where the outlines were not found.
     """
 
     image: XRay
@@ -96,6 +99,7 @@ class ViewResult:
     input_checks: tuple[tuple[str, float, float], ...] = ()
     body_part: BodyPartEstimate | None = None
     scope_reasons: tuple[str, ...] = ()
+    measurement: Any = None
 
     @property
     def assessable(self) -> bool:
@@ -155,6 +159,24 @@ class AnalysisResult:
     # validation with the model's default map (registry `heatmap.contour_level`); None: the
     # overlay's own level (another method, or a model without the setting)
     contour_level: float | None = None
+    # registry `kind`: "classifier", or "measurement" (the decision is a clinical rule on
+    # `measurements`, e.g. CTR above 0.50; `probability` is then the rule's calibration)
+    kind: str = "classifier"
+
+    @property
+    def measurements(self) -> dict[str, float] | None:
+        """A measurement model's study figures: the mean of the counted views' `ctr`,
+        `cardiac_width_px` and `thoracic_width_px` (the assessable views, else all, as for
+        the probability); None for a classifier or when no view was measured."""
+        if self.kind != "measurement":
+            return None
+        counted = [v for v in self.views if v.assessable] or list(self.views)
+        measured = [v.measurement for v in counted if v.measurement is not None]
+        if not measured:
+            return None
+        return {"ctr": float(np.mean([m.ctr for m in measured])),
+                "cardiac_width_px": float(np.mean([m.cardiac_width_px for m in measured])),
+                "thoracic_width_px": float(np.mean([m.thoracic_width_px for m in measured]))}
 
     @property
     def assessable(self) -> bool:
@@ -252,6 +274,9 @@ class AnalysisResult:
             "heatmap_method": self.heatmap_method,
             "target_layer": self.target_layer,
             "contour_level": self.contour_level,
+            "kind": self.kind,
+            # a measurement model's figures (null for a classifier): ctr, cardiac_width_px, thoracic_width_px
+            "measurements": _rounded(self.measurements),
             "backend": self.backend,
             "members": list(self.members),
             "views": [self._view_json(v) for v in self.views],
@@ -275,8 +300,16 @@ class AnalysisResult:
             "scope_reasons": list(view.scope_reasons),  # [] when the view is in scope; xray_ai.scope
             "finding": self.finding_level(view),
         }
+        if self.kind == "measurement":  # the view's own CTR, widths and where they were measured
+            out["measurement"] = None if view.measurement is None else view.measurement.to_json()
         if self.members:  # an ensemble: what each member said about this view
             out["member_probabilities"] = {
                 m: round(float(p), 6) for m, p in zip(self.members, view.member_probabilities)
             }
         return out
+
+
+def _rounded(measurements: dict[str, float] | None) -> dict[str, float] | None:
+    if measurements is None:
+        return None
+    return {k: round(v, 4 if k == "ctr" else 1) for k, v in measurements.items()}

@@ -2,7 +2,7 @@
 
 Grouping (README, "Batch analysis"):
 
-- A **folder** is walked recursively (hidden entries and phantom masks `*_mask.png` skipped,
+- A **folder** is walked recursively (hidden entries and phantom masks and outlines `*_mask.png`, `*_heart.png`, `*_thorax.png` skipped,
   paths sorted). DICOM files (`.dcm`, `.dicom`, or no suffix with the `DICM` marker) are
   grouped by their StudyInstanceUID, read from the header alone, wherever they lie; a DICOM
   file whose header cannot be read, or that has no StudyInstanceUID, is a study of its own
@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from xray_ai.phantoms.files import is_side_file
+
 __all__ = ["Study", "BatchInputError", "find_studies", "RASTER_SUFFIXES", "DICOM_SUFFIXES"]
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom")
-MASK_SUFFIX = "_mask.png"  # a phantom's lesion mask beside its image (xray_ai.phantoms), not an image
 MURA_SPLITS = ("train", "valid", "test")
 _FILE_COLUMNS = ("path", "file", "filename", "image", "image_path")
 _STUDY_COLUMNS = ("study", "study_id", "study_uid", "studyinstanceuid")
@@ -143,7 +144,7 @@ def _from_folder(root: Path) -> list[Study]:
     for path in _walk(root):
         name = path.relative_to(root).as_posix()
         lower = path.name.lower()
-        if lower.endswith(MASK_SUFFIX):
+        if is_side_file(lower):  # a phantom's mask or outline beside its image
             continue
         if path.suffix.lower() in RASTER_SUFFIXES:
             folder = path.parent.relative_to(root).as_posix()

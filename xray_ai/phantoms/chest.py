@@ -107,6 +107,12 @@ def render_chest(cv: Canvas, p: dict, rng: np.random.Generator, *, ctr: float,
     np.maximum(cv.soft, 0, out=cv.soft)
     if mark_heart:
         cv.mask |= heart
+    # The outlines the cardiothoracic ratio is measured on: the cardiac silhouette (heart
+    # and aortic knob; its widest horizontal diameter is `wh` = ctr x wt by construction)
+    # and the internal thorax (the lung fields with the mediastinum between them, inside
+    # the inner rib margins at 0.5 +/- tw, so its widest diameter is wt).
+    cv.outlines["heart"] = heart
+    cv.outlines["thorax"] = _internal_thorax(p, S)
     # Bones.
     d = p["density"]
     ribs_p, ribs_a = [], []
@@ -131,6 +137,21 @@ def render_chest(cv: Canvas, p: dict, rng: np.random.Generator, *, ctr: float,
     for k in range(18):  # vertebral bodies
         y = -0.02 + k * 0.058
         draw_bone(cv, Bone(f"v{k}", (0.48, y), (0.52, y), 0.022, 0.022, cortex=0.3, density=0.3 * d))
+
+
+def _internal_thorax(p: dict, S: int) -> np.ndarray:
+    """The thorax inside the ribs: each row filled between the lungs' outer margins, cut at
+    the inner rib margins (x = 0.5 +/- tw), uint8 0/1 on the S x S canvas."""
+    lungs = np.zeros((S, S), np.uint8)
+    cv2.fillPoly(lungs, [np.round(_lung(s, p) * S).astype(np.int32) for s in (-1, 1)], 1)
+    thorax = np.zeros_like(lungs)
+    for row in np.flatnonzero(lungs.any(axis=1)):
+        cols = np.flatnonzero(lungs[row])
+        thorax[row, cols[0]:cols[-1] + 1] = 1
+    left, right = int(round((0.5 - p["tw"]) * S)), int(round((0.5 + p["tw"]) * S))
+    thorax[:, :left] = 0
+    thorax[:, right:] = 0
+    return thorax
 
 
 def _consolidate(cv: Canvas, lungs: np.ndarray, air: np.ndarray, c: dict,

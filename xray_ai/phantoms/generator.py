@@ -8,7 +8,7 @@ them (:mod:`.render`). Also the vocabulary the writers share: `CONDITIONS`, `LAB
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -45,6 +45,10 @@ class Phantom:
         condition, abnormal, body_part, view: what was drawn.
         severity: 0 for normal images, else in (0, 1]; below 0.35 counts as subtle.
         finding: e.g. 'fracture', 'lytic_lesion', 'implant', 'dislocation', or None.
+        ctr: a chest's true cardiothoracic ratio (the generator's parameter: cardiac over
+            internal thoracic width; cardiomegaly above 0.50), None for other parts.
+        outlines: a chest's posed anatomy masks, bool H x W: "heart" (cardiac silhouette)
+            and "thorax" (internal thorax); empty for other parts.
     """
 
     image: np.ndarray
@@ -55,6 +59,8 @@ class Phantom:
     severity: float
     finding: str | None
     view: str
+    ctr: float | None = None
+    outlines: dict = field(default_factory=dict)
 
 
 def check_condition(condition: str) -> None:
@@ -117,6 +123,7 @@ def generate(condition: str, *, abnormal: bool, seed: int, size: int = 256, body
     canon = int(round(size * 1.15))  # draw a little larger: rotation must not reveal edges
     cv = Canvas(canon)
     label = None
+    ctr = None
     if part == "chest":
         p = chest_params(rp)
         ctr = p["ctr"]
@@ -157,17 +164,19 @@ def generate(condition: str, *, abnormal: bool, seed: int, size: int = 256, body
         texture = trabecular_texture(rp, canon, sparsity)
     cv.med *= texture
     for attempt in range(6):  # re-pose if the pose pushed the whole finding out of the field
-        image, mask = _expose(cv, rv, size, upright=part == "chest", mu_soft=4.0 if part == "chest" else 2.2,
-                              beam=beam, tame=attempt > 2)
+        image, mask, outlines = _expose(cv, rv, size, upright=part == "chest", mu_soft=4.0 if part == "chest" else 2.2,
+                                        beam=beam, tame=attempt > 2)
         if mask.any() or not abnormal:
             break
         rv = np.random.default_rng([int(seed), 17, int(view_index), attempt + 1])
-    return Phantom(image, mask, condition, bool(abnormal), part, sev, label, view)
+    return Phantom(image, mask, condition, bool(abnormal), part, sev, label, view,
+                   None if ctr is None else float(ctr), outlines)
 
 
 def _expose(cv: Canvas, rng: np.random.Generator, size: int, upright: bool,
-            mu_soft: float, beam: float = 1.0, tame: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Pose (rotation, scale, shift) the canonical maps into the detector frame, then project.
+            mu_soft: float, beam: float = 1.0, tame: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Pose (rotation, scale, shift) the canonical maps into the detector frame, then project:
+    (image, finding mask, posed outlines as bool masks).
 
     ``beam`` scales the bone attenuation coefficients (beam quality), 1 = nominal.
     """
@@ -181,7 +190,11 @@ def _expose(cv: Canvas, rng: np.random.Generator, size: int, upright: bool,
     stack = np.dstack([cv.soft, cv.cort, cv.med, cv.metal])
     w = cv2.warpAffine(stack, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     m = cv2.warpAffine(cv.mask, M, (size, size), flags=cv2.INTER_NEAREST, borderValue=0)
+    # Outlines warped bilinearly as 0/1 maps, then cut at one half: their edges land where
+    # the canonical edges map to, to better than nearest-neighbour sampling's pixel.
+    outlines = {name: cv2.warpAffine(o.astype(np.float32), M, (size, size), flags=cv2.INTER_LINEAR,
+                                     borderValue=0) > 0.5 for name, o in cv.outlines.items()}
     out = Canvas(size)
     k = size / cv.size  # path lengths were in canonical pixels
     out.soft, out.cort, out.med, out.metal = (np.ascontiguousarray(w[..., i]) * k for i in range(4))
-    return project(out, rng, mu_soft=mu_soft, mu_cort=30.0 * beam, mu_med=5.0 * beam), m.astype(bool)
+    return project(out, rng, mu_soft=mu_soft, mu_cort=30.0 * beam, mu_med=5.0 * beam), m.astype(bool), outlines

@@ -20,7 +20,9 @@ __all__ = ["Canvas", "Bone", "Cut", "draw_bone", "draw_soft", "draw_tubes", "dra
 
 @dataclass
 class Canvas:
-    """Path-length maps, float32 S x S, in pixels crossed by the beam; mask uint8 0/1."""
+    """Path-length maps, float32 S x S, in pixels crossed by the beam; mask uint8 0/1 (the
+    finding); outlines: named anatomy masks (uint8 0/1, e.g. a chest's heart and thorax),
+    posed with the image but drawing nothing."""
 
     size: int
     soft: np.ndarray = field(init=False)
@@ -28,6 +30,7 @@ class Canvas:
     med: np.ndarray = field(init=False)
     metal: np.ndarray = field(init=False)
     mask: np.ndarray = field(init=False)
+    outlines: dict = field(init=False)
 
     def __post_init__(self) -> None:
         s = (self.size, self.size)
@@ -36,6 +39,7 @@ class Canvas:
         self.med = np.zeros(s, np.float32)
         self.metal = np.zeros(s, np.float32)
         self.mask = np.zeros(s, np.uint8)
+        self.outlines = {}
 
 
 @dataclass(frozen=True)

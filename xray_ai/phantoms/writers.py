@@ -2,7 +2,10 @@
 
 Masks lie beside their images as ``<stem>_mask.png`` (uint8, 0 or 255). Every image
 has one: for a normal image it exists and is all zero, so loaders need no special
-case. Mask files never appear in the MURA image CSVs.
+case. Mask files never appear in the MURA image CSVs. A chest image also has its
+anatomy outlines, ``<stem>_heart.png`` and ``<stem>_thorax.png``, and a row in the
+dataset's ``measurements.csv``: its true cardiothoracic ratio (the generator's parameter)
+and the two widths measured on those outlines.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .generator import CONDITIONS, GENERATOR_VERSION, LABELS, MURA_PARTS, check_condition, generate, views_for
+from .files import MASK_SUFFIX, MEASUREMENTS_CSV, outline_path
+from .generator import CONDITIONS, GENERATOR_VERSION, LABELS, MURA_PARTS, Phantom, check_condition, generate, views_for
 
 MANIFEST = "phantoms.json"  # written at the dataset root
 
@@ -80,6 +84,25 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
     cv2.imwrite(str(path), mask.astype(np.uint8) * 255)
 
 
+_MEASUREMENT_COLUMNS = ("image", "split", "label", "ctr", "ctr_outlines", "cardiac_width_px", "thoracic_width_px")
+
+
+def _write_outlines(image_stem: Path, ph: Phantom) -> tuple | None:
+    """Write a chest phantom's outlines beside its image; its measurements.csv values
+    (ctr, ctr measured on the outlines, the two widths), or None for other parts."""
+    if not ph.outlines:
+        return None
+    from xray_ai.measurement.ctr import measure_ctr
+
+    for name, outline in ph.outlines.items():
+        _write_mask(outline_path(image_stem.with_suffix(".png"), name), outline)
+    measured = measure_ctr(ph.outlines["heart"], ph.outlines["thorax"])
+    if measured is None:  # posed out of the field: the truth stands, no widths to show
+        return round(ph.ctr, 5), "", "", ""
+    return (round(ph.ctr, 5), round(measured.ctr, 5), round(measured.cardiac_width_px, 1),
+            round(measured.thoracic_width_px, 1))
+
+
 def write_dataset(out_dir, condition: str, count: int, *, layout: str = "mura", seed: int = 0, size: int = 256,
                   bit_depth: int = 8, fmt: str = "png", splits=DEFAULT_SPLITS,
                   positive_fraction: float = 0.5) -> dict:
@@ -114,6 +137,7 @@ def write_dataset(out_dir, condition: str, count: int, *, layout: str = "mura", 
     summary = {"generator_version": GENERATOR_VERSION, "condition": condition, "layout": layout,
                "seed": seed, "size": size, "bit_depth": bit_depth, "format": fmt, "splits": {},
                "masks": "beside each image as <stem>_mask.png; all zero for normal images"}
+    measurements = []
     neg, pos = LABELS[condition]
     k = 0
     patient = 0
@@ -130,7 +154,11 @@ def write_dataset(out_dir, condition: str, count: int, *, layout: str = "mura", 
                 meta = {"seed": s, "patient": f"PH{s}", "study": f"{seed}-{k}", "body_part": ph.body_part,
                         "view": ph.view}
                 write_image(stem, ph.image, bit_depth, fmt, meta)
-                _write_mask(stem.with_name(stem.name + "_mask.png"), ph.mask)
+                _write_mask(stem.with_name(stem.name + MASK_SUFFIX), ph.mask)
+                truth = _write_outlines(stem, ph)
+                if truth is not None:
+                    image = stem.with_suffix(".dcm" if fmt == "dicom" else ".png").relative_to(out).as_posix()
+                    measurements.append((image, split, pos if ab else neg) + truth)
                 stats[pos if ab else neg] += 1
                 stats["images"] += 1
                 k += 1
@@ -158,7 +186,7 @@ def write_dataset(out_dir, condition: str, count: int, *, layout: str = "mura", 
                         meta = {"seed": s + v, "patient": f"{patient:05d}", "study": sdir, "body_part": part,
                                 "view": vs[v]}
                         p = write_image(out / sdir / f"image{v + 1}", ph.image, bit_depth, fmt, meta)
-                        _write_mask(out / sdir / f"image{v + 1}_mask.png", ph.mask)
+                        _write_mask(out / sdir / f"image{v + 1}{MASK_SUFFIX}", ph.mask)
                         img_rows.append(f"{sdir}{p.name}")
                     study_rows.append((sdir, int(ab)))
                     stats[pos if ab else neg] += 1
@@ -170,6 +198,15 @@ def write_dataset(out_dir, condition: str, count: int, *, layout: str = "mura", 
                 csv.writer(f, lineterminator="\n").writerows(study_rows)
         summary["splits"][split] = stats
     summary["images"] = sum(v["images"] for v in summary["splits"].values())
+    if measurements:
+        with open(out / MEASUREMENTS_CSV, "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(_MEASUREMENT_COLUMNS)
+            writer.writerows(measurements)
+        summary["outlines"] = ("chest images: <stem>_heart.png (cardiac silhouette) and <stem>_thorax.png "
+                               "(internal thorax) beside each image")
+        summary["measurements"] = (f"{MEASUREMENTS_CSV}: each chest image's true cardiothoracic ratio (ctr, the "
+                                   "generator's parameter) and the CTR and widths measured on its outlines")
     # The manifest lets training state honestly what the data is (registry `trained_on`).
     (out / MANIFEST).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

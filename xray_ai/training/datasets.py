@@ -26,6 +26,8 @@ from typing import Any
 
 import pandas as pd
 
+from xray_ai.phantoms.files import MASK_SUFFIX, is_side_file
+
 __all__ = [
     "COLUMNS",
     "IMAGE_SUFFIXES",
@@ -40,7 +42,6 @@ __all__ = [
 COLUMNS = ("path", "label", "split", "study_id", "patient_id", "body_part", "mask_path")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 MURA_SPLITS = ("train", "valid", "test")  # MURA ships train and valid; test is ours
-MASK_SUFFIX = "_mask.png"
 LAYOUTS = ("mura", "folders")
 _PATIENT = re.compile(r"^patient\d+$")
 _STUDY_LABEL = re.compile(r"_(positive|negative)$")
@@ -168,7 +169,7 @@ def read_folders(root: str | Path, negative_label: str, positive_label: str,
     """Read a class-folder dataset: `root/<split>/<label>/**/*.{png,jpg,jpeg,dcm}`.
 
     A root with none of `splits` as subfolders is read as `root/<label>/...` with
-    split 'all' (re-split it with `splits.split_by_patient`). `*_mask.png` files are masks,
+    split 'all' (re-split it with `splits.split_by_patient`). `*_mask.png` files are masks (and `*_heart.png`, `*_thorax.png` outlines),
     not images. Images are found recursively below each class folder, sorted by path.
 
     patient_id and study_id are the image stem, unless the path below the split holds a
@@ -196,7 +197,7 @@ def read_folders(root: str | Path, negative_label: str, positive_label: str,
                 continue
             for path in sorted(cdir.rglob("*")):
                 low = path.name.lower()
-                if not path.is_file() or low.endswith(MASK_SUFFIX) or path.suffix.lower() not in IMAGE_SUFFIXES:
+                if not path.is_file() or is_side_file(low) or path.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
                 rel = path.relative_to(cdir).parts
                 patient = next((p for p in rel[:-1] if _PATIENT.match(p)), None)
