@@ -40,9 +40,13 @@ def add_export_onnx_parser(sub: argparse._SubParsersAction) -> None:
 def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     """train, evaluate, fit-input-check and explain-eval, in the order `--help` lists them."""
     t = sub.add_parser("train", help="train, evaluate and optionally register a model")
+    t.add_argument("--task", choices=["classify", "ctr"], default="classify",
+                   help="classify (default): a classifier; ctr: the cardiothoracic-ratio segmentation model of "
+                        "cardiomegaly (a `measurement` model; --data: a chest phantom dataset with outlines)")
     t.add_argument("--protocol", choices=["quick", "intensive"], default="quick")
     t.add_argument("--condition", required=True)
-    t.add_argument("--arch", required=True, help="densenet121, mobilenetv2 (or another backbone of xray_ai.training.architectures)")
+    t.add_argument("--arch", help="densenet121, mobilenetv2 (or another backbone of xray_ai.training.architectures); "
+                                  "required for --task classify")
     t.add_argument("--data", type=Path, required=True, help="dataset root")
     t.add_argument("--layout", choices=["mura", "folders"], default="folders")
     t.add_argument("--out", type=Path, default=Path("models"))
@@ -66,6 +70,8 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
                    help="multi-task: train an auxiliary body-part head (MURA layout) with this loss weight; the "
                         "app and report show its prediction (default 0: off)")
     t.add_argument("--model-id", help="registry id (default: CONDITION-ARCH-PROFILE-YYYYMMDDHHMM)")
+    t.add_argument("--train-images", type=int, metavar="N",
+                   help="--task ctr: fit on the first N training images only (to fit a CPU budget)")
     t.add_argument("--initial-model", type=Path, metavar="MODEL.keras",
                    help="start from this saved classifier instead of --weights; with --epochs 0, only "
                         "calibrate, choose the operating point, evaluate and register it (a model fitted "
@@ -122,12 +128,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from xray_ai.training.weights import WeightsUnavailableError
     from xray_ai.training.trainer import TrainConfig, train
 
-    if args.arch not in BACKBONES:
-        raise BadInput(f"--arch {args.arch}: unknown; valid: {', '.join(sorted(BACKBONES))}")
     if not args.data.is_dir():
         raise BadInput(f"{args.data}: no such dataset folder")
     if args.activate and not args.register:
         raise BadInput("--activate needs --register")
+    if args.task == "ctr":
+        return _train_ctr(args)
+    if args.arch not in BACKBONES:
+        raise BadInput(f"--arch {args.arch}: unknown; valid: {', '.join(sorted(BACKBONES))}")
     config = TrainConfig(
         condition=args.condition, architecture=args.arch, data=args.data, protocol=args.protocol,
         layout=args.layout, out=args.out, registry=args.registry, register=args.register,
@@ -146,6 +154,31 @@ def cmd_train(args: argparse.Namespace) -> int:
                       "epochs_run": outcome.epochs_run, "seconds": round(outcome.seconds, 1),
                       "auc": outcome.metrics.get("auc"), "kappa": outcome.metrics.get("kappa"),
                       "split": outcome.metrics.get("split")}, indent=2))
+    return EXIT_OK
+
+
+def _train_ctr(args: argparse.Namespace) -> int:
+    """train --task ctr (xray_ai.training.ctr_train)."""
+    from xray_ai.registry import RegistryError
+    from xray_ai.measurement.network import ARCHITECTURE
+    from xray_ai.training.ctr_train import train_ctr
+    from xray_ai.training.trainer import TrainConfig
+
+    config = TrainConfig(
+        condition=args.condition, architecture=ARCHITECTURE, data=args.data, protocol=args.protocol,
+        layout="folders", out=args.out, registry=args.registry, register=args.register, activate=args.activate,
+        epochs=args.epochs, patience=args.patience, image_size=args.image_size, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, seed=args.seed, model_id=args.model_id)
+    try:
+        run = train_ctr(config, train_images=args.train_images)
+    except (RegistryError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    m = run.metrics["measurement"]
+    print(json.dumps({"model_id": run.model_id, "path": str(run.path), "sha256": run.sha256, "kind": "measurement",
+                      "ctr_mae": m["ctr_mae"], "bland_altman_bias": m["bland_altman"]["bias"],
+                      "dice_heart": m["dice_heart"], "dice_thorax": m["dice_thorax"], "auc": run.metrics.get("auc"),
+                      "kappa": run.metrics.get("kappa"), "epochs_run": run.record["epochs_run"],
+                      "seconds": run.record["seconds"], "split": run.metrics.get("split")}, indent=2))
     return EXIT_OK
 
 
