@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import sys
@@ -41,37 +40,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-
-def _registry(tmp: Path, arch: str, model_file: Path, sha: str, heatmap: dict | None = None) -> Path:
-    entry = {
-        "condition": "fracture", "architecture": arch, "path": model_file.name, "sha256": sha,
-        "version": "bench", "input": {"height": 224, "width": 224, "channels": 3},
-        "threshold": 0.5, "threshold_method": "benchmark", "profile": "fast",
-        "trained_on": {"dataset": "random weights (benchmark)", "version": "", "synthetic": True},
-        "intended_use": "speed benchmark only", "metrics": {}, "created": "2026-11-22",
-        **({"heatmap": heatmap} if heatmap else {}),
-    }
-    reg = {
-        "schema_version": 1,
-        "conditions": {"fracture": {"name": "Fracture", "positive_label": "fracture", "negative_label": "no fracture"}},
-        "models": {"bench": entry}, "active_models": {"fracture": "bench"},
-    }
-    path = tmp / "registry.json"
-    path.write_text(json.dumps(reg))
-    return path
-
-
-def _calibrate_batch_norm(keras, model) -> None:
-    """Moving statistics from one random batch (momentum 0 for one training-mode call): with
-    keras' initial statistics a random backbone's activations vanish and every heatmap is
-    empty, which would make the heatmap comparison below vacuous."""
-    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.momentum = 0.0
-    model(np.random.default_rng(0).uniform(0.0, 1.0, (4, 224, 224, 3)).astype(np.float32), training=True)
-    for layer, momentum in zip(layers, momenta):
-        layer.momentum = momentum
+from bench_models import bench_registry, calibrate_batch_norm  # noqa: E402  (beside this script)
 
 
 def _time(fn) -> float:
@@ -107,11 +76,11 @@ def bench(arch: str, repeats: int, tmp: Path, heatmap: str = "gradcam") -> dict[
 
     keras.utils.set_random_seed(0)
     model = build_classifier(arch, (224, 224, 3))
-    _calibrate_batch_norm(keras, model)
+    calibrate_batch_norm(keras, model)
     model_file = tmp / f"{arch}.keras"
     model.save(model_file)
     setting = heatmap_setting(model, heatmap)
-    registry = _registry(tmp, arch, model_file, file_sha256(model_file), setting)
+    registry = bench_registry(tmp, arch, model_file, file_sha256(model_file), **({'heatmap': setting} if setting else {}))
     cache = tmp / "onnx_cache"
     manager = ModelManager(registry, backend="tensorflow")
     t0 = time.perf_counter()

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import shutil
 import statistics
@@ -48,36 +47,9 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from bench_models import bench_registry, calibrate_batch_norm  # noqa: E402  (beside this script)
+
 BATCH = 16
-
-
-def _registry(tmp: Path, arch: str, model_file: Path, sha: str) -> Path:
-    entry = {
-        "condition": "fracture", "architecture": arch, "path": model_file.name, "sha256": sha,
-        "version": "bench", "input": {"height": 224, "width": 224, "channels": 3},
-        "threshold": 0.5, "threshold_method": "benchmark", "profile": "fast",
-        "trained_on": {"dataset": "random weights (benchmark)", "version": "", "synthetic": True},
-        "intended_use": "speed benchmark only", "metrics": {}, "created": "2026-12-02",
-    }
-    reg = {
-        "schema_version": 1,
-        "conditions": {"fracture": {"name": "Fracture", "positive_label": "fracture", "negative_label": "no fracture"}},
-        "models": {f"bench-{arch}": entry}, "active_models": {"fracture": f"bench-{arch}"},
-    }
-    path = tmp / f"registry-{arch}.json"
-    path.write_text(json.dumps(reg))
-    return path
-
-
-def _calibrate_batch_norm(keras, model) -> None:
-    """Moving statistics from one random batch, so that a random backbone's maps are not empty."""
-    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.momentum = 0.0
-    model(np.random.default_rng(0).uniform(0.0, 1.0, (4, 224, 224, 3)).astype(np.float32), training=True)
-    for layer, momentum in zip(layers, momenta):
-        layer.momentum = momentum
 
 
 def _archive(root: Path, image: Path, studies: int) -> int:
@@ -119,10 +91,10 @@ def bench(arch: str, args, tmp: Path) -> dict:
 
     keras.utils.set_random_seed(0)
     model = build_classifier(arch, (224, 224, 3))
-    _calibrate_batch_norm(keras, model)
+    calibrate_batch_norm(keras, model)
     model_file = tmp / f"{arch}.keras"
     model.save(model_file)
-    registry = _registry(tmp, arch, model_file, file_sha256(model_file))
+    registry = bench_registry(tmp, arch, model_file, file_sha256(model_file), model_id=f"bench-{arch}")
     manager = ModelManager(registry, backend="auto")  # the cache: $XRAY_AI_ONNX_CACHE, set in main
     manager.export_onnx(f"bench-{arch}")
     loaded = manager.get("fracture")
