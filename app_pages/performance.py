@@ -1,4 +1,5 @@
-"""Model performance: each registered model's stored evaluation (ROC, confusion matrix, calibration)."""
+"""Model performance: the tiers side by side (source 004's Table 1 shape), then each registered
+model's stored evaluation (ROC, confusion matrix, calibration)."""
 
 import pandas as pd
 import streamlit as st
@@ -6,6 +7,7 @@ import streamlit as st
 from ui.common import get_manager, registry_or_stop
 from ui.text import plain
 from xray_ai.explain.evaluate import read_heatmap_table
+from xray_ai.registry.comparison import tier_comparison
 
 SCALARS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "kappa", "ece")
 
@@ -13,6 +15,19 @@ st.title("Model performance")
 st.caption("Figures from the evaluation run that produced each model, on the split named; "
            "they describe that data only. Models trained on synthetic phantoms say nothing about patients.")
 registry = registry_or_stop(get_manager())
+
+st.subheader("Intensive and fast models per condition")
+explain_reports = {}
+for entry in registry.models.values():
+    found = None if entry.is_ensemble else read_heatmap_table(entry.resolve_path(registry.base_dir))
+    if found:
+        explain_reports[entry.id] = found[0]
+st.dataframe([row.as_table_row() for row in tier_comparison(registry, explain_reports)], hide_index=True)
+st.caption("Held-out test split of each model's own data (see its section below); pointing 15 px: the share of "
+           "abnormal test images whose default heatmap peak lies within 15 px (at 224 px) of the lesion mask; "
+           "ms per map: the default heatmap's time per image in explain-eval (TensorFlow, the machine that ran it). "
+           "'none registered': no model of that tier for the condition. The active model is the one the "
+           "administrator chose (README, \"Model registry\").")
 
 for entry in registry.models.values():
     metrics = dict(entry.metrics)

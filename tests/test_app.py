@@ -175,7 +175,11 @@ def test_performance_page_plots_stored_metrics(app_registry):
     assert len(at.get("vega_lite_chart")) == 2  # ROC and calibration
     table = at.table[0].value
     assert table.loc["actual positive", "predicted positive"] == 80
-    assert "0.870 - 0.950" in str(at.dataframe[0].value)
+    tiers = at.dataframe[0].value  # the tiers side by side, first on the page
+    assert list(tiers["tier"]) == ["intensive", "fast"]
+    assert list(tiers["model"]) == ["none registered", "tiny-test (active)"]
+    assert tiers["pointing 15 px"][1] == "0.77" and tiers["test AUC (95% CI)"][1].endswith("(0.870-0.950)")
+    assert "0.870 - 0.950" in str(at.dataframe[1].value)
     assert at.dataframe[-1].value.loc["gradcam", "pointing_game"] == 0.8  # heatmap-trust table
     said = text_of(at)
     assert "pointing game** (heatmap peak inside the lesion mask, 90 abnormal images): 0.41; within 15 px" in said

@@ -1,0 +1,117 @@
+"""The tiers side by side, in the shape of source document 004's Table 1: for each condition,
+its intensive and its fast models with their held-out test figures as the registry stores
+them (AUC and accuracy with 95% CIs, kappa, the default heatmap's 15-px pointing game) and,
+where explain-eval measured it, the time per heatmap on the machine that ran it.
+
+Nothing here measures or invents a figure: a cell the registry does not hold stays empty,
+and a tier a condition has no model of says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from xray_ai.registry.document import Registry
+from xray_ai.registry.schema import ModelEntry
+
+__all__ = ["TIERS", "TierRow", "tier_comparison"]
+
+TIERS = ("intensive", "fast")
+
+
+@dataclass(frozen=True)
+class TierRow:
+    """One condition x tier cell group. `model_id` None: the condition has no model of this tier."""
+
+    condition: str
+    condition_name: str
+    tier: str
+    model_id: str | None
+    architecture: str | None = None
+    kind: str | None = None
+    active: bool = False
+    split: str | None = None
+    n: int | None = None
+    auc: float | None = None
+    auc_ci: tuple[float, float] | None = None
+    accuracy: float | None = None
+    accuracy_ci: tuple[float, float] | None = None
+    kappa: float | None = None
+    pointing_15px: float | None = None
+    ms_per_map: float | None = None
+
+    def as_table_row(self) -> dict[str, str]:
+        """The row as the performance page and the README print it."""
+        if self.model_id is None:
+            return {"condition": self.condition_name, "tier": self.tier, "model": "none registered",
+                    "test AUC (95% CI)": "", "accuracy (95% CI)": "", "kappa": "", "pointing 15 px": "",
+                    "ms per map": ""}
+        return {
+            "condition": self.condition_name, "tier": self.tier,
+            "model": f"{self.model_id}{' (active)' if self.active else ''}",
+            "test AUC (95% CI)": _with_ci(self.auc, self.auc_ci),
+            "accuracy (95% CI)": _with_ci(self.accuracy, self.accuracy_ci),
+            "kappa": _number(self.kappa), "pointing 15 px": _number(self.pointing_15px, 2),
+            "ms per map": _number(self.ms_per_map, 1),
+        }
+
+
+def tier_comparison(registry: Registry, explain_tables: dict[str, dict] | None = None) -> list[TierRow]:
+    """Every condition x tier (intensive first, as Table 1 puts DenseNet121 first), with each
+    registered single or measurement model of that tier on a row of its own (the active one
+    first); a tier without a model gets one empty row. `explain_tables`: model id -> its
+    stored explain-eval report (`<model>.explain.json`), for the time per heatmap."""
+    rows: list[TierRow] = []
+    for condition_id, condition in registry.conditions.items():
+        active = registry.active_models.get(condition_id)
+        for tier in TIERS:
+            entries = sorted((e for e in registry.models.values()
+                              if e.condition == condition_id and e.profile == tier and not e.is_ensemble),
+                             key=lambda e: (e.id != active, e.id))
+            if not entries:
+                rows.append(TierRow(condition_id, condition.name, tier, None))
+            for entry in entries:
+                rows.append(_row(entry, condition.name, entry.id == active, (explain_tables or {}).get(entry.id)))
+    return rows
+
+
+def _row(entry: ModelEntry, condition_name: str, active: bool, explain: dict | None) -> TierRow:
+    metrics: dict[str, Any] = dict(entry.metrics or {})
+    ci = metrics.get("ci95") or {}
+    pointing = None
+    if entry.heatmap is not None:
+        test = entry.heatmap.provenance.get("test") or {}
+        pointing = test.get("pointing_game_tolerant")
+    elif isinstance(metrics.get("localisation"), dict):
+        pointing = metrics["localisation"].get("pointing_game_tolerant")
+    return TierRow(
+        condition=entry.condition, condition_name=condition_name, tier=entry.profile, model_id=entry.id,
+        architecture=entry.architecture, kind=getattr(entry, "kind", "classifier"), active=active,
+        split=metrics.get("split"), n=metrics.get("n"), auc=metrics.get("auc"), auc_ci=_pair(ci.get("auc")),
+        accuracy=metrics.get("accuracy"), accuracy_ci=_pair(ci.get("accuracy")), kappa=metrics.get("kappa"),
+        pointing_15px=pointing, ms_per_map=_ms_per_map(explain),
+    )
+
+
+def _ms_per_map(explain: dict | None) -> float | None:
+    """The default heatmap's seconds per image in an explain-eval report, in ms."""
+    if not explain:
+        return None
+    row = (explain.get("methods") or {}).get(explain.get("default") or "")
+    seconds = row.get("seconds_per_image") if isinstance(row, dict) else None
+    return None if seconds is None else 1000.0 * float(seconds)
+
+
+def _pair(value) -> tuple[float, float] | None:
+    return (float(value[0]), float(value[1])) if isinstance(value, (list, tuple)) and len(value) == 2 else None
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _with_ci(value: float | None, ci: tuple[float, float] | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
