@@ -1,5 +1,6 @@
 """The input check: is an image like the ones the model was trained on?"""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,6 +15,8 @@ from xray_ai.serving.artifacts import input_check_path
 from xray_ai.analysis import pooled_features
 from xray_ai.serving.manager import ModelManager
 from conftest import REPO, bright_square_data
+
+SHIPPED = json.loads((REPO / "model_registry.json").read_text())
 
 
 def _gaussian(n, seed, shift=0.0, k=8):
@@ -54,7 +57,7 @@ def test_saved_distribution_loads_only_for_its_own_model(tmp_path):
     assert reason is None and loaded.threshold == pytest.approx(dist.threshold)
     assert loaded.source == "gaussian" and loaded.n_fit == 300 and loaded.n_calibration == 100
     x = _gaussian(5, 9)
-    np.testing.assert_allclose(loaded.distances(x), dist.distances(x), rtol=1e-4)  # stored as float32
+    np.testing.assert_allclose(loaded.distances(x), dist.distances(x), rtol=1e-12)  # fit returns what save stores
     other, reason = input_check.load(path, "b" * 64)
     assert other is None and "another model file" in reason
     missing, reason = input_check.load(tmp_path / "nope.features.npz", "a" * 64)
@@ -62,6 +65,100 @@ def test_saved_distribution_loads_only_for_its_own_model(tmp_path):
     (tmp_path / "bad.features.npz").write_bytes(b"not an npz")
     bad, reason = input_check.load(tmp_path / "bad.features.npz", "a" * 64)
     assert bad is None and "unreadable" in reason
+
+
+def _ill_conditioned(k=200, seed=0):
+    """A precision like the shipped models': feature variances over 2 decades (1e-5 to 1e-3)
+    and one common mode of variance 100 (condition number ~1e7); samples from it, and far from it."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((k, k)))
+    cov = (q * np.geomspace(1e-5, 1e-3, k)) @ q.T
+    common = rng.standard_normal(k) / np.sqrt(k)
+    cov += 100 * np.outer(common, common)
+    precision = np.linalg.inv(cov)
+    inside = rng.multivariate_normal(np.zeros(k), cov, size=300)
+    outside = np.vstack([rng.standard_normal((100, k)) * np.sqrt(np.diag(cov)), 3 * inside[:100],
+                         inside[:100] + rng.standard_normal(k) * 0.3])
+    return (precision + precision.T) / 2, inside, outside
+
+
+def test_factored_precision_keeps_distances_of_an_ill_conditioned_matrix():
+    precision, inside, outside = _ill_conditioned()
+    assert np.linalg.cond(precision) > 1e6
+    dense = input_check.FeatureDistribution(np.zeros(200), precision, 1.0, 99.5, 10, 30, "sha", "t")
+    factored = dataclasses.replace(dense, precision=input_check.FactoredPrecision.of(precision))
+    assert 0 < len(factored.precision.eigenvalues) <= 64  # the ill-conditioned directions, kept exactly
+    for z in (inside, outside):
+        np.testing.assert_allclose(factored.distances(z), dense.distances(z), rtol=1e-4)
+    np.testing.assert_allclose(factored.precision.dense(), precision, rtol=0, atol=1e-4 * np.abs(precision).max())
+    # what the files held before: float16 of the matrix is far too coarse for such a spectrum
+    half = dataclasses.replace(dense, precision=precision.astype(np.float16).astype(np.float64))
+    assert np.max(np.abs(half.distances(outside) / dense.distances(outside) - 1)) > 1e-2
+
+
+def test_factored_precision_refuses_a_matrix_that_is_not_positive_definite():
+    with pytest.raises(ValueError, match="not positive definite"):
+        input_check.FactoredPrecision.of(np.diag([1.0, -1.0]))
+    with pytest.raises(ValueError, match="square"):
+        input_check.FactoredPrecision.of(np.ones((2, 3)))
+
+
+def test_saved_file_is_small_and_saving_what_was_loaded_changes_nothing(tmp_path):
+    precision, inside, _ = _ill_conditioned(k=256)
+    dist = input_check.FeatureDistribution(np.zeros(256), precision, 1.5, 99.5, 10, 30, "a" * 64, "t")
+    first = input_check.save(dist, tmp_path / "a.features.npz")
+    assert first.stat().st_size < 0.3 * 256 * 256 * 4  # the full float32 matrix: 262 kB before compression
+    loaded, reason = input_check.load(first, "a" * 64)
+    assert reason is None and isinstance(loaded.precision, input_check.FactoredPrecision)
+    np.testing.assert_allclose(loaded.distances(inside), dist.distances(inside), rtol=1e-4)
+    second = input_check.save(loaded, tmp_path / "b.features.npz")
+    with np.load(first) as a, np.load(second) as b:
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[f], b[f]) for f in a.files)
+
+
+def test_old_format_files_still_load_and_convert_without_changing_a_decision(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(REPO / "models"))
+    import shrink_features
+
+    precision, inside, outside = _ill_conditioned()
+    meta = json.dumps({"threshold": 1.25, "percentile": 99.5, "n_fit": 4200, "n_calibration": 900,
+                       "model_sha256": "a" * 64, "source": "old"})
+    old = tmp_path / "old.features.npz"
+    np.savez_compressed(old, mean=np.full(200, 0.5, np.float32), precision=precision.astype(np.float32),
+                        meta=np.array(meta))  # the format of the files shipped until 2026-12
+    reference, reason = input_check.load(old, "a" * 64)
+    assert reason is None and isinstance(reference.precision, np.ndarray) and reference.threshold == 1.25
+    shrink_features.convert(old.read_bytes(), tmp_path / "new.features.npz")
+    new, reason = input_check.load(tmp_path / "new.features.npz", "a" * 64)
+    assert reason is None and isinstance(new.precision, input_check.FactoredPrecision)
+    with np.load(tmp_path / "new.features.npz") as data:
+        assert str(data["meta"]) == meta and "precision" not in data.files
+    z = np.vstack([inside, outside]) + 0.5
+    worst, flips, _, _ = shrink_features.measure(reference, new, z)
+    assert worst < 1e-4 and flips == 0
+
+
+def test_a_factored_file_whose_arrays_do_not_fit_is_unreadable(tmp_path):
+    dist = input_check.fit(_gaussian(300, 0), _gaussian(100, 1), "a" * 64, "gaussian")
+    path = input_check.save(dist, tmp_path / "m.features.npz")
+    with np.load(path) as data:
+        arrays = {f: data[f] for f in data.files}
+    arrays["factor_step"] = arrays["factor_step"][:-1]
+    np.savez_compressed(tmp_path / "bad.features.npz", **arrays)
+    bad, reason = input_check.load(tmp_path / "bad.features.npz", "a" * 64)
+    assert bad is None and "unreadable" in reason and "do not fit" in reason
+
+
+@pytest.mark.parametrize("model_id", [m for m, e in SHIPPED["models"].items()
+                                      if e.get("path") and (REPO / e["path"]).is_file()])
+def test_shipped_input_check_files_are_factored_and_small(model_id):
+    path = input_check_path(REPO / SHIPPED["models"][model_id]["path"])
+    assert path.stat().st_size < 1.5e6
+    loaded, reason = input_check.load(path, SHIPPED["models"][model_id]["sha256"])
+    assert reason is None and isinstance(loaded.precision, input_check.FactoredPrecision)
+    assert loaded.precision.width == len(loaded.mean)
 
 
 def _fit_beside_the_model(manager, images_fit, images_cal):
@@ -132,9 +229,6 @@ def test_cli_refuses_a_dataset_without_a_valid_split(tiny_registry, tmp_path, ca
     assert main(["fit-input-check", "--model", "tiny-test", "--data", str(tmp_path / "d"),
                  "--registry", str(tiny_registry)]) == 2
     assert "needs a train and a valid split" in capsys.readouterr().err
-
-
-SHIPPED = json.loads((REPO / "model_registry.json").read_text())
 
 
 @pytest.mark.parametrize("model_id", [m for m, e in SHIPPED["models"].items()
