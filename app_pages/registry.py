@@ -10,9 +10,14 @@ from ui.text import code, plain
 from xray_ai.serving.verify import check_entry
 from xray_ai.registry import RegistryError, edit_registry, read_audit_log
 
+FLASH_KEY = "registry.flash"  # the last edit's outcome, shown after the rerun that redraws the table
+
 st.title("Model registry")
 manager = get_manager()
 registry = registry_or_stop(manager)
+flash = st.session_state.pop(FLASH_KEY, None)
+if flash:  # (kind, text): the table below already shows the registry as that edit left it
+    (st.success if flash[0] == "success" else st.info)(flash[1])
 st.success(f"{code(registry.path)} is valid: {len(registry.models)} models, "
            f"{len(registry.active_models)} conditions served.")
 
@@ -38,15 +43,23 @@ if admin:
                              format_func=lambda c: registry.conditions[c].name)
     candidates = [m.id for m in registry.models_for(condition)]
     active_id = registry.active_models.get(condition)
-    chosen = st.selectbox("Model", candidates, index=candidates.index(active_id) if active_id in candidates else 0,
-                          key=f"registry.model.{condition}")
-    if st.button("Activate", key="registry.activate"):
-        try:  # read, switch and save under the registry's lock (a concurrent edit is never undone)
-            changes = edit_registry(manager.registry_path, lambda current: current.with_active(condition, chosen),
-                                    user=admin, action="activate")
-            st.success(plain("; ".join(changes) or "No change: it was already active."))
-        except RegistryError as exc:
-            st.error(plain(exc))
+    if not candidates:
+        st.info(plain(f"No model is registered for {registry.conditions[condition].name}: register one first "
+                      "(python -m xray_ai train ... --register)."))
+    else:
+        chosen = st.selectbox("Model", candidates, index=candidates.index(active_id) if active_id in candidates else 0,
+                              key=f"registry.model.{condition}",
+                              format_func=lambda m: f"{m} (active)" if m == active_id else m)
+        if st.button("Activate", key="registry.activate"):
+            try:  # read, switch and save under the registry's lock (a concurrent edit is never undone)
+                changes = edit_registry(manager.registry_path, lambda current: current.with_active(condition, chosen),
+                                        user=admin, action="activate")
+            except RegistryError as exc:
+                st.error(plain(exc))
+            else:
+                st.session_state[FLASH_KEY] = ("success", plain("; ".join(changes))) if changes else (
+                    "info", "No change: it was already active.")
+                st.rerun()  # redraw the table and the audit log with the switch in them
 
     st.subheader("Edit threshold and notes")
     entry = registry.model(st.selectbox("Model to edit", list(registry.models), key="registry.edit_model"))
@@ -67,13 +80,16 @@ if admin:
 
             try:
                 changes = edit_registry(manager.registry_path, change, user=admin, action="edit model")
-                st.success(plain("; ".join(changes) or "No change."))
             except RegistryError as exc:  # the form keeps what was typed
                 st.error(plain(f"Not saved: {exc}"))
+            else:
+                st.session_state[FLASH_KEY] = ("success", plain("; ".join(changes))) if changes else ("info", "No change.")
+                st.rerun()
 
 st.subheader("Audit log")
 log = read_audit_log(manager.registry_path, limit=50)
 if log:
-    st.dataframe([dict(entry, changes="; ".join(entry["changes"])) for entry in log], hide_index=True)
+    st.dataframe([dict(entry, changes="; ".join(entry["changes"])) for entry in log], hide_index=True,
+                 column_config={"changes": st.column_config.TextColumn(width="large")})
 else:
     st.caption("No changes recorded yet.")

@@ -31,6 +31,10 @@ def admin_gate(registry_path: str | Path) -> str | None:
     if st.session_state.get(NAME_KEY):
         if now - st.session_state.get(SEEN_KEY, now) <= UNLOCK_IDLE_S:
             st.session_state[SEEN_KEY] = now
+            # a shared workstation: lock again by hand, not only after the idle time
+            if st.button("Lock editing", key="admin.lock"):
+                del st.session_state[NAME_KEY]
+                st.rerun()
             return st.session_state[NAME_KEY]
         del st.session_state[NAME_KEY]
         st.info(f"Editing was locked again after {UNLOCK_IDLE_S // 60} min without activity; unlock it again.")

@@ -7,6 +7,11 @@ computed once by the analysis pipeline); nothing here decides them. Colours keep
 meaning: the synthetic-data note is a neutral info note, the reasons a view is out of scope
 are in error colour, and a study that is not assessable gets no decision headline: its
 model output is shown only inside an expander that calls it unreliable.
+
+A measurement model's result (cardiomegaly's cardiothoracic ratio) leads with the ratio, its
+decision by the clinical rule and the two widths; the probability, a calibration of the
+ratio, is secondary. Each view's overlay is `view_overlay.overlay_options` drawn by
+`render_overlay` (the outputs' one choice of what a view shows: here its outlines and lines).
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import streamlit as st
 from ui.display import JPEG_QUALITY, screen_views
 from ui.markers import marker_editor
 from ui.text import plain
+from xray_ai.outputs.measurement_display import CTR_RULE_SHORT, study_ctr, view_ctr_text, widths_text
 from xray_ai.outputs.overlay import finding_legend, render_overlay
+from xray_ai.outputs.view_overlay import overlay_options
 from xray_ai.result import AnalysisResult, ViewResult, warning_kind
 
 __all__ = ["NOT_ASSESSABLE_TITLE", "UNRELIABLE_EXPANDER", "NOT_ASSESSABLE_CARD_KEY", "show_result_card",
@@ -41,8 +48,11 @@ def show_result_card(result: AnalysisResult) -> None:
         return
     left_out = [v for v in result.views if not v.assessable]
     counted = f" (mean of {len(result.views) - len(left_out)} of {len(result.views)} views)" if left_out else ""
-    st.metric(result.condition_name, result.decision, f"probability {result.probability:.1%}{counted}",
-              delta_color="off", delta_arrow="off", border=True)
+    if result.kind == "measurement":
+        _measurement_card(result, counted)
+    else:
+        st.metric(result.condition_name, result.decision, f"probability {result.probability:.1%}{counted}",
+                  delta_color="off", delta_arrow="off", border=True)
     if left_out:
         st.error(f"**Not counted:** {len(left_out)} of {len(result.views)} views are out of the model's scope and "
                  "do not count towards the study probability:\n" + _bullets(plain(r) for v in left_out for r in v.scope_reasons),
@@ -80,13 +90,13 @@ def show_views(result: AnalysisResult) -> float:
         left.image(screens[index], caption=f"{plain(view.filename)} (as loaded; DICOM after windowing)", clamp=True,
                    output_format="JPEG")
         mine = [m for m in markers if m.view == index]
-        if index in unreliable:
-            overlay = render_overlay(screens[index], None, markers=mine, placeholder=result.placeholder)
+        if index in unreliable:  # no colour here: its map is shown only in the expander below
+            options = overlay_options(result, view, show_heatmap=False, markers=mine)
         else:
-            overlay = render_overlay(screens[index], view.heatmap if show_heatmap else None,
-                                     intensity, annotate=annotate, finding=result.finding_level(view),
-                                     markers=mine, placeholder=result.placeholder,
-                                     contour_level=result.contour_level)
+            options = overlay_options(result, view, intensity, show_heatmap=show_heatmap, annotate=annotate,
+                                      markers=mine)
+        # view_overlay's two halves, so that tests/test_app.py can watch the finding level drawn
+        overlay = render_overlay(screens[index], **options)
         with right:
             marker_editor(overlay, index, view.filename, _caption(result, view), jpeg_quality=JPEG_QUALITY)
     if assessable:
@@ -95,7 +105,9 @@ def show_views(result: AnalysisResult) -> float:
         return intensity
     with st.expander(UNRELIABLE_EXPANDER):
         if not assessable:
-            st.markdown(f"The model's output, kept for the record: probability {result.probability:.1%} "
+            ctr = study_ctr(result)
+            ratio = f"cardiothoracic ratio {ctr:.2f}, " if ctr is not None else ""
+            st.markdown(f"The model's output, kept for the record: {ratio}probability {result.probability:.1%} "
                         f"(threshold {result.threshold:.3f}). **Unreliable**: the study is outside the model's "
                         "scope, so this is no decision and no mark is drawn.")
             _views_table(result)
@@ -106,7 +118,7 @@ def show_views(result: AnalysisResult) -> float:
         for column, index in enumerate(unreliable):
             view = result.views[index]
             columns[column % 2].image(
-                render_overlay(screens[index], view.heatmap, intensity, placeholder=result.placeholder),
+                render_overlay(screens[index], **overlay_options(result, view, intensity)),
                 caption=f"{plain(view.filename)}: heatmap, model output {view.probability:.1%} (unreliable)",
                 output_format="JPEG")
     return intensity
@@ -124,12 +136,31 @@ def _caption(result: AnalysisResult, view: ViewResult) -> str:
         return f"{plain(view.filename)}: not assessable, no heatmap or automatic mark; click to place a marker"
     if not view.assessable:
         return f"{plain(view.filename)}: out of scope, not counted; heatmap only under \"{UNRELIABLE_EXPANDER}\""
+    if result.kind == "measurement":  # its mark is the outlines: the ratio says what they measured
+        return f"{plain(view.filename)}: {view_ctr_text(view)} · calibrated probability {view.probability:.1%}"
     level = result.finding_level(view)
     return f"{plain(view.filename)}: probability {view.probability:.1%}" + (f" · {level}" if level else "")
 
 
+def _measurement_card(result: AnalysisResult, counted: str) -> None:
+    """The ratio and its decision as the headline, the rule and the widths under it, the
+    calibrated probability as a secondary line."""
+    ctr = study_ctr(result)
+    figure = "not measured" if ctr is None else f"{ctr:.2f}"
+    widths = widths_text(result)
+    st.metric(f"{result.condition_name}: cardiothoracic ratio", f"{figure} — {result.decision}",
+              CTR_RULE_SHORT + (f" · {widths}" if widths else " · heart or thorax outline not found"),
+              delta_color="off", delta_arrow="off", border=True)
+    st.caption(f"Calibrated probability {result.probability:.1%}{counted}: a logistic calibration of the ratio "
+               f"(threshold {result.threshold:.3f}).")
+
+
 def _views_table(result: AnalysisResult) -> None:
     column = "probability" if result.assessable else "model output (unreliable)"
-    st.table({"view": [plain(v.filename) for v in result.views],
-              column: [f"{v.probability:.1%}" for v in result.views],
-              "counted": ["yes" if v.assessable else "no: out of scope" for v in result.views]})
+    table = {"view": [plain(v.filename) for v in result.views]}
+    if result.kind == "measurement":
+        table["CTR"] = [f"{v.measurement.ctr:.2f}" if v.measurement is not None else "not measured"
+                        for v in result.views]
+    table[column] = [f"{v.probability:.1%}" for v in result.views]
+    table["counted"] = ["yes" if v.assessable else "no: out of scope" for v in result.views]
+    st.table(table)

@@ -93,13 +93,12 @@ def write_outputs(result: AnalysisResult, study: Study, dirs: OutputDirs) -> dic
 def _write_overlays(result: AnalysisResult, folder: Path, intensity: float) -> list[str]:
     from PIL import Image
 
-    from xray_ai.outputs.overlay import render_overlay
+    from xray_ai.outputs.view_overlay import view_overlay
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, view in enumerate(result.views, start=1):
-        rgb = render_overlay(view.image.pixels, view.heatmap, intensity, annotate=True,
-                             finding=result.finding_level(view), placeholder=result.placeholder)
+        rgb = view_overlay(result, view, intensity=intensity)  # as `predict --heatmap` draws it
         stem = _UNSAFE.sub("_", PurePosixPath(view.image.name or "image").stem)[:64]
         path = folder / f"view{i}_{stem}.png"
         Image.fromarray(rgb).save(path)

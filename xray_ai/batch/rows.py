@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
 _VIEW_FIELDS = ("file", "probability", "heatmap_flag", "input_check", "body_part", "assessable",
-                "scope_reasons", "finding", "member_probabilities")
+                "scope_reasons", "finding", "member_probabilities", "measurement")
 _RESULT_FIELDS = ("condition", "condition_name", "model_id", "model_version", "architecture", "profile", "sha256",
                   "trained_on", "intended_use", "synthetic_training_data", "probability", "assessable",
                   "probability_reliable", "decision", "threshold", "threshold_method", "high_sensitivity_threshold",
                   "placeholder", "placeholder_reason", "heatmap_method", "target_layer", "contour_level", "backend",
-                  "members", "measurements")
+                  "members", "kind", "measurements")
 CSV_COLUMNS = ("study", "status", "error", "files", "n_views", *_RESULT_FIELDS,
                *(f"view_{f}" for f in _VIEW_FIELDS), "warnings", "created",
                "heatmaps", "report", "dicom", "output_error", "extra")

@@ -118,33 +118,37 @@ def _write_dicom(result, args: argparse.Namespace) -> None:
 def _write_overlays(result, target: Path, intensity: float, annotate: bool) -> None:
     from PIL import Image
 
-    from xray_ai.outputs.overlay import render_overlay
+    from xray_ai.outputs.view_overlay import view_overlay
 
     for i, view in enumerate(result.views, start=1):
-        rgb = render_overlay(
-            view.image.pixels,
-            view.heatmap,
-            intensity,
-            annotate=annotate,
-            finding=result.finding_level(view),
-            placeholder=result.placeholder,
-            contour_level=result.contour_level,
-        )
+        rgb = view_overlay(result, view, intensity=intensity, annotate=annotate)  # at the image's resolution
         out = target if len(result.views) == 1 else target.with_name(f"{target.stem}_view{i}{target.suffix}")
         Image.fromarray(rgb).save(out)
 
 
 def summary(result) -> str:
-    """The text `predict` prints without --json: result, provenance, warnings, disclaimer."""
+    """The text `predict` prints without --json: result, provenance, warnings, disclaimer.
+    A measurement model's result leads with its ratio, the rule and the widths; its probability
+    (the ratio's calibration) follows on the next line."""
+    from xray_ai.outputs.measurement_display import ctr_headline, view_ctr_text, widths_text
+
     lines = []
     if result.placeholder:
         lines.append("*** PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT ***")
-    if result.assessable:
+    measured = result.kind == "measurement"
+    if measured and result.assessable:
+        widths = widths_text(result)
+        lines += [f"{result.condition_name}: {ctr_headline(result)}" + (f"; {widths}" if widths else ""),
+                  f"  calibrated probability {result.probability:.3f} (threshold {result.threshold:.3f}: "
+                  f"{result.threshold_method})"]
+    elif result.assessable:
         lines.append(f"{result.condition_name}: {result.decision} (probability {result.probability:.3f}, "
                      f"threshold {result.threshold:.3f}: {result.threshold_method})")
     else:
         lines.append(f"{result.condition_name}: NOT ASSESSABLE (model output {result.probability:.3f}, "
                      "unreliable for these images)")
+        if measured:
+            lines.append(f"  {ctr_headline(result)}")
         lines += [f"  out of scope: {reason}" for reason in result.scope_reasons]
     lines += [
         f"model {result.model_id} v{result.model_version} ({result.architecture}, {result.profile}); "
@@ -158,8 +162,8 @@ def summary(result) -> str:
     if result.members:
         lines.append(f"ensemble: mean of {', '.join(result.members)}")
     if len(result.views) > 1:
-        lines += [f"  view {v.filename}: {v.probability:.3f}" + ("" if v.assessable else " (out of scope, not counted)")
-                  for v in result.views]
+        lines += [f"  view {v.filename}: " + (f"{view_ctr_text(v)}, " if measured else "") + f"{v.probability:.3f}"
+                  + ("" if v.assessable else " (out of scope, not counted)") for v in result.views]
     lines += [f"warning: {w}" for w in result.warnings]
     lines.append("Decision support only, not a diagnosis: a clinician decides.")
     return "\n".join(lines)

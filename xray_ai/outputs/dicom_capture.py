@@ -1,7 +1,8 @@
 """Secondary Capture of one view: the overlay with a burned-in banner, as a DICOM image.
 
-The overlay is `overlay.render_overlay` at the image's own resolution (what `predict
---heatmap` writes), with the automatic mark the result's finding level calls for and the
+The overlay is `view_overlay.view_overlay` at the image's own resolution (what `predict
+--heatmap` writes), with the automatic mark the result's finding level calls for (for a
+measurement model, the heart and thorax outlines and the two diameters) and the
 placeholder watermark where the model is a placeholder. A view out of the model's scope gets
 no colour layer (its map means nothing there). Above the image a black strip is added, the
 banner, so that no pixel of the radiograph is covered:
@@ -9,7 +10,8 @@ banner, so that no pixel of the radiograph is covered:
     AI decision support - not for primary diagnosis
     model MODEL_ID version VERSION [- synthetic-data model]
     CONDITION: DECISION (probability P, threshold T)   |   CONDITION: not assessable
-    view I of N: ...
+        (a measurement model: CONDITION: DECISION (CTR R, rule: CTR > 0.50; calibrated probability P))
+    view I of N: ...  (a measurement model: its CTR and widths)
     [PLACEHOLDER MODEL - NOT A DIAGNOSTIC RESULT]
 
 The image is written as RGB, 8 bits, uncompressed, with BurnedInAnnotation YES, ImageType
@@ -27,9 +29,10 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
+from xray_ai.outputs.measurement_display import CTR_RULE_SHORT, study_ctr, view_ctr_text
 from xray_ai.outputs.dicom_source import (BANNER, MANUFACTURER, SYNTHETIC_NOTE, SourceImage, add_common,
                                           copy_patient_and_study, lo, set_character_set)
-from xray_ai.outputs.overlay import render_overlay
+from xray_ai.outputs.view_overlay import view_overlay
 from xray_ai.result import PLACEHOLDER_WATERMARK, AnalysisResult
 
 __all__ = ["banner_lines", "render_capture", "build_secondary_capture", "SC_SERIES_NUMBER"]
@@ -44,7 +47,12 @@ def banner_lines(result: AnalysisResult, source: SourceImage) -> list[tuple[str,
     model = f"model {result.model_id} version {result.model_version}"
     if result.synthetic:
         model += f" - {SYNTHETIC_NOTE}"
-    if result.assessable:
+    measured = result.kind == "measurement"
+    if result.assessable and measured:
+        ctr = study_ctr(result)
+        said = (f"{result.condition_name}: {result.decision} (CTR {'not measured' if ctr is None else f'{ctr:.2f}'}, "
+                f"{CTR_RULE_SHORT}; calibrated probability {result.probability:.2f})")
+    elif result.assessable:
         said = (f"{result.condition_name}: {result.decision} (probability {result.probability:.2f}, "
                 f"threshold {result.threshold:.2f})")
     else:
@@ -54,8 +62,10 @@ def banner_lines(result: AnalysisResult, source: SourceImage) -> list[tuple[str,
     if not view.assessable:
         about = f"view {source.index + 1} of {count}: out of the model's scope, not counted"
     else:
-        level = result.finding_level(view)
-        about = f"view {source.index + 1} of {count}: probability {view.probability:.2f}" + (f", {level}" if level else "")
+        # a measurement's mark is its outlines, not a finding box: its figure says it all
+        level = None if measured else result.finding_level(view)
+        figure = view_ctr_text(view) if measured else f"probability {view.probability:.2f}"
+        about = f"view {source.index + 1} of {count}: {figure}" + (f", {level}" if level else "")
     lines = [(BANNER, _YELLOW), (model, _WHITE), (said, _WHITE), (about, _WHITE)]
     if result.placeholder:
         lines.append((PLACEHOLDER_WATERMARK, _RED))
@@ -66,14 +76,8 @@ def render_capture(result: AnalysisResult, source: SourceImage) -> np.ndarray:
     """The Secondary Capture's pixels: uint8 (H + banner) x W x 3, RGB; the image part is the
     overlay at the view's own resolution, unscaled."""
     view = source.view
-    overlay = render_overlay(
-        view.image.pixels,
-        view.heatmap if view.assessable else None,
-        _INTENSITY,
-        finding=result.finding_level(view),
-        placeholder=result.placeholder,
-        contour_level=result.contour_level,
-    )
+    # no colour layer on a view out of scope: the capture has no caption to call it unreliable
+    overlay = view_overlay(result, view, intensity=_INTENSITY, show_heatmap=view.assessable)
     return np.concatenate([_banner(banner_lines(result, source), overlay.shape[1]), overlay], axis=0)
 
 

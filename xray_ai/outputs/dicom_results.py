@@ -91,7 +91,7 @@ def write_dicom_objects(result: AnalysisResult, directory: str | os.PathLike, re
                                                      patient_in_text=pdf_prints_patient)))
     data = result.to_json()
     measurements = data.get("measurements") if isinstance(data.get("measurements"), dict) else None
-    per_view = [v.get("measurements") if isinstance(v.get("measurements"), dict) else None
+    per_view = [v.get("measurement") if isinstance(v.get("measurement"), dict) else None
                 for v in data.get("views", [])]
     objects.append((SR_NAME, build_structured_report(result, sources, new_uid(), now, measurements=measurements,
                                                      view_measurements=per_view, evidence=captures)))

@@ -20,6 +20,12 @@ Content tree (PS3.16 TID 1500, in a Comprehensive SR document):
             model's own estimate as text), finding level, its measurements, and the
             source image it was measured on
 
+A measurement model's figures (cardiomegaly: `ctr`, `cardiac_width_px`, `thoracic_width_px`)
+are NUM items in both groups: the study's means and each view's own reading, the ratio
+unitless, the widths in pixels (UCUM {pixels}: the image's pixels, whatever their spacing).
+No standard concept names the radiographic cardiothoracic ratio (LOINC's cardiothoracic area
+and circumference ratios are fetal echocardiography measures), so they too are 99XRAYAI codes.
+
 TID 1500 and 1501 are extensible templates: the TEXT items after a group's coded content are
 extensions, with concept names from the private scheme 99XRAYAI (declared in the Coding Scheme
 Identification Sequence), as are the condition and the operating point, which have no
@@ -48,6 +54,8 @@ SR_SERIES_NUMBER = 9903
 _UNITLESS = hd.sr.CodedConcept("1", "UCUM", "no units")
 _PIXELS = hd.sr.CodedConcept("{pixels}", "UCUM", "pixels")
 _RATIO_KEYS = ("ctr", "ratio")
+# code values of the known measurements: an SH holds 16 characters and `thoracic_width_px` has 17
+_MEASUREMENT_CODES = {"ctr": "ctr", "cardiac_width_px": "cardiac-width", "thoracic_width_px": "thoracic-width"}
 
 
 def private_code(value: str, meaning: str) -> hd.sr.CodedConcept:
@@ -79,16 +87,22 @@ def build_structured_report(result: AnalysisResult, sources: Sequence[SourceImag
 
     Args:
         sources: the result's DICOM views with their headers (dicom_source.read_sources).
-        measurements: the study's measurements (name -> number) where the result has them.
-        view_measurements: per view (indexed like `result.views`), its measurements or None.
+        measurements: the study's measurements (name -> number); None: the result's own
+            (`AnalysisResult.measurements`, None for a classifier).
+        view_measurements: per view (indexed like `result.views`), its measurements; where
+            missing or None, the view's own reading (`ViewResult.measurement`) if it has one.
         evidence: other objects of this study to list as evidence when no source image can be
             referred to (a view loaded from bytes): the Secondary Captures.
     """
     referable = [s for s in sources if s.referable]
     library = [_evidence_copy(s.header) for s in referable]
+    if measurements is None:
+        measurements = result.measurements
     groups = [_study_group(result, referable, measurements or {})]
     for source in sources:
         extra = view_measurements[source.index] if source.index < len(view_measurements) else None
+        if extra is None and source.view.measurement is not None:  # its numbers; the lines' places are skipped
+            extra = source.view.measurement.to_json()
         groups.append(_view_group(result, source, extra or {}))
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=generate_uid(entropy_srcs=[result.model_id, result.model_version, result.sha256 or ""]),
@@ -217,7 +231,8 @@ def _measurements(values: dict[str, Any]) -> list[hd.sr.Measurement]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         unit = _PIXELS if key.endswith("_px") else _UNITLESS
-        out.append(_num(private_code(key, key.replace("_", " ")), float(value), unit))
+        code = _MEASUREMENT_CODES.get(key, key)
+        out.append(_num(private_code(code, key.replace("_", " ")), float(value), unit))
     return out
 
 

@@ -13,18 +13,24 @@ which. The heatmap may come at any grid (7 x 7 from a stride-32 layer, 28 x 28 f
 stride-8 one): it is upsampled bilinearly from its own grid to the image. With a model's
 `contour_level` (its registry `heatmap` field, chosen on validation) the region is cut at
 that share of the peak and its outline is drawn inside the box. A flat map (its values
-within FLAT_RANGE of its peak, an all-zero map among them) has no strongest region: no box. Lines and labels are fractions of the image's size (a label too small to read is
-left out); `display_pixels` upscales a small image for the screen and the PDF."""
+within FLAT_RANGE of its peak, an all-zero map among them) has no strongest region: no box.
+A measurement model's view (cardiomegaly's CTR) gets its outlines and diameters instead of a
+box (`measurement_display.draw_measurement`). Lines and labels are fractions of the image's
+size (a label too small to read is left out); `display_pixels` upscales a small image for the
+screen and the PDF. `xray_ai.outputs.view_overlay` says which of these a result's view gets."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
+from xray_ai.outputs.drawing import BLACK, draw_label, line_type, mark_scale, strokes
+from xray_ai.outputs.measurement_display import draw_measurement, measurement_legend
 from xray_ai.outputs.watermark import draw_watermark
 from xray_ai.result import FINDING, PLACEHOLDER_WATERMARK, POSSIBLE_FINDING, AnalysisResult
 
@@ -32,16 +38,12 @@ __all__ = ["Marker", "render_overlay", "strongest_region", "to_rgb8", "display_p
            "COLORMAPS", "DISPLAY_MIN_SIDE", "FLAT_RANGE"]
 
 # Colours are RGB (the output of render_overlay is RGB, not OpenCV's BGR).
-_WHITE = (255, 255, 255)
-_BLACK = (0, 0, 0)
 _BOX = (255, 230, 0)
 _MARKER = (0, 255, 255)
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
 # Annotation geometry is computed on a copy of the heatmap no larger than this (long side),
 # then scaled to the image: exact enough for a box, and cheap on a 2000 px image.
 _WORK_SIDE = 512
 DISPLAY_MIN_SIDE = 512  # display_pixels upscales a smaller image to this shorter side
-_MIN_TEXT_PX = 7  # a label whose letters would be shorter than this is left out
 #: A map whose max - min is at most this share of its max is flat: it points nowhere.
 FLAT_RANGE = 0.02
 
@@ -118,6 +120,7 @@ def render_overlay(
     placeholder: bool = False,
     threshold_level: float = 0.5,
     contour_level: float | None = None,
+    measurement: Any = None,
 ) -> np.ndarray:
     """Blend a heatmap onto a radiograph and draw the finding box, markers and watermark.
 
@@ -132,7 +135,8 @@ def render_overlay(
             for no colour and no automatic annotation.
         intensity: strength of the colour layer, 0..1.
         colormap: an OpenCV colormap name, e.g. "jet", "turbo", "inferno" (see COLORMAPS).
-        annotate: the switch for the automatic annotation (the box); off draws none.
+        annotate: the switch for the automatic annotation (the box, or a measurement's
+            outlines and lines); off draws none.
         finding: the view's finding level, `AnalysisResult.finding_level(view)`: FINDING
             draws a solid box labelled "finding" round the strongest hot region,
             POSSIBLE_FINDING a dotted box labelled "possible finding", None no box (the
@@ -144,6 +148,10 @@ def render_overlay(
         contour_level: the model's level (its registry `heatmap.contour_level`, chosen on
             validation), in (0, 1]: given, it replaces threshold_level and the hot region's
             outline is drawn inside the box. None: a box only, at threshold_level.
+        measurement: a measurement model's reading of the view (`ViewResult.measurement`, a
+            CtrMeasurement): with annotate on, its heart and thorax outlines, the two widest
+            diameters with their lengths and the ratio are drawn (under the markers and the
+            watermark). None: nothing of the kind.
 
     Returns:
         uint8 array H x W x 3 (RGB) at the image's own resolution.
@@ -173,7 +181,7 @@ def render_overlay(
     else:
         out = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
 
-    scale = _scale(height, width)
+    scale = mark_scale(height, width)
     if annotate and finding is not None and heat is not None:
         found = _region(heat, (height, width), threshold_level if contour_level is None else contour_level)
         if found is not None:
@@ -182,6 +190,8 @@ def render_overlay(
                 _draw_outline(out, component, scale)
             label = finding if probability is None else f"{finding} p={float(probability):.2f}"
             _draw_box(out, box, dotted=finding == POSSIBLE_FINDING, label=label, scale=scale)
+    if annotate and measurement is not None:
+        draw_measurement(out, measurement, scale)
     for number, marker in enumerate(markers, start=1):
         _draw_marker(out, number, marker, scale)
     if placeholder:
@@ -203,7 +213,10 @@ def display_pixels(image: np.ndarray, min_side: int = DISPLAY_MIN_SIDE) -> np.nd
 
 
 def finding_legend(result: AnalysisResult) -> tuple[str, ...]:
-    """What the automatic marks mean for this result's model: one plain sentence per style."""
+    """What the automatic marks mean for this result's model: one plain sentence per style
+    (for a measurement model, what its outlines and lines are)."""
+    if getattr(result, "kind", "classifier") == "measurement":  # a stand-in without `kind`: a classifier
+        return measurement_legend(result)
     solid = (f"Solid box, \"{FINDING}\": the view's probability is at or above the operating point "
              f"({result.threshold:.3f}, {result.threshold_method}).")
     low = result.high_sensitivity_threshold
@@ -267,23 +280,6 @@ def _colormap_code(name: str) -> int:
     return int(code)
 
 
-def _scale(height: int, width: int) -> float:
-    """Size factor for lines and text, proportional to the shorter side: 1.0 at 512 px,
-    0.125 at 64 px, 3.9 at 2000 px (no floor: a mark covers the same share of any image)."""
-    return max(min(height, width), 1) / 512.0
-
-
-def _thickness(scale: float, base: float = 2.0) -> int:
-    return max(1, int(round(base * scale)))
-
-
-def _strokes(scale: float) -> tuple[int, int]:
-    """(light line, dark outline under it) widths in px: 2 and 4 at 512 px, 1 and 1 (no
-    outline) on a small image, where a fixed outline would cover a large share of it."""
-    line = _thickness(scale)
-    return line, line + 2 * int(round(scale))
-
-
 # --- automatic annotation ----------------------------------------------------------------
 
 
@@ -320,23 +316,23 @@ def _draw_outline(out: np.ndarray, component: np.ndarray, scale: float) -> None:
     height, width = out.shape[:2]
     sx, sy = width / component.shape[1], height / component.shape[0]
     scaled = [np.rint((c.astype(np.float64) + 0.5) * (sx, sy) - 0.5).astype(np.int32) for c in contours]
-    thick, halo = _strokes(scale)
+    thick, halo = strokes(scale)
     thin = max(1, thick // 2)
-    kind = cv2.LINE_AA if thin > 1 else cv2.LINE_8
-    cv2.polylines(out, scaled, True, _BLACK, thin + max(0, halo - thick), kind)
+    kind = line_type(thin)
+    cv2.polylines(out, scaled, True, BLACK, thin + max(0, halo - thick), kind)
     cv2.polylines(out, scaled, True, _BOX, thin, kind)
 
 
 def _draw_box(out: np.ndarray, box: tuple[int, int, int, int], *, dotted: bool, label: str, scale: float) -> None:
     """A solid or dotted box (a dark stroke under a light one: visible on bright bone and on
     red heat) with its label above it."""
-    thick, halo = _strokes(scale)
-    kind = cv2.LINE_AA if thick > 1 else cv2.LINE_8  # antialiasing would triple a 1 px line
+    thick, halo = strokes(scale)
+    kind = line_type(thick)
     x0, y0, x1, y1 = box
     corners = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)], dtype=np.float64)
     dash = max(2, 2 * thick)  # dots: dashes two lines long, gaps as long plus the round caps
     period = 2 * dash + halo
-    for colour, width in ((_BLACK, halo), (_BOX, thick)):
+    for colour, width in ((BLACK, halo), (_BOX, thick)):
         if not dotted:
             cv2.rectangle(out, (x0, y0), (x1, y1), colour, width, kind)
             continue
@@ -346,41 +342,21 @@ def _draw_box(out: np.ndarray, box: tuple[int, int, int, int], *, dotted: bool, 
                 p, q = (a + (b - a) * t / length for t in (start, min(start + dash, length)))
                 cv2.line(out, tuple(int(v) for v in np.rint(p)), tuple(int(v) for v in np.rint(q)),
                          colour, width, kind)
-    _draw_label(out, label, (x0, y0 - halo // 2), scale, above=True)
-
-
-def _draw_label(out: np.ndarray, text: str, anchor: tuple[int, int], scale: float, *, above: bool) -> None:
-    """Text on a dark plate at anchor (its lower-left when above, else its upper-left); left
-    out when its letters would be too small to read at this image's size."""
-    font_scale = 0.5 * scale
-    thick = _thickness(scale, 1.2)
-    (tw, th), base = cv2.getTextSize(text, _FONT, font_scale, thick)
-    if th < _MIN_TEXT_PX:
-        return
-    pad = max(2, int(round(3 * scale)))
-    height, width = out.shape[:2]
-    x = int(min(max(anchor[0], 0), max(width - tw - 2 * pad, 0)))
-    y_top = anchor[1] - th - base - 2 * pad if above else anchor[1]
-    if y_top < 0:  # no room above: put the label inside the box instead
-        y_top = anchor[1] if above else 0
-    y_top = int(min(max(y_top, 0), max(height - th - base - 2 * pad, 0)))
-    cv2.rectangle(out, (x, y_top), (x + tw + 2 * pad, y_top + th + base + 2 * pad), _BLACK, -1)
-    origin = (x + pad, y_top + pad + th)
-    cv2.putText(out, text, origin, _FONT, font_scale, _WHITE, thick, cv2.LINE_AA)
+    draw_label(out, label, (x0, y0 - halo // 2), scale, above=True)
 
 
 def _draw_marker(out: np.ndarray, number: int, marker: Marker, scale: float) -> None:
     height, width = out.shape[:2]
     cx = int(round(min(max(float(marker.x), 0.0), 1.0) * (width - 1)))
     cy = int(round(min(max(float(marker.y), 0.0), 1.0) * (height - 1)))
-    thick, halo = _strokes(scale)
+    thick, halo = strokes(scale)
     radius = max(2, int(round(12 * scale)))
     arm = radius + max(1, int(round(8 * scale)))
-    for colour, add in ((_BLACK, halo - thick), (_MARKER, 0)):
+    for colour, add in ((BLACK, halo - thick), (_MARKER, 0)):
         cv2.circle(out, (cx, cy), radius, colour, thick + add, cv2.LINE_AA)
         cv2.line(out, (cx - arm, cy), (cx - radius // 2, cy), colour, thick + add, cv2.LINE_AA)
         cv2.line(out, (cx + radius // 2, cy), (cx + arm, cy), colour, thick + add, cv2.LINE_AA)
         cv2.line(out, (cx, cy - arm), (cx, cy - radius // 2), colour, thick + add, cv2.LINE_AA)
         cv2.line(out, (cx, cy + radius // 2), (cx, cy + arm), colour, thick + add, cv2.LINE_AA)
     text = f"{number} {marker.label}".strip()
-    _draw_label(out, text, (cx + arm, cy + arm // 2), scale, above=False)
+    draw_label(out, text, (cx + arm, cy + arm // 2), scale, above=False)

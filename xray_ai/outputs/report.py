@@ -4,8 +4,11 @@ The report says which model produced the result, how its threshold was chosen, a
 clinician decides. A study with no view in the model's scope says "Not assessable" in a grey
 banner and in its result table, with the reasons, and gives no decision; its model output is
 kept, marked unreliable. The overlays carry the automatic marks the result's finding levels
-call for (`overlay.finding_legend`, printed under the images). A placeholder model's report carries PLACEHOLDER_WATERMARK diagonally on
-every page. Patient and study identifiers appear only when asked for. Apart from the report
+call for (`overlay.finding_legend`, printed under the images). A measurement model's report
+(cardiomegaly's cardiothoracic ratio) puts the ratio, the rule and the two widths first, the
+calibrated probability after them, and its overlays show the outlines and diameters
+(`xray_ai.outputs.view_overlay`, as every output draws a view). A placeholder model's report
+carries PLACEHOLDER_WATERMARK diagonally on every page. Patient and study identifiers appear only when asked for. Apart from the report
 id and the date, the same inputs give the same bytes (reportlab's invariant mode).
 How each piece looks (styles, tables, embedded images) is `xray_ai.outputs.report_layout`.
 """
@@ -25,7 +28,8 @@ from reportlab.lib.units import mm
 from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.platypus import BaseDocTemplate, Frame, KeepTogether, PageTemplate, Paragraph, Spacer, Table, TableStyle
 
-from xray_ai.outputs.overlay import Marker, display_pixels, finding_legend, render_overlay, to_rgb8
+from xray_ai.outputs.overlay import Marker, display_pixels, finding_legend, to_rgb8
+from xray_ai.outputs.measurement_display import ctr_headline, view_ctr_text, widths_text
 from xray_ai.outputs.report_layout import (
     MAX_EMBED_SIDE,
     banner,
@@ -39,6 +43,7 @@ from xray_ai.outputs.report_layout import (
     present_fields,
     report_styles,
 )
+from xray_ai.outputs.view_overlay import view_overlay
 from xray_ai.result import DISCLAIMER, PLACEHOLDER_WATERMARK, AnalysisResult, ViewResult
 
 __all__ = ["build_report", "REPORT_TITLE", "MAX_EMBED_SIDE"]
@@ -176,13 +181,20 @@ def _patient_section(result: AnalysisResult, include: bool, styles: Mapping) -> 
 
 
 def _result_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
-    if result.assessable:
+    if result.assessable and result.kind == "measurement":  # the ratio first; the probability is its calibration
+        said = [("Measurement", ctr_headline(result)), ("Decision", result.decision),
+                ("Widths", f"{widths_text(result) or 'not measured'} (widest diameters, in the image's pixels)"),
+                ("Calibrated probability", f"{percent(result.probability)} ({result.positive_label}), "
+                                           "a logistic calibration of the ratio")]
+    elif result.assessable:
         said = [("Probability", f"{percent(result.probability)} ({result.positive_label})"),
                 ("Decision", result.decision)]
     else:  # no decision text: the output is there for the record, marked unreliable
         said = [("Result", NOT_ASSESSABLE_TITLE),
                 ("Why", "\n".join(result.scope_reasons)),
                 ("Model output", f"{percent(result.probability)}, unreliable for these images")]
+        if result.kind == "measurement":
+            said.append(("Measurement", ctr_headline(result)))
     rows = [
         ("Condition", result.condition_name),
         *said,
@@ -204,9 +216,10 @@ def _result_section(result: AnalysisResult, styles: Mapping) -> list[Any]:
             rows.insert(4, ("Views not counted", "\n".join(r for v in left_out for r in v.scope_reasons)))
     flow: list[Any] = [Paragraph("Result", styles["Heading2"]), key_value_table(rows, styles)]
     if len(result.views) > 1:
-        head = ["View", "File", "Probability" if result.assessable else "Model output (unreliable)",
+        figure = "CTR (probability)" if result.kind == "measurement" else "Probability"
+        head = ["View", "File", figure if result.assessable else "Model output (unreliable)",
                 "In scope", "Heatmap note"]
-        body = [[str(i), v.image.name or "(unnamed)", percent(v.probability),
+        body = [[str(i), v.image.name or "(unnamed)", _view_figure(result, v),
                  "yes" if v.assessable else "no: not counted", v.heatmap_flag or ""]
                 for i, v in enumerate(result.views, start=1)]
         flow += [Spacer(1, 2 * mm),
@@ -282,11 +295,7 @@ def _image_section(
     for index, view in enumerate(result.views):
         # a small image drawn larger, as the page shows it: its marks' labels stay legible
         pixels = display_pixels(downscale(np.asarray(view.image.pixels, dtype=np.float32)))
-        overlay = render_overlay(
-            pixels, view.heatmap, intensity, finding=result.finding_level(view),
-            markers=[m for m in markers if m.view == index], placeholder=result.placeholder,
-            contour_level=result.contour_level,
-        )
+        overlay = view_overlay(result, view, pixels, intensity, markers=[m for m in markers if m.view == index])
         height, width = pixels.shape
         draw_w = half
         draw_h = draw_w * height / width
@@ -294,8 +303,9 @@ def _image_section(
             draw_w, draw_h = draw_w * 110 * mm / draw_h, 110 * mm
         images = [embed_image(to_rgb8(pixels)[:, :, 0], draw_w, draw_h),
                   embed_image(overlay, draw_w, draw_h)]
+        drawn = ("Outlines and diameters, heart mask" if result.kind == "measurement" else "Heatmap overlay")
         captions = [Paragraph("Original", styles["Caption"]),
-                    Paragraph(f"Heatmap overlay (intensity {intensity:.2f})", styles["Caption"])]
+                    Paragraph(f"{drawn} (intensity {intensity:.2f})", styles["Caption"])]
         grid = Table([images, captions], colWidths=[half + 3 * mm] * 2)
         grid.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"),
                                   ("VALIGN", (0, 0), (-1, -1), "TOP")]))
@@ -307,13 +317,25 @@ def _image_section(
     return flow
 
 
+def _view_figure(result: AnalysisResult, view: ViewResult) -> str:
+    """A view's figure: its probability, and for a measurement model its ratio before it."""
+    if result.kind == "measurement":
+        ctr = "not measured" if view.measurement is None else f"{view.measurement.ctr:.2f}"
+        return f"CTR {ctr} ({percent(view.probability)})"
+    return percent(view.probability)
+
+
 def _view_output(result: AnalysisResult, view: ViewResult) -> str:
+    if result.kind == "measurement":
+        said = f"{view_ctr_text(view)}; calibrated probability {percent(view.probability)}"
+    else:
+        said = f"probability {percent(view.probability)}"
     if not result.assessable:
-        return f"model output {percent(view.probability)} (unreliable, not assessable)"
+        return f"model output: {said} (unreliable, not assessable)"
     if not view.assessable:
-        return f"probability {percent(view.probability)} (out of scope, not counted)"
-    level = result.finding_level(view)
-    return f"probability {percent(view.probability)}" + (f"; {level}" if level else "")
+        return f"{said} (out of scope, not counted)"
+    level = None if result.kind == "measurement" else result.finding_level(view)  # its mark: the outlines
+    return said + (f"; {level}" if level else "")
 
 
 # --- page decoration ---------------------------------------------------------------------
