@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from browser_support import (ARTIFACTS, REPO, RESULT_TIMEOUT_MS, UI_TIMEOUT_MS, chromium_context, expect,
+                             choose, report_failure, streamlit_app,
+                             wait_until_idle)
 
 # ---------------------------------------------------------------------------------------
 # Selectors and page texts: the one place to update when the Analyse page changes.
@@ -74,10 +71,6 @@ def _result_image(page, filename):
     return page.get_by_test_id("stMain").get_by_test_id("stImage").filter(has_text=filename)
 
 
-def _running_indicator(page):
-    return page.get_by_test_id("stStatusWidget")  # shown while the script reruns
-
-
 def _decision_metric(page):
     return page.get_by_test_id("stMetric")
 
@@ -95,121 +88,24 @@ def _download_button(page):
 
 
 # ---------------------------------------------------------------------------------------
-REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
 FIRST_FILE = REPO / "examples" / "phantom_msk_abnormality_abnormal.dcm"  # in scope for the default condition
 SECOND_FILE = REPO / "examples" / "rg1_chest.dcm"
-SERVER_START_TIMEOUT_S = 90
-RESULT_TIMEOUT_MS = 150_000  # the first analysis imports TensorFlow and loads a model
-UI_TIMEOUT_MS = 30_000
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = pytest.mark.browser
-
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is missing (install it with .ci/install-browser.sh)", allow_module_level=True)
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - depends on the environment
-    pytest.skip("the Python package 'playwright' is not installed (see requirements-dev.txt)", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200 and resp.read().strip() == b"ok"
-    except OSError:
-        return False
-
-
-class _Server:
-    def __init__(self, url: str, proc: subprocess.Popen, log_path: Path):
-        self.url = url
-        self.proc = proc
-        self.log_path = log_path
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
 
 
 @pytest.fixture(scope="module")
 def streamlit_server():
-    ARTIFACTS.mkdir(exist_ok=True)
-    port = _free_port()
-    log_path = ARTIFACTS / "browser_streamlit.log"
-    log_file = open(log_path, "w")
     # The README's own command, `streamlit run app.py`, with the shipped .streamlit/config.toml
-    # (loopback, headless, no file watcher, no usage statistics); only the port comes from the
-    # environment, as a deployment would set it. Preloading is on, as for a user.
-    env = dict(os.environ, PYTHONUNBUFFERED="1", STREAMLIT_SERVER_PORT=str(port))
-    env.pop("XRAY_AI_PRELOAD", None)
-    cmd = [str(Path(sys.executable).with_name("streamlit")), "run", "app.py"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    server = _Server(f"http://127.0.0.1:{port}", proc, log_path)
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not _healthy(f"{server.url}/_stcore/health"):
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode} before answering:\n{server.log()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not answer /_stcore/health within {SERVER_START_TIMEOUT_S} s:\n{server.log()}")
-            time.sleep(0.25)
+    # (browser_support.streamlit_app); preloading is on, as for a user.
+    with streamlit_app(ARTIFACTS / "browser_streamlit.log") as server:
         yield server
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
-        log_file.close()
 
 
 @pytest.fixture(scope="module")
 def browser():
-    profile = tempfile.mkdtemp(prefix="xray_ai-chromium-")
-    try:
-        with sync_playwright() as p:
-            # launch_persistent_context: a fresh --user-data-dir of our own for every run.
-            context = p.chromium.launch_persistent_context(
-                profile,
-                executable_path=str(CHROMIUM),
-                headless=True,
-                args=CHROMIUM_ARGS,
-                accept_downloads=True,
-                viewport={"width": 1400, "height": 1000},
-            )
-            try:
-                yield context
-            finally:
-                context.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def _wait_until_idle(page):
-    expect(_running_indicator(page)).to_have_count(0, timeout=RESULT_TIMEOUT_MS)
+    with chromium_context() as context:
+        yield context
 
 
 def _wait_for_result(page, timeout_ms=RESULT_TIMEOUT_MS):
@@ -293,11 +189,6 @@ def _expect_provenance(main, model_id: str) -> None:
             expect(main.get_by_test_id("stAlertContentError").filter(has_text=SYNTHETIC_WARNING)).to_have_count(0)
 
 
-def _choose(page, label: str, option: str) -> None:
-    page.get_by_role("combobox", name=label).click()
-    page.get_by_role("option", name=option).click()
-
-
 def _pdf_text(data: bytes) -> str:
     from pypdf import PdfReader
 
@@ -312,7 +203,7 @@ def _download_pdf_text(page, name: str) -> str:
     download.save_as(pdf_path)
     data = pdf_path.read_bytes()
     assert data.startswith(b"%PDF"), f"download is not a PDF: {data[:20]!r} ({download.suggested_filename})"
-    _wait_until_idle(page)  # the download button reruns the script
+    wait_until_idle(page)  # the download button reruns the script
     return " ".join(_pdf_text(data).split())  # pypdf may break lines inside phrases
 
 
@@ -323,18 +214,12 @@ def _open(browser, server):
     page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
     page.goto(server.url, wait_until="domcontentloaded", timeout=60_000)
     expect(_uploader(page)).to_be_visible(timeout=60_000)
-    _wait_until_idle(page)
+    wait_until_idle(page)
     return page, console
 
 
 def _report_failure(page, console, server, name: str) -> None:
-    try:
-        page.screenshot(path=str(ARTIFACTS / name), full_page=True)
-    except Exception:
-        pass
-    if console:
-        print("\n----- browser console errors -----\n" + "\n".join(console))
-    print(f"\n----- streamlit log ({server.log_path}) -----\n{server.log()}\n----- end of streamlit log -----")
+    report_failure(page, console, server, ARTIFACTS / name)
 
 
 TIMINGS: dict = {}
@@ -422,8 +307,8 @@ def test_a_real_chest_under_pneumonia_is_not_assessable(browser, streamlit_serve
     server = streamlit_server
     page, console = _open(browser, server)
     try:
-        _choose(page, CONDITION_LABEL, SECOND_CONDITION)
-        _wait_until_idle(page)
+        choose(page, CONDITION_LABEL, SECOND_CONDITION)
+        wait_until_idle(page)
         second_model_id = _active_model_for(SECOND_CONDITION)
         expect(page.get_by_role("combobox", name=MODEL_LABEL)).to_have_value(re.compile(re.escape(second_model_id)))
         t0 = time.perf_counter()

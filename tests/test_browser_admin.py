@@ -296,7 +296,7 @@ def test_an_administrator_switches_the_active_model_and_the_analysis_uses_it(bro
         # 2. Switch the condition's active model.
         choose(page, CONDITION_LABEL, sw.condition_name)
         model_box = main.get_by_role("combobox", name=MODEL_LABEL, exact=True)
-        expect(model_box).to_have_value(sw.old_id)  # the selection starts at the active model
+        expect(model_box).to_have_value(f"{sw.old_id} (active)")  # starts at the active model, marked so
         choose(page, MODEL_LABEL, sw.new_id)
         expect(model_box).to_have_value(sw.new_id)
         wait_until_idle(page)
