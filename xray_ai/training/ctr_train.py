@@ -74,7 +74,7 @@ def train_ctr(config: TrainConfig, *, train_images: int | None = None, stream: A
     model_id = config.model_id or f"{CONDITION}-{ARCHITECTURE}-{_dt.datetime.now():%Y%m%d%H%M}"
     path = Path(config.out) / f"{model_id}.keras"
     path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
+    _without_optimizer(model).save(path)
     sha = artifacts.file_sha256(path)
     ctr.write_json(artifacts.metrics_path(path), metrics)
     _, train_features = ctr.predict_masks(model, data["train"].images)
@@ -90,6 +90,17 @@ def train_ctr(config: TrainConfig, *, train_images: int | None = None, stream: A
     if config.register:
         _register(config, registry, run, spec, len(rows["valid"]))
     return run
+
+
+def _without_optimizer(model):
+    """The same layers as an uncompiled model: the file every model has, without the
+    optimizer's state (which would triple it) or the training loss."""
+    import keras
+
+    from xray_ai.measurement.network import OUTPUT_FEATURES, OUTPUT_MASKS
+
+    return keras.Model(model.input, {name: model.get_layer(name).output for name in (OUTPUT_MASKS, OUTPUT_FEATURES)},
+                       name=model.name)
 
 
 def _register(config: TrainConfig, registry, run: CtrRun, spec: InputSpec, n_valid: int) -> None:
