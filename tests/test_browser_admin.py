@@ -78,10 +78,12 @@ class Switch:
     audit_db: Path
     before: dict            # the copy's JSON before the switch
     fixture_entry: bool     # whether new_id is a test-made copy of old_id
+    new_kind: str = "classifier"  # the registry kind of new_id
 
 
 def _single(entry: dict) -> bool:
-    return entry.get("kind", "single") == "single" and bool(entry.get("path"))
+    """An entry with a file of its own: a classifier or a measurement model, not an ensemble."""
+    return entry.get("kind", "classifier") in ("single", "classifier", "measurement") and bool(entry.get("path"))
 
 
 def _model_files(entry: dict) -> list[str]:
@@ -165,7 +167,8 @@ def _make_copy(root: Path) -> Switch:
     registry = root / "model_registry.json"
     registry.write_text(json.dumps(copy, indent=2) + "\n")
     return Switch(cond, repo_registry["conditions"][cond]["name"], old_id, new_id, new["version"], _phantom_for(cond),
-                  registry, root / "audit.sqlite3", json.loads(registry.read_text()), fixture_entry)
+                  registry, root / "audit.sqlite3", json.loads(registry.read_text()), fixture_entry,
+                  new.get("kind", "classifier"))
 
 
 def _hash_password(password: str) -> str:
@@ -350,6 +353,8 @@ def test_an_administrator_switches_the_active_model_and_the_analysis_uses_it(bro
         assert not _standalone(sw.old_id).search(provenance.inner_text()), provenance.inner_text()
         expect(main.get_by_text(PLACEHOLDER_BANNER)).to_have_count(0)  # the copy verifies and serves
         expect(main.get_by_test_id("stMetric").first).to_be_visible()  # an in-scope phantom: a decision
+        if sw.new_kind == "measurement":  # the CTR U-Net: the measurement is the main figure
+            expect(main.get_by_test_id("stMetric").first).to_contain_text(re.compile("cardiothoracic ratio", re.I))
 
         # 5. Back on the registry page: still unlocked, the table marks the new model active.
         _go_to(page, REGISTRY_PAGE, REGISTRY_HEADING)

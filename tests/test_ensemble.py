@@ -150,8 +150,17 @@ def test_registries_without_kind_load_and_save_unchanged(tmp_path):
     raw = json.loads(write_tiny_registry(tmp_path, None, sha256=None).read_text())
     raw["models"]["tiny-test"]["notes"] = ""
     registry = parse_registry(raw)
-    assert registry.model("tiny-test").kind == "single"
+    assert registry.model("tiny-test").kind == "classifier"
     assert registry.to_dict() == raw  # no "kind" or "members" appears in old entries
+
+
+def test_the_old_kind_name_single_reads_as_classifier(tmp_path):
+    raw = json.loads(write_tiny_registry(tmp_path, None, sha256=None).read_text())
+    raw["models"]["tiny-test"].update(kind="single", notes="")
+    registry = parse_registry(raw)
+    assert registry.model("tiny-test").kind == "classifier"
+    del raw["models"]["tiny-test"]["kind"]
+    assert registry.to_dict() == raw  # saved as every classifier is: without "kind"
 
 
 def test_editing_a_member_revalidates_its_ensembles(tmp_path):

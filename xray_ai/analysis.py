@@ -27,18 +27,19 @@ import numpy as np
 
 from xray_ai.explain.base import DEFAULT_METHOD, METHODS, GradCamOutput
 from xray_ai.images import XRay
+from xray_ai.measurement import analysis as measuring
 from xray_ai.registry import Registry
 from xray_ai.result import (NOT_ASSESSABLE_WARNING, NOT_COUNTED_WARNING, SYNTHETIC_WARNING, UNLIKE_WARNING,
                             AnalysisResult, BodyPartEstimate, ViewResult)
 from xray_ai.scope import view_scope_reasons
 from xray_ai.serving.manager import LoadedEnsemble, LoadedModel, ModelManager
-from xray_ai.serving.preprocessing import prepare_batch, resize_image
+from xray_ai.serving.forward import batches as _batches, pooled_features, predict_probabilities
+from xray_ai.serving.preprocessing import resize_image
 
 __all__ = ["analyze", "predict_probabilities", "pooled_features", "default_manager", "MAX_VIEWS",
            "study_models", "study_views", "result_from_outputs"]
 
 MAX_VIEWS = 16  # views per study; more is almost certainly a wrong upload
-_BATCH = 8  # views per compiled call: bounds memory for large studies
 
 _default_manager: ModelManager | None = None
 _default_lock = threading.Lock()
@@ -93,6 +94,13 @@ def analyze(
     registry = manager.registry  # read once: each read stats the file
     loaded = manager.get(condition=condition, model_id=model_id, registry=registry)
 
+    if loaded.entry.is_measurement and not loaded.placeholder:  # its outlines: xray_ai.measurement.analysis
+        if method != DEFAULT_METHOD:
+            raise ValueError(f"model {loaded.entry.id} measures the cardiothoracic ratio; it has no heatmap "
+                             f"method {method!r} (use {DEFAULT_METHOD!r}: its outlines)")
+        views_measured = tuple(measuring.measure_views(loaded, views, _view_results))
+        return _assemble(loaded, views, [_Run(views_measured, loaded.heatmap_method, None, loaded.backend)],
+                         manager, registry)
     models = study_models(loaded)  # an ensemble's members each with its own input size and preprocessing
     runs = [_run_model(model, views, method, (lambda f, i=i: progress((i + f) / len(models))) if progress else None)
             for i, model in enumerate(models)]
@@ -143,6 +151,8 @@ def _assemble(loaded: LoadedModel | LoadedEnsemble, views: list[XRay], runs: lis
     run = _mean_of_members(list(members), runs) if members else runs[0]
     scoped = tuple(_with_scope(v, registry_condition, models) for v in run.views)
     counted = [v for v in scoped if v.assessable] or list(scoped)  # none in scope: all, for the record
+    measured = entry.is_measurement and not loaded.placeholder
+    probability = (measuring.study_probability(entry, counted) if measured else None)
 
     warnings: list[str] = []
     if loaded.placeholder:
@@ -191,7 +201,7 @@ def _assemble(loaded: LoadedModel | LoadedEnsemble, views: list[XRay], runs: lis
         intended_use=entry.intended_use,
         threshold=entry.threshold,
         threshold_method=entry.threshold_method,
-        probability=float(np.mean([v.probability for v in counted])),
+        probability=float(np.mean([v.probability for v in counted])) if probability is None else probability,
         placeholder=loaded.placeholder,
         placeholder_reason=loaded.placeholder_reason,
         heatmap_method=run.method,
@@ -205,6 +215,7 @@ def _assemble(loaded: LoadedModel | LoadedEnsemble, views: list[XRay], runs: lis
         members=members,
         high_sensitivity_threshold=_high_sensitivity_threshold(entry.metrics),
         contour_level=_contour_level(loaded, run),
+        kind="measurement" if entry.is_measurement else "classifier",
     )
 
 
@@ -220,6 +231,8 @@ def _with_scope(view: ViewResult, condition, models: list[LoadedModel]) -> ViewR
     head = (view.body_part.part, view.body_part.probability) if view.body_part is not None else None
     reasons = view_scope_reasons(view.image, condition, [m.entry.input for m in models],
                                  view.input_checks, head)
+    if models[0].entry.is_measurement and not models[0].placeholder:
+        reasons = tuple(reasons) + measuring.not_measured_reasons(view)
     return dataclasses.replace(view, scope_reasons=reasons)
 
 
@@ -228,49 +241,6 @@ def _high_sensitivity_threshold(metrics) -> float | None:
     point = (metrics or {}).get("high_sensitivity_operating_point")
     value = point.get("threshold") if isinstance(point, dict) else None
     return float(value) if isinstance(value, (int, float)) else None
-
-
-def predict_probabilities(loaded: LoadedModel | LoadedEnsemble, images: Sequence[np.ndarray]) -> np.ndarray:
-    """Each image's own probability (images are not views of one study): what evaluation needs.
-
-    Args:
-        loaded: from ModelManager.get; for an ensemble, the mean of its members, each fed
-            its own input size and preprocessing.
-        images: float32 2-D arrays in [0, 1] (XRay.pixels), any sizes.
-
-    Returns:
-        float64 array (N,) in [0, 1].
-    """
-    models = loaded.members if isinstance(loaded, LoadedEnsemble) else (loaded,)
-    per_model = [
-        np.concatenate([np.asarray(out.probabilities, np.float64) for _, _, out in _batches(m, list(images))])
-        for m in models
-    ]
-    return np.mean(per_model, axis=0)
-
-
-def pooled_features(loaded: LoadedModel, images: Sequence[np.ndarray]) -> np.ndarray:
-    """Each image's Grad-CAM feature map, globally averaged as the head pools it: (N, K) float.
-    What the input check (xray_ai.serving.input_check) is fitted on and measures.
-
-    Raises:
-        ValueError: the model gives no feature map (Grad-CAM is unavailable for it).
-    """
-    pooled = []
-    for _, _, out in _batches(loaded, list(images)):
-        if out.pooled_features is None:
-            raise ValueError(f"model {loaded.entry.id} gives no feature map (Grad-CAM is unavailable for it)")
-        pooled.append(out.pooled_features)
-    return np.concatenate(pooled)
-
-
-def _batches(loaded: LoadedModel, images: list[np.ndarray]):
-    """(start, model-ready batch, analyzer output) for each run of up to _BATCH images, each
-    prepared as the model's entry says: the one forward loop of analyze and evaluation."""
-    entry = loaded.entry
-    for start in range(0, len(images), _BATCH):
-        batch = prepare_batch(images[start : start + _BATCH], entry.input, entry.preprocessing)
-        yield start, batch, loaded.analyzer(batch)
 
 
 @dataclass(frozen=True)

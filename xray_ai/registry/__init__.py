@@ -2,9 +2,12 @@
 
 `model_registry.json` (README, "The model registry") is validated as a whole when loaded,
 saved atomically with a `.bak` of the previous version, and every change through the app or
-the CLI is appended to an audit log. An entry is a single model (a file) or, with
-`"kind": "ensemble"`, the mean of two or more registered single models of the same
-condition (`members`); an ensemble has no file, so no `path`, `sha256` or `preprocessing`.
+the CLI is appended to an audit log. An entry is a classifier (a file; `kind` absent or
+"classifier", the old name "single" still read), with `"kind": "ensemble"` the mean of two
+or more registered classifiers of the same condition (`members`; no file, so no `path`,
+`sha256` or `preprocessing`), or with `"kind": "measurement"` a segmentation network
+whose outlines are measured and decided by a clinical rule (`measurement`: cardiomegaly's
+cardiothoracic ratio).
 
 The modules: `schema` (allowed values, entry dataclasses, default paths), `parse` (field
 by field validation), `document` (the `Registry` value, `parse_registry`,
@@ -16,7 +19,10 @@ from xray_ai.registry.document import Registry, load_registry, parse_registry
 from xray_ai.registry.schema import (
     ARCHITECTURES,
     ENSEMBLE_ARCHITECTURE,
+    KIND_ALIASES,
     KINDS,
+    MEASURED_CONDITIONS,
+    MEASUREMENT_ARCHITECTURES,
     PREPROCESSING,
     PROFILES,
     SCHEMA_VERSION,
@@ -36,7 +42,10 @@ __all__ = [
     "PREPROCESSING",
     "PROFILES",
     "KINDS",
+    "KIND_ALIASES",
     "ENSEMBLE_ARCHITECTURE",
+    "MEASURED_CONDITIONS",
+    "MEASUREMENT_ARCHITECTURES",
     "RegistryError",
     "Condition",
     "InputSpec",

@@ -14,7 +14,10 @@ from typing import Any, Mapping
 from xray_ai.registry.schema import (
     ARCHITECTURES,
     ENSEMBLE_ARCHITECTURE,
+    KIND_ALIASES,
     KINDS,
+    MEASURED_CONDITIONS,
+    MEASUREMENT_ARCHITECTURES,
     PREPROCESSING,
     PROFILES,
     Condition,
@@ -89,7 +92,7 @@ class FieldReader:
 _ENTRY_KEYS = {
     "condition", "architecture", "path", "sha256", "version", "input", "preprocessing",
     "threshold", "threshold_method", "profile", "trained_on", "intended_use", "metrics",
-    "created", "notes", "kind", "members", "heatmap",
+    "created", "notes", "kind", "members", "heatmap", "measurement",
 }
 # Keys that belong to a file, so to an ensemble's members and never to the ensemble.
 _FILE_KEYS = ("path", "sha256", "preprocessing")
@@ -127,7 +130,8 @@ def parse_entry(model_id: str, raw: Any, conditions: Mapping[str, Condition]) ->
         raise RegistryError(
             f"{where}.condition: unknown condition {condition!r}; valid: {', '.join(sorted(conditions))}"
         )
-    kind = f.text("kind", "single", choices=KINDS)
+    kind = f.text("kind", "classifier", choices=KINDS + tuple(KIND_ALIASES))
+    kind = KIND_ALIASES.get(kind, kind)
     architecture, path, sha, members = (_ensemble_fields if kind == "ensemble" else _single_fields)(f)
     inp = FieldReader(f.obj_("input"), f"{where}.input")
     tr = FieldReader(f.obj_("trained_on"), f"{where}.trained_on")
@@ -162,17 +166,20 @@ def parse_entry(model_id: str, raw: Any, conditions: Mapping[str, Condition]) ->
         notes=f.text("notes", "", empty_ok=True),
         kind=kind,
         members=members,
-        heatmap=_heatmap(f, members),
+        heatmap=_heatmap(f, members, kind),
+        measurement=_measurement(f, kind, condition, architecture),
         extra={k: v for k, v in raw.items() if k not in _ENTRY_KEYS},
     )
 
 
-def _heatmap(f: FieldReader, members: tuple[str, ...]) -> HeatmapSpec | None:
+def _heatmap(f: FieldReader, members: tuple[str, ...], kind: str) -> HeatmapSpec | None:
     """The optional `heatmap` field: a CAM method and layer paths (checked against the model
     file when it loads: xray_ai.explain.gradcam.GradCam), a contour level, provenance."""
     raw = f.obj.get("heatmap")
     if raw is None:
         return None
+    if kind == "measurement":
+        raise RegistryError(f"{f.where}.heatmap: a measurement model shows its outlines, not a heatmap setting")
     if members:
         raise RegistryError(f"{f.where}.heatmap: an ensemble has no heatmap setting of its own; "
                             "each member's entry holds its own")
@@ -182,6 +189,41 @@ def _heatmap(f: FieldReader, members: tuple[str, ...]) -> HeatmapSpec | None:
         message = str(exc)
         detail = message[len("heatmap"):].lstrip(".: ") if message.startswith("heatmap") else message
         raise RegistryError(f"{f.where}.heatmap: {detail}") from None
+
+
+def _measurement(f: FieldReader, kind: str, condition: str, architecture: str) -> dict[str, Any] | None:
+    """A measurement model's `measurement` field (what it measures, the rule's limit, the
+    probability's calibration), and what a measurement entry must be besides: a condition
+    that is measured, a segmentation network, "unit" input (the network's contract,
+    xray_ai.measurement.network), and the threshold 0.5, the calibrated probability at the
+    limit (so that the decision is the rule: value above the limit)."""
+    raw = f.obj.get("measurement")
+    if kind != "measurement":
+        if raw is not None:
+            raise RegistryError(f'{f.where}.measurement: only an entry with "kind": "measurement" has one')
+        return None
+    if condition not in MEASURED_CONDITIONS:
+        raise RegistryError(f"{f.where}.condition: a measurement model measures {', '.join(MEASURED_CONDITIONS)} "
+                            f"only (the cardiothoracic ratio), not {condition!r}")
+    if architecture not in MEASUREMENT_ARCHITECTURES:
+        raise RegistryError(f"{f.where}.architecture: a measurement model is a segmentation network "
+                            f"({', '.join(MEASUREMENT_ARCHITECTURES)}), not {architecture!r}")
+    if f.obj.get("preprocessing", "unit") != "unit":
+        raise RegistryError(f"{f.where}.preprocessing: a measurement model takes \"unit\" input (its network's "
+                            f"contract), got {f.obj['preprocessing']!r}")
+    m = FieldReader(f.obj_("measurement"), f"{f.where}.measurement")
+    m.text("quantity", choices=("ctr",))
+    limit = m.number("limit", 0.0, 1.0)
+    if not 0.0 < limit < 1.0:
+        raise RegistryError(f"{m.where}.limit: must be strictly between 0 and 1, got {limit!r}")
+    scale = m.number("calibration_scale", 0.0, 1.0)
+    if scale <= 0.0:
+        raise RegistryError(f"{m.where}.calibration_scale: must be above 0, got {scale!r}")
+    m.text("calibrated_on")
+    if f.obj.get("threshold") != 0.5:
+        raise RegistryError(f"{f.where}.threshold: a measurement model decides by its rule's limit, whose "
+                            f"probability is 0.5; got {f.obj.get('threshold')!r}")
+    return dict(m.obj)
 
 
 def _single_fields(f: FieldReader) -> tuple[str, str, str | None, tuple[str, ...]]:
@@ -230,12 +272,15 @@ def check_members(models: Mapping[str, ModelEntry]) -> None:
         for member_id in entry.members:
             member = models.get(member_id)
             if member is None:
-                valid = sorted(m.id for m in models.values() if m.condition == entry.condition and not m.is_ensemble)
+                valid = sorted(m.id for m in models.values()
+                               if m.condition == entry.condition and m.kind == "classifier")
                 raise RegistryError(
                     f"{where}: unknown model id {member_id!r}; valid: {', '.join(valid) or 'none registered'}"
                 )
             if member.is_ensemble:
                 raise RegistryError(f"{where}: {member_id!r} is itself an ensemble; members must be single models")
+            if member.is_measurement:
+                raise RegistryError(f"{where}: {member_id!r} is a measurement model; members must be classifiers")
             if member.condition != entry.condition:
                 raise RegistryError(
                     f"{where}: {member_id!r} serves {member.condition!r}, not {entry.condition!r}"

@@ -23,7 +23,10 @@ __all__ = [
     "PREPROCESSING",
     "PROFILES",
     "KINDS",
+    "KIND_ALIASES",
     "ENSEMBLE_ARCHITECTURE",
+    "MEASURED_CONDITIONS",
+    "MEASUREMENT_ARCHITECTURES",
     "RegistryError",
     "Condition",
     "InputSpec",
@@ -49,12 +52,20 @@ ARCHITECTURES = (
     "xception",
     "convnext_tiny",
     "custom",
+    "ctr-unet",  # the cardiothoracic-ratio segmentation network (xray_ai.measurement.network)
 )
 # How a model wants its input; xray_ai.serving.preprocessing implements each.
 PREPROCESSING = ("unit", "imagenet_tf", "imagenet_torch", "imagenet_caffe", "raw255")
 PROFILES = ("fast", "intensive")
-# "single": one model file; "ensemble": the mean of its members' outputs (no file of its own).
-KINDS = ("single", "ensemble")
+# "classifier": one model file giving a probability; "ensemble": the mean of its members'
+# outputs (no file of its own); "measurement": one model file whose output is measured (the
+# cardiothoracic ratio from heart and thorax masks) and decided by a clinical rule.
+KINDS = ("classifier", "ensemble", "measurement")
+KIND_ALIASES = {"single": "classifier"}  # the name registries of 2026-11 wrote
+MEASURED_CONDITIONS = ("cardiomegaly",)
+# The networks a measurement entry may name (xray_ai.measurement.network builds "ctr-unet";
+# spelled here because the registry imports no model code).
+MEASUREMENT_ARCHITECTURES = ("ctr-unet",)
 ENSEMBLE_ARCHITECTURE = "ensemble"
 
 
@@ -130,9 +141,16 @@ def _joined(path: str, base: Path) -> Path:
 class ModelEntry:
     """One registered model. `path` is relative to the registry file's folder.
 
-    An ensemble (`kind == "ensemble"`) has `path` and `sha256` None, `architecture`
-    "ensemble" and two or more `members` (ids of single models of the same condition);
-    its `input` is informational, as each member uses its own.
+    `kind`: "classifier" (the default; one file, one sigmoid output), "ensemble" or
+    "measurement". An ensemble (`kind == "ensemble"`) has `path` and `sha256` None,
+    `architecture` "ensemble" and two or more `members` (ids of classifiers of the same
+    condition); its `input` is informational, as each member uses its own.
+
+    A measurement model (`kind == "measurement"`; cardiomegaly's CTR U-Net,
+    xray_ai.measurement.network) has a file like a classifier, whose outputs are masks and
+    pooled features, and `measurement`: what it measures and how the decision follows
+    (`quantity` "ctr", the rule's `limit`, the `calibration_scale` of its probability,
+    `calibrated_on`); its threshold is the limit's probability, 0.5. It has no `heatmap`.
 
     `heatmap`: the model's default heatmap setting (method, layers, contour level, and how it
     was chosen: README "Explanations and how far to trust them"); None (no field) means
@@ -155,8 +173,9 @@ class ModelEntry:
     created: str
     preprocessing: str = "unit"
     notes: str = ""
-    kind: str = "single"
+    kind: str = "classifier"
     members: tuple[str, ...] = ()
+    measurement: Mapping[str, Any] | None = None
     heatmap: HeatmapSpec | None = None
     # Fields this version does not model, kept so that a save never drops them.
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -164,6 +183,10 @@ class ModelEntry:
     @property
     def is_ensemble(self) -> bool:
         return self.kind == "ensemble"
+
+    @property
+    def is_measurement(self) -> bool:
+        return self.kind == "measurement"
 
     def resolve_path(self, base: Path) -> Path:
         """The model file. RegistryError for an ensemble, which has none (see `members`)."""
@@ -177,8 +200,9 @@ class ModelEntry:
         if self.is_ensemble:  # no file, no preprocessing of its own: each member has them
             file_keys: dict[str, Any] = {"kind": self.kind, "members": list(self.members)}
             input_keys: dict[str, Any] = {"input": dataclasses.asdict(self.input)}
-        else:  # a single model writes exactly the keys it always did (no "kind")
-            file_keys = {"path": self.path, "sha256": self.sha256}
+        else:  # a classifier writes exactly the keys it always did (no "kind")
+            kind = {"kind": self.kind} if self.is_measurement else {}
+            file_keys = {**kind, "path": self.path, "sha256": self.sha256}
             input_keys = {"input": dataclasses.asdict(self.input), "preprocessing": self.preprocessing}
         out: dict[str, Any] = {
             "condition": self.condition,
@@ -197,5 +221,7 @@ class ModelEntry:
         }
         if self.heatmap is not None:  # absent stays absent: an entry without it writes what it always did
             out["heatmap"] = self.heatmap.to_json()
+        if self.measurement is not None:  # a measurement model's only; absent for the others
+            out["measurement"] = dict(self.measurement)
         out.update(self.extra)
         return out

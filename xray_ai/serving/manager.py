@@ -190,6 +190,25 @@ class ModelManager:
 
     def _load(self, entry: ModelEntry, path: Path) -> LoadedModel:
         start = time.perf_counter()
+        base = self.registry.base_dir
+        serve = self._measurement_analyzer if entry.is_measurement else self._classifier_analyzer
+        model, placeholder, reason, analyzer, backend_reason = serve(entry, path)
+        if self.warm_up:
+            analyzer.warm_up()
+        backend = getattr(analyzer, "backend", "tensorflow")
+        if placeholder:
+            check, check_reason, part_head = None, "a placeholder has no training data", None
+        else:
+            check, check_reason = _read_sidecar(input_check.load, input_check_path(path), "input check", entry)
+            part_head, _ = _read_sidecar(body_part.load, body_part_path(path), "body-part head", entry)
+        seconds = time.perf_counter() - start
+        log.info("loaded %s in %.2f s (placeholder=%s, backend=%s)", entry.id, seconds, placeholder, backend)
+        return LoadedModel(entry, placeholder, reason, analyzer, seconds, backend, backend_reason,
+                           check, check_reason, part_head, keras_model=model,
+                           load_keras=lambda: load_verified(entry, path, base))
+
+    def _classifier_analyzer(self, entry: ModelEntry, path: Path) -> tuple:
+        """(keras model or None, placeholder?, why, analyzer, why TensorFlow serves) of a classifier."""
         spec = entry.heatmap or HeatmapSpec.default()
         base = self.registry.base_dir
         pinned: OnnxGradCam | None = None
@@ -222,19 +241,28 @@ class ModelManager:
                 from xray_ai.explain.gradcam import GradCam  # tensorflow is imported here, on first load only
 
                 analyzer = GradCam(model, heatmap=None if placeholder else entry.heatmap)
-        if self.warm_up:
-            analyzer.warm_up()
-        backend = getattr(analyzer, "backend", "tensorflow")
-        if placeholder:
-            check, check_reason, part_head = None, "a placeholder has no training data", None
-        else:
-            check, check_reason = _read_sidecar(input_check.load, input_check_path(path), "input check", entry)
-            part_head, _ = _read_sidecar(body_part.load, body_part_path(path), "body-part head", entry)
-        seconds = time.perf_counter() - start
-        log.info("loaded %s in %.2f s (placeholder=%s, backend=%s)", entry.id, seconds, placeholder, backend)
-        return LoadedModel(entry, placeholder, reason, analyzer, seconds, backend, backend_reason,
-                           check, check_reason, part_head, keras_model=model,
-                           load_keras=lambda: load_verified(entry, path, base))
+        return model, placeholder, reason, analyzer, backend_reason
+
+    def _measurement_analyzer(self, entry: ModelEntry, path: Path) -> tuple:
+        """The same for a measurement model (serving.segmentation): its pinned export on ONNX
+        Runtime, else the network on TensorFlow; the placeholder CNN when the file is unusable
+        (analysis then measures nothing and says why)."""
+        from xray_ai.serving.segmentation import KerasSegmenter, load_pinned_segmenter
+
+        pinned, pinned_reason = (None, "backend tensorflow asked for") if self.backend == "tensorflow" else \
+            load_pinned_segmenter(entry, self.registry.base_dir)
+        if pinned is not None:
+            return None, False, None, pinned, None
+        try:
+            model = load_verified(entry, path, self.registry.base_dir)
+        except ModelProblem as exc:
+            log.warning("model %s unusable, serving a PLACEHOLDER: %s", entry.id, exc)
+            from xray_ai.explain.gradcam import GradCam
+            from xray_ai.training.architectures import build_placeholder
+
+            placeholder = build_placeholder(entry.input.shape)
+            return placeholder, True, str(exc), GradCam(placeholder), "a placeholder is never served by ONNX Runtime"
+        return model, False, None, KerasSegmenter(model), pinned_reason or "no shipped ONNX export pinned"
 
     def _onnx_analyzer(self, entry: ModelEntry, model: keras.Model, spec: HeatmapSpec
                        ) -> tuple[OnnxGradCam | None, str | None]:
@@ -271,6 +299,8 @@ class ModelManager:
             cannot be exported. RuntimeError: the export failed or disagrees with TensorFlow.
         """
         entry = self.resolve(model_id=model_id)
+        if entry.is_measurement:  # no cache: its export always lies beside it, pinned
+            return self._ship_segmenter(entry, force)
         spec = entry.heatmap or HeatmapSpec.default()
         path = entry.resolve_path(self.registry.base_dir)
         if ship and not force:
@@ -290,9 +320,6 @@ class ModelManager:
         return export_model(model, entry.sha256, self.onnx_cache, spec)
 
     def _ship_export(self, entry: ModelEntry, model: keras.Model, spec: HeatmapSpec, path: Path) -> Path:
-        import dataclasses
-
-        from xray_ai.registry import edit_registry
         from xray_ai.serving.onnx_export import export_to
 
         onnx_path, meta_path = path.with_suffix(".onnx"), path.with_suffix(".onnx.json")
@@ -310,6 +337,34 @@ class ModelManager:
             "check_max_probability_diff": meta["check_max_probability_diff"],
             "created": meta["created"],
         }
+        self._pin_export(entry, pinned)
+        return onnx_path
+
+
+    def _ship_segmenter(self, entry: ModelEntry, force: bool) -> Path:
+        """A measurement model's export (serving.segmentation) beside its file, pinned in its entry."""
+        from xray_ai.serving.segmentation import export_segmenter, load_pinned_segmenter, pin_json
+
+        if not force:
+            pinned, _ = load_pinned_segmenter(entry, self.registry.base_dir)
+            if pinned is not None:
+                return pinned.onnx_path
+        path = entry.resolve_path(self.registry.base_dir)
+        try:
+            model = load_verified(entry, path, self.registry.base_dir)
+        except ModelProblem as exc:
+            raise ValueError(str(exc)) from None
+        onnx_path = path.with_suffix(".onnx")
+        pinned = pin_json(export_segmenter(model, entry.sha256, onnx_path), onnx_path, self.registry.base_dir)
+        self._pin_export(entry, pinned)
+        return onnx_path
+
+
+    def _pin_export(self, entry: ModelEntry, pinned: dict) -> None:
+        """Write `pinned` as the entry's `onnx` field, unless its model file changed meanwhile."""
+        import dataclasses
+
+        from xray_ai.registry import edit_registry
 
         def pin(registry: Registry) -> Registry:
             current = registry.model(entry.id)
@@ -318,7 +373,6 @@ class ModelManager:
             return registry.with_model(dataclasses.replace(current, extra={**current.extra, "onnx": pinned}))
 
         edit_registry(self.registry_path, pin, action="export-onnx --ship")
-        return onnx_path
 
 
 def _read_sidecar(load: Callable[[Path, str | None], tuple[_Found | None, str | None]], path: Path, what: str,

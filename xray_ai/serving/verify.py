@@ -64,7 +64,8 @@ def check_entry(entry: ModelEntry, registry: Registry) -> str | None:
 def load_verified(entry: ModelEntry, path: Path, base_dir: Path) -> keras.Model:
     """The keras model in `path` (the entry's file, resolved against `base_dir`), verified:
     its sha256 (`check_model_file`), that it loads, and that it takes the entry's input
-    shape and returns one sigmoid unit.
+    shape and returns one sigmoid unit (a measurement model: the masks and features of
+    xray_ai.measurement.network's contract).
 
     Raises:
         ModelProblem: the first check that fails, in words for the placeholder reason.
@@ -82,7 +83,22 @@ def load_verified(entry: ModelEntry, path: Path, base_dir: Path) -> keras.Model:
     have = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None
     if have != want:
         raise ModelProblem(f"{entry.path} takes input {have}, the registry entry says {want}")
+    if entry.is_measurement:
+        _check_segmentation_outputs(entry, model)
+        return model
     out = tuple(model.outputs[0].shape) if len(model.outputs) == 1 else None
     if out != (None, 1):
         raise ModelProblem(f"{entry.path} outputs {out}; one sigmoid unit (None, 1) is required")
     return model
+
+
+def _check_segmentation_outputs(entry: ModelEntry, model: keras.Model) -> None:
+    from xray_ai.measurement.network import MASK_CHANNELS, OUTPUT_FEATURES, OUTPUT_MASKS
+
+    outputs = model.output if isinstance(model.output, dict) else {}
+    shapes = {name: tuple(t.shape) for name, t in outputs.items()}
+    want = (None, entry.input.height, entry.input.width, len(MASK_CHANNELS))
+    if sorted(shapes) != sorted((OUTPUT_MASKS, OUTPUT_FEATURES)) or shapes[OUTPUT_MASKS] != want \
+            or len(shapes[OUTPUT_FEATURES]) != 2:
+        raise ModelProblem(f"{entry.path} outputs {shapes or [tuple(t.shape) for t in model.outputs]}; a measurement "
+                           f"model returns {OUTPUT_MASKS!r} {want} and {OUTPUT_FEATURES!r} (None, K)")
