@@ -154,7 +154,8 @@ def summary(result) -> str:
         f"model {result.model_id} v{result.model_version} ({result.architecture}, {result.profile}); "
         f"trained on {result.trained_on}",
         f"intended use: {result.intended_use}",
-        f"heatmap: {result.heatmap_method} at {result.target_layer}; backend {result.backend}",
+        (f"heatmap: {result.heatmap_method} at {result.target_layer}" if result.target_layer
+         else f"heatmap: {result.heatmap_method}") + f"; backend {result.backend}",
         f"input check: {result.input_check_summary}",
     ]
     if result.body_part_summary:
