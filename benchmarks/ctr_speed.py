@@ -1,7 +1,7 @@
 """The CTR measurement model: analyze() against its segmentation network's bare ONNX Runtime
 forward pass, side by side, in one process.
 
-For each input (the RG1 chest DICOM, 1841 x 1955, and a 224 px chest phantom), on the shipped
+For each input (the RG1 chest DICOM of examples/, 512 x 482, and a 224 px chest phantom), on the shipped
 `cardiomegaly-ctr-unet` and its shipped export:
   - analyze(): the whole pipeline (decode done beforehand; resize to 192 px, one ONNX Runtime
     pass, the two widths and the CTR from the masks, the input check, the scope gate, the
@@ -51,7 +51,8 @@ def main() -> None:
     names = [o.name for o in session.get_outputs()]
     input_name = session.get_inputs()[0].name
     phantom = generate("cardiomegaly", abnormal=True, seed=7, size=224)
-    inputs = {"RG1 chest DICOM (1841 x 1955)": load_image(REPO / "examples" / "rg1_chest.dcm"),
+    rg1 = load_image(REPO / "examples" / "rg1_chest.dcm")
+    inputs = {f"RG1 chest DICOM ({rg1.pixels.shape[1]} x {rg1.pixels.shape[0]})": rg1,
               "chest phantom (224 x 224)": XRay(pixels=phantom.image, filename="phantom.png")}
     print(f"{os.cpu_count()} CPU cores, model {MODEL_ID} ({loaded.entry.input.height} px), "
           f"backend {loaded.backend}, repeats {args.repeats}")
@@ -69,7 +70,7 @@ def main() -> None:
                 samples[name].append((time.perf_counter() - start) * 1000.0)
         a, f = (statistics.median(samples[k]) for k in ("analyze", "forward"))
         print(f"{label:32} {a:9.1f} ms {f:10.1f} ms {a / f:6.2f}x")
-    result = analyze(inputs["chest phantom (224 x 224)"], None, manager, model_id=MODEL_ID)
+    result = analyze(inputs["chest phantom (224 x 224)"], None, manager, model_id=MODEL_ID)  # a sanity line
     print(f"(the phantom: true CTR {phantom.ctr:.3f}, measured {result.measurements['ctr']:.3f})")
 
 
