@@ -7,7 +7,7 @@ from ui.examples import example_picker
 from ui.result_view import show_notes, show_result_card, show_views
 from ui.text import plain
 from xray_ai import ImageLoadError, analysis, load_image
-from xray_ai.explain.base import METHOD_NAMES, METHODS  # the method table; numpy only
+from xray_ai.explain.base import DEFAULT_METHOD, METHOD_NAMES, METHODS  # the method table; numpy only
 from xray_ai.outputs.report import build_report
 
 st.title("Analyse a radiograph")
@@ -26,12 +26,19 @@ active = registry.active_models.get(condition)
 
 def model_label(model_id: str) -> str:
     entry = registry.models[model_id]
-    return f"{model_id} ({entry.profile}{f', ensemble of {len(entry.members)}' if entry.is_ensemble else ''})"
+    kind = f", ensemble of {len(entry.members)}" if entry.is_ensemble else (
+        ", measures the CTR" if entry.is_measurement else "")
+    return f"{model_id} ({entry.profile}{kind})"
 
 
 model_id = right.selectbox("Model", model_ids, index=model_ids.index(active) if active in model_ids else 0,
                            format_func=model_label, key=f"analyse.model.{condition}")
-method = st.selectbox("Heatmap method", list(METHODS), format_func=METHOD_NAMES.get, key="analyse.method")
+if registry.models[model_id].is_measurement:  # it shows its outlines; no heatmap method applies
+    method = DEFAULT_METHOD
+    st.caption("This model measures the cardiothoracic ratio and draws the heart and thorax outlines it measured; "
+               "heatmap methods do not apply.")
+else:
+    method = st.selectbox("Heatmap method", list(METHODS), format_func=METHOD_NAMES.get, key="analyse.method")
 uploads = st.file_uploader("Radiographs (PNG, JPEG or DICOM; several files = the views of one study)",
                            type=["png", "jpg", "jpeg", "dcm", "dicom"], accept_multiple_files=True, key="analyse.uploads")
 example = example_picker(condition)

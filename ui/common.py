@@ -98,8 +98,11 @@ def show_provenance(result: AnalysisResult) -> None:
         f"**threshold** {result.threshold:.3f} ({plain(result.threshold_method)})  \n"
         f"**Intended use:** {plain(result.intended_use)}  \n"
         f"{ensemble}"
-        f"**Heatmap:** {plain(result.heatmap_method)} "
-        f"{'at ' + code(result.target_layer) if result.target_layer else '(input space)'} · backend {plain(result.backend)}  \n"
-        f"**Input check:** {plain(result.input_check_summary)}"
+        + (f"**Shown:** {plain(result.heatmap_method)} · backend {plain(result.backend)}  \n"
+           if result.kind == "measurement" else  # outlines, not a heatmap of some layer
+           f"**Heatmap:** {plain(result.heatmap_method)} "
+           f"{'at ' + code(result.target_layer) if result.target_layer else '(input space)'} · "
+           f"backend {plain(result.backend)}  \n")
+        + f"**Input check:** {plain(result.input_check_summary)}"
         + (f"  \n**Body part:** {plain(result.body_part_summary)}" if result.body_part_summary else "")
     )
