@@ -218,3 +218,25 @@ def test_export_checks_the_conversion_against_tensorflow(tmp_path, keras_mod):
     ours, theirs = OnnxSegmenter(open_session(tmp_path / "tiny.onnx"), tmp_path / "tiny.onnx")(x), KerasSegmenter(model)(x)
     assert ours.masks.shape == (3, 32, 32, 2) and ours.pooled_features.shape == (3, 8)
     np.testing.assert_allclose(ours.masks, theirs.masks, atol=1e-4)
+
+
+def test_evaluation_and_predict_batch_measure_as_analyze_does(tmp_path):
+    """predict_probabilities (evaluate, fit-input-check) and predict-batch's batched forward
+    give the CTR model's own probabilities and measurements, not a classifier's."""
+    from xray_ai.analysis import analyze, predict_probabilities, result_from_outputs
+    from xray_ai.serving.preprocessing import prepare_batch
+
+    manager = _manager(REPO / "model_registry.json")
+    loaded = manager.get(model_id=MODEL_ID)
+    views = [_phantom(True, 31)[0], _phantom(False, 32)[0], _phantom(True, 33)[0]]
+    singles = [analyze(v, None, manager, model_id=MODEL_ID) for v in views]
+    np.testing.assert_allclose(predict_probabilities(loaded, [v.pixels for v in views]),
+                               [r.probability for r in singles], atol=1e-6)
+    batch = prepare_batch([v.pixels for v in views], loaded.entry.input, loaded.entry.preprocessing)
+    out = loaded.analyzer(batch)  # one forward for the three "studies", as predict-batch runs them
+    from xray_ai.batch.core import _rows
+
+    for k, (view, single) in enumerate(zip(views, singles)):
+        result = result_from_outputs(view, loaded, [_rows(out, k, k + 1)], manager, manager.registry)
+        assert result.measurements == pytest.approx(single.measurements)
+        assert result.decision == single.decision and result.kind == "measurement"

@@ -132,8 +132,13 @@ def result_from_outputs(images: XRay | Sequence[XRay], loaded: LoadedModel | Loa
     """
     views = study_views(images)
     models = study_models(loaded)
-    if len(outputs) != len(models) or any(len(out.probabilities) != len(views) for out in outputs):
+    rows = [len(getattr(out, "masks", getattr(out, "probabilities", ()))) for out in outputs]
+    if len(outputs) != len(models) or any(n != len(views) for n in rows):
         raise ValueError(f"expected {len(models)} analyzer output(s) of {len(views)} rows each")
+    if loaded.entry.is_measurement and not loaded.placeholder:
+        measured = measuring.measured_views(loaded, views, outputs[0], _view_results)
+        return _assemble(loaded, views, [_Run(tuple(measured), loaded.heatmap_method, None, loaded.backend)],
+                         manager, registry)
     runs = [_Run(tuple(_view_results(model, views, out, list(zip(out.heatmaps, out.flags)))),
                  model.heatmap_method, model.target_layer, model.backend)  # as _run_model gives them
             for model, out in zip(models, outputs)]

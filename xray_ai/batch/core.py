@@ -85,19 +85,30 @@ def prepare_study(study: Study, inputs: Sequence[ModelInput]) -> Prepared:
     return Prepared(study, tuple(views), batches)
 
 
-def _rows(out: GradCamOutput, start: int, stop: int) -> GradCamOutput:
-    pooled = None if out.pooled_features is None else out.pooled_features[start:stop]
-    return dataclasses.replace(out, probabilities=out.probabilities[start:stop], heatmaps=out.heatmaps[start:stop],
-                               flags=tuple(out.flags[start:stop]), pooled_features=pooled)
+def _per_row(value) -> bool:
+    """Whether an analyzer output's field holds one entry per view (arrays, the flags)."""
+    return isinstance(value, (np.ndarray, tuple))
 
 
-def _join(parts: list[GradCamOutput]) -> GradCamOutput:
+def _rows(out, start: int, stop: int):
+    """The rows start..stop of an analyzer output (a GradCamOutput, or a measurement model's
+    MeasurementOutput): every per-view field sliced, the rest (method, layer) kept."""
+    return dataclasses.replace(out, **{f.name: getattr(out, f.name)[start:stop] for f in dataclasses.fields(out)
+                                       if _per_row(getattr(out, f.name))})
+
+
+def _join(parts: list):
+    """The rows of several outputs of one analyzer, in order."""
     if len(parts) == 1:
         return parts[0]
-    pooled = None if parts[0].pooled_features is None else np.concatenate([p.pooled_features for p in parts])
-    return dataclasses.replace(parts[0], probabilities=np.concatenate([p.probabilities for p in parts]),
-                               heatmaps=np.concatenate([p.heatmaps for p in parts]),
-                               flags=tuple(f for p in parts for f in p.flags), pooled_features=pooled)
+    joined = {}
+    for f in dataclasses.fields(parts[0]):
+        value = getattr(parts[0], f.name)
+        if isinstance(value, np.ndarray):
+            joined[f.name] = np.concatenate([getattr(p, f.name) for p in parts])
+        elif isinstance(value, tuple):
+            joined[f.name] = tuple(v for p in parts for v in getattr(p, f.name))
+    return dataclasses.replace(parts[0], **joined)
 
 
 class _Pending:

@@ -23,7 +23,7 @@ from xray_ai.result import ViewResult
 from xray_ai.serving.forward import BATCH
 from xray_ai.serving.preprocessing import prepare_batch
 
-__all__ = ["NOT_MEASURED", "measure_views", "ctr_probability", "study_probability", "not_measured_reasons"]
+__all__ = ["NOT_MEASURED", "measure_views", "measured_views", "ctr_probability", "study_probability", "not_measured_reasons"]
 
 NOT_MEASURED = "the heart or thorax outline was not found, so the cardiothoracic ratio could not be measured"
 
@@ -51,14 +51,20 @@ def measure_views(loaded, views: Sequence[XRay], view_results: Callable) -> list
     for start in range(0, len(views), BATCH):
         chunk = list(views[start:start + BATCH])
         batch = prepare_batch([v.pixels for v in chunk], entry.input, entry.preprocessing)
-        run = loaded.analyzer(batch)
-        measured = [measure_ctr(m[..., 0], m[..., 1], v.pixels.shape[1]) for m, v in zip(run.masks, chunk)]
-        probabilities = np.array([ctr_probability(m.ctr, entry) if m else 0.0 for m in measured])
-        # the heart mask stands in for the heatmap: what the overlay's intensity blends
-        maps = [(np.ascontiguousarray(m[..., 0], np.float32), None) for m in run.masks]
-        results = view_results(loaded, chunk, _Pass(probabilities, run.pooled_features), maps)
-        out += [dataclasses.replace(r, measurement=m) for r, m in zip(results, measured)]
+        out += measured_views(loaded, chunk, loaded.analyzer(batch), view_results)
     return out
+
+
+def measured_views(loaded, views: Sequence[XRay], run, view_results: Callable) -> list[ViewResult]:
+    """measure_views' work on one forward output (serving.segmentation.MeasurementOutput)
+    whose rows are these views, in order (predict-batch runs several studies' views at once)."""
+    entry = loaded.entry
+    measured = [measure_ctr(m[..., 0], m[..., 1], v.pixels.shape[1]) for m, v in zip(run.masks, views)]
+    probabilities = np.array([ctr_probability(m.ctr, entry) if m else 0.0 for m in measured])
+    # the heart mask stands in for the heatmap: what the overlay's intensity blends
+    maps = [(np.ascontiguousarray(m[..., 0], np.float32), None) for m in run.masks]
+    results = view_results(loaded, views, _Pass(probabilities, run.pooled_features), maps)
+    return [dataclasses.replace(r, measurement=m) for r, m in zip(results, measured)]
 
 
 def not_measured_reasons(view: ViewResult) -> tuple[str, ...]:

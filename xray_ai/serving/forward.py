@@ -23,17 +23,30 @@ def predict_probabilities(loaded: LoadedModel | LoadedEnsemble, images: Sequence
     Args:
         loaded: from ModelManager.get; for an ensemble, the mean of its members, each fed
             its own input size and preprocessing.
-        images: float32 2-D arrays in [0, 1] (XRay.pixels), any sizes.
+        images: float32 2-D arrays in [0, 1] (XRay.pixels), any sizes. A measurement
+            model's probability is its CTR's calibration (xray_ai.measurement.analysis);
+            an image whose outlines are not found scores 0.
 
     Returns:
         float64 array (N,) in [0, 1].
     """
     models = loaded.members if isinstance(loaded, LoadedEnsemble) else (loaded,)
     per_model = [
-        np.concatenate([np.asarray(out.probabilities, np.float64) for _, _, out in batches(m, list(images))])
+        np.concatenate([_probabilities(m, out, images[start:start + BATCH])
+                        for start, _, out in batches(m, list(images))])
         for m in models
     ]
     return np.mean(per_model, axis=0)
+
+
+def _probabilities(loaded: LoadedModel, out, images: Sequence[np.ndarray]) -> np.ndarray:
+    if not (loaded.entry.is_measurement and not loaded.placeholder):
+        return np.asarray(out.probabilities, np.float64)
+    from xray_ai.measurement.analysis import ctr_probability
+    from xray_ai.measurement.ctr import measure_ctr
+
+    measured = [measure_ctr(m[..., 0], m[..., 1], image.shape[1]) for m, image in zip(out.masks, images)]
+    return np.array([ctr_probability(m.ctr, loaded.entry) if m else 0.0 for m in measured])
 
 
 def pooled_features(loaded: LoadedModel, images: Sequence[np.ndarray]) -> np.ndarray:
