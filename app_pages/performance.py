@@ -71,6 +71,17 @@ for entry in registry.models.values():
                         f"{where['pointing_game_tolerant']:.2f}" if "pointing_game_tolerant" in where else "")
             st.markdown(f"**Grad-CAM pointing game** (heatmap peak inside the lesion mask, {plain(where['n'])} abnormal "
                         f"images): {where['pointing_game']:.2f}{tolerant}")
+        measured = metrics.get("measurement")
+        if measured:  # a measurement model: how well it measures, beside how well the rule decides
+            agreement = measured["bland_altman"]
+            st.markdown(
+                f"**Cardiothoracic ratio** ({plain(measured['n'])} {plain(metrics['split'])} images; truth: the phantom "
+                f"generator's CTR): mean absolute error {measured['ctr_mae']:.4f} "
+                f"({measured['ctr_mae_ci95'][0]:.4f}-{measured['ctr_mae_ci95'][1]:.4f}); Bland-Altman bias "
+                f"{agreement['bias']:+.4f}, 95% limits of agreement {agreement['limits_of_agreement'][0]:+.4f} to "
+                f"{agreement['limits_of_agreement'][1]:+.4f}; Dice heart {measured['dice_heart']:.3f}, thorax "
+                f"{measured['dice_thorax']:.3f}; decision rule {plain(measured['decision_rule'])}; "
+                f"{plain(measured['n_not_measured'])} images without outlines")
         part = metrics.get("body_part")
         if part and part.get("accuracy") is not None:
             st.markdown(f"**Body-part head:** accuracy {part['accuracy']:.3f} on {plain(part['n'])} "

@@ -240,3 +240,16 @@ def test_evaluation_and_predict_batch_measure_as_analyze_does(tmp_path):
         result = result_from_outputs(view, loaded, [_rows(out, k, k + 1)], manager, manager.registry)
         assert result.measurements == pytest.approx(single.measurements)
         assert result.decision == single.decision and result.kind == "measurement"
+
+
+def test_the_performance_page_shows_how_well_it_measures(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("XRAY_AI_REGISTRY", str(REPO / "model_registry.json"))
+    at = AppTest.from_file(str(REPO / "app_pages" / "performance.py"), default_timeout=120).run()
+    assert not at.exception
+    said = [m.value for m in at.markdown if m.value.startswith("**Cardiothoracic ratio**")]
+    mae = SHIPPED["metrics"]["measurement"]["ctr_mae"]
+    assert len(said) == 1 and f"mean absolute error {mae:.4f}" in said[0] and "decision rule CTR > 0.50" in said[0]
+    tiers = at.dataframe[0].value
+    assert MODEL_ID in list(tiers["model"])
