@@ -22,11 +22,12 @@ def test_shipped_backbones_are_flat_with_the_seed_head(arch, layer, grid):
 
 def test_registry_names_exactly_the_backbones_that_can_be_built():
     """registry.ARCHITECTURES restates the BACKBONES keys so that the registry imports no
-    TensorFlow; "custom" (a model brought from elsewhere) is the one name with no builder."""
+    TensorFlow; "custom" (a model brought from elsewhere) is the one classifier name with no
+    builder; the measurement networks (xray_ai.measurement.network) are built elsewhere."""
     from xray_ai.training.architectures import BACKBONES
-    from xray_ai.registry import ARCHITECTURES
+    from xray_ai.registry import ARCHITECTURES, MEASUREMENT_ARCHITECTURES
 
-    assert set(ARCHITECTURES) == set(BACKBONES) | {"custom"}
+    assert set(ARCHITECTURES) == set(BACKBONES) | {"custom"} | set(MEASUREMENT_ARCHITECTURES)
     assert len(ARCHITECTURES) == len(set(ARCHITECTURES))
 
 

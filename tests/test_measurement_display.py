@@ -279,3 +279,15 @@ def test_the_app_headline_is_the_ratio_with_the_rule_and_the_widths():
     captions = " ".join(c.value for c in at.caption)
     assert "Calibrated probability 80.0%" in captions and "Red outline: the cardiac silhouette" in captions
     assert "CTR 0.62 (cardiac 105 px, thoracic 170 px) · calibrated probability 80.0%" in captions.replace("\\", "")
+
+
+def test_the_widest_row_is_one_the_outline_crosses():
+    """A soft edge row just beyond the region can sum wider than any row of it; the diameter
+    is measured on a row of the outline itself."""
+    from xray_ai.measurement.ctr import widest_row
+
+    prob = np.zeros((10, 20), np.float32)
+    prob[4, 5:10] = 0.9        # the outline: one row, 5 px
+    prob[5, 0:20] = 0.45       # below one half everywhere, but 9 px in sum
+    width, line = widest_row(prob)
+    assert line.row == pytest.approx(4.5 / 10) and width == pytest.approx(0.9 * 5)

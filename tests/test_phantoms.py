@@ -93,8 +93,10 @@ def test_mura_layout_reads_back(tmp_path):
 def test_folder_layout_16bit_and_dicom(tmp_path):
     import cv2
     import pydicom
+    from xray_ai.phantoms.files import is_side_file
+
     s = P.write_dataset(tmp_path / "f", "pneumonia", 6, layout="folders", seed=2, size=SIZE, bit_depth=16)
-    pngs = sorted(p for p in (tmp_path / "f").rglob("*.png") if not p.name.endswith("_mask.png"))
+    pngs = sorted(p for p in (tmp_path / "f").rglob("*.png") if not is_side_file(p.name))
     assert len(pngs) == 6 == s["images"]
     assert {p.parent.name for p in pngs} <= {"normal", "pneumonia"}
     img = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
@@ -151,3 +153,36 @@ def test_cli_writes_dataset_and_gallery(tmp_path):
     assert len([p for p in (tmp_path / "o").rglob("*.png") if not p.name.endswith("_mask.png")]) == 3
     grid = P.make_gallery(tmp_path / "g.png", size=48, seed=0)
     assert (tmp_path / "g.png").stat().st_size > 0 and grid.ndim == 3 and grid.shape[0] > 48 * 10
+
+
+def test_chest_phantoms_carry_heart_and_thorax_outlines_and_their_true_ctr():
+    """Issue 19's truth: the CTR the generator drew, and the outlines it is measured on."""
+    from xray_ai.measurement.ctr import measure_ctr
+
+    errors = []
+    for seed in range(12):
+        ph = P.generate("cardiomegaly", abnormal=seed % 2 == 0, seed=seed, size=224)
+        assert set(ph.outlines) == {"heart", "thorax"} and all(o.dtype == bool for o in ph.outlines.values())
+        assert (ph.ctr > 0.5) == ph.abnormal
+        errors.append(measure_ctr(ph.outlines["heart"], ph.outlines["thorax"]).ctr - ph.ctr)
+    # the outlines show the drawn ratio: a pixel of rasterisation, a thorax cut by the field now and then
+    assert np.median(np.abs(errors)) < 0.01 and max(np.abs(errors)) < 0.04, errors
+    limb = P.generate("fracture", abnormal=True, seed=1, size=128)
+    assert limb.ctr is None and limb.outlines == {}
+
+
+def test_a_chest_dataset_writes_outlines_and_measurements_the_readers_skip(tmp_path):
+    import csv
+
+    from xray_ai.training.datasets import read_folders
+
+    s = P.write_dataset(tmp_path / "c", "cardiomegaly", 8, layout="folders", seed=3, size=SIZE)
+    with open(tmp_path / "c" / "measurements.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == s["images"] == 8 and "measurements" in s and "outlines" in s
+    for row in rows:
+        image = tmp_path / "c" / row["image"]
+        assert image.is_file() and (float(row["ctr"]) > 0.5) == (row["label"] == "cardiomegaly")
+        for name in ("heart", "thorax"):
+            assert image.with_name(f"{image.stem}_{name}.png").is_file()
+    assert len(read_folders(tmp_path / "c", "normal", "cardiomegaly")) == 8  # no outline read as an image

@@ -175,7 +175,7 @@ def _train_ctr(args: argparse.Namespace) -> int:
         raise BadInput(str(exc)) from None
     m = run.metrics["measurement"]
     print(json.dumps({"model_id": run.model_id, "path": str(run.path), "sha256": run.sha256, "kind": "measurement",
-                      "ctr_mae": m["ctr_mae"], "bland_altman_bias": m["bland_altman"]["bias"],
+                      "ctr_mae": m["ctr_mae"], "bland_altman_bias": (m["bland_altman"] or {}).get("bias"),
                       "dice_heart": m["dice_heart"], "dice_thorax": m["dice_thorax"], "auc": run.metrics.get("auc"),
                       "kappa": run.metrics.get("kappa"), "epochs_run": run.record["epochs_run"],
                       "seconds": run.record["seconds"], "split": run.metrics.get("split")}, indent=2))

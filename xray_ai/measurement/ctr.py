@@ -82,7 +82,8 @@ def widest_row(prob: np.ndarray) -> tuple[float, WidthLine] | None:
         return None
     # the region, grown by a pixel so that its soft edge counts, and nothing else in the row
     support = cv2.dilate(region.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    widths = (prob * support).sum(axis=1)
+    # rows the region itself crosses (the grown support reaches a row beyond it)
+    widths = np.where(region.any(axis=1), (prob * support).sum(axis=1), -1.0)
     row = int(np.argmax(widths))
     cols = np.flatnonzero(region[row])
     height, width = prob.shape

@@ -117,12 +117,15 @@ def fit_ctr_model(train: CtrData, valid: CtrData, *, size: int, epochs: int, pat
     keras.utils.set_random_seed(seed)
     model = build_ctr_unet(size)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss={OUTPUT_MASKS: dice_bce_loss})
+    # epochs reported on `stream` (stderr), so that stdout holds only the command's JSON
+    report = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: print(
+        f"epoch {epoch + 1}: loss {logs['loss']:.4f}, val_loss {logs['val_loss']:.4f}", file=stream, flush=True))
     callbacks = [keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
-                 keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=max(1, patience // 2))]
+                 keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=max(1, patience // 2)), report]
     start = time.perf_counter()
     history = model.fit(train.images, {OUTPUT_MASKS: train.masks}, batch_size=batch_size, epochs=epochs,
                         validation_data=(valid.images, {OUTPUT_MASKS: valid.masks}), callbacks=callbacks,
-                        shuffle=True, verbose=2)
+                        shuffle=True, verbose=0)
     val = [float(v) for v in history.history["val_loss"]]
     record = {"task": "ctr", "epochs_run": len(val), "best_epoch": int(np.argmin(val)) + 1,
               "seconds": round(time.perf_counter() - start, 1), "val_loss": [round(v, 5) for v in val],
@@ -204,23 +207,30 @@ def evaluate_ctr(model, data: CtrData, scale: float, *, split: str, n_boot: int 
     report = evaluation_report(data.labels, calibrated(ctr, scale), 0.5, split=split, n_boot=n_boot, seed=seed)
     report.pop("calibration", None)
     dice = {name: _dice(masks[..., k], data.masks[..., k]) for k, name in enumerate(MASK_CHANNELS)}
-    sd = float(np.std(diff, ddof=1))
     report["measurement"] = {
         "quantity": "ctr", "n": int(len(ctr)), "n_not_measured": int((~found).sum()),
-        "ctr_mae": float(np.mean(np.abs(diff))),
-        "ctr_mae_ci95": _bootstrap(np.abs(diff), np.mean, n_boot, seed),
-        "ctr_mae_vs_outlines": float(np.mean(np.abs(ctr - truth_outlines)[found])),
         "truth": "the generator's CTR parameter (measurements.csv `ctr`); vs_outlines: the CTR measured on "
                  "the true outlines at the model's grid",
-        "bland_altman": {"bias": float(np.mean(diff)), "bias_ci95": _bootstrap(diff, np.mean, n_boot, seed),
-                         "limits_of_agreement": [float(np.mean(diff) - 1.96 * sd), float(np.mean(diff) + 1.96 * sd)],
-                         "sd": sd},
+        **_agreement(diff, np.abs(ctr - truth_outlines)[found], n_boot, seed),
         **{f"dice_{name}": float(np.mean(d)) for name, d in dice.items()},
         **{f"dice_{name}_ci95": _bootstrap(d, np.mean, n_boot, seed) for name, d in dice.items()},
         "decision_rule": f"CTR > {CTR_LIMIT:.2f}",
         "ms_per_image_tensorflow": round(1000 * seconds / len(ctr), 2),
     }
     return report
+
+
+def _agreement(diff: np.ndarray, vs_outlines: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    """CTR error figures of the measured images (None where no image was measured: a model
+    that finds no outline has no agreement to report, not a zero error)."""
+    if len(diff) < 2:
+        return {"ctr_mae": None, "ctr_mae_ci95": None, "ctr_mae_vs_outlines": None, "bland_altman": None}
+    sd = float(np.std(diff, ddof=1))
+    bias = float(np.mean(diff))
+    return {"ctr_mae": float(np.mean(np.abs(diff))), "ctr_mae_ci95": _bootstrap(np.abs(diff), np.mean, n_boot, seed),
+            "ctr_mae_vs_outlines": float(np.nanmean(vs_outlines)),
+            "bland_altman": {"bias": bias, "bias_ci95": _bootstrap(diff, np.mean, n_boot, seed),
+                             "limits_of_agreement": [bias - 1.96 * sd, bias + 1.96 * sd], "sd": sd}}
 
 
 def _outline_ctr(target: np.ndarray) -> float:

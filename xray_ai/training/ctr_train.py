@@ -67,9 +67,10 @@ def train_ctr(config: TrainConfig, *, train_images: int | None = None, stream: A
     metrics["calibration_scale"] = scale
     metrics["training"] = record
     m = metrics["measurement"]
-    print(f"test: CTR MAE {m['ctr_mae']:.4f}, bias {m['bland_altman']['bias']:+.4f}, Dice heart "
-          f"{m['dice_heart']:.3f} thorax {m['dice_thorax']:.3f}, AUC {metrics['auc']:.4f}, "
-          f"kappa {metrics['kappa']:.3f}", file=stream, flush=True)
+    error = (f"CTR MAE {m['ctr_mae']:.4f}, bias {m['bland_altman']['bias']:+.4f}" if m["ctr_mae"] is not None
+             else f"no CTR measured on {m['n_not_measured']} of {m['n']} images")
+    print(f"test: {error}, Dice heart {m['dice_heart']:.3f} thorax {m['dice_thorax']:.3f}, AUC {metrics['auc']}, "
+          f"kappa {metrics['kappa']}", file=stream, flush=True)
 
     model_id = config.model_id or f"{CONDITION}-{ARCHITECTURE}-{_dt.datetime.now():%Y%m%d%H%M}"
     path = Path(config.out) / f"{model_id}.keras"
