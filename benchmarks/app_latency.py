@@ -6,7 +6,8 @@ cache, drives it with Playwright in Debian's headless chromium as tests/test_bro
 does, and measures from the user's action to the finished redraw:
 
 - cold first analysis: the first upload after the server answers (what a user meets first),
-- warm analysis: a new upload of the 1841 x 1955 RG1 chest DICOM (examples/rg1_chest.dcm),
+- warm analysis: a new upload of the 1841 x 1955 RG1 chest DICOM (pydicom-data's RG1_UNCR.dcm,
+  uncompressed, 7.2 MB; examples/rg1_chest.dcm is a 482 x 512 copy of it),
 - slider redraw: one step of the heatmap intensity slider on that image,
 - page loads: the Model registry and Model performance pages, opened from the navigation.
 
@@ -33,7 +34,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 FIRST_FILE = REPO / "examples" / "phantom_msk_abnormality_abnormal.dcm"  # in scope for the default condition
-LARGE_FILE = REPO / "examples" / "rg1_chest.dcm"  # 1841 x 1955 CR: not assessable for the phantom models
+def _large_file() -> Path:
+    """pydicom-data's full-size RG1 chest CR (requirements-dev.txt): not assessable for the phantom models."""
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("RG1_UNCR.dcm"))
+
+
+LARGE_FILE = _large_file()
 LOG = Path(tempfile.gettempdir()) / "xray_ai_app_latency.log"  # the app's own output, for a failed run
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
