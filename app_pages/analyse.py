@@ -49,16 +49,24 @@ if not files:
             "synthetic-data models).")
     st.stop()
 
-images = []
-for name, data in files:  # in memory: uploads never touch the disk
-    try:
-        images.append(load_image(data, filename=name))
-    except ImageLoadError as exc:
-        st.error(plain(f"Could not read {exc}. The other files are analysed without it."))
+digests = tuple((name, digest(data)) for name, data in files)
+decoded = st.session_state.get("analyse.decoded")
+if decoded is None or decoded[0] != digests:  # decoded once per set of files, not on every slider move
+    images, problems = [], []
+    for name, data in files:  # in memory: uploads never touch the disk
+        try:
+            images.append(load_image(data, filename=name))
+        except ImageLoadError as exc:
+            problems.append(f"Could not read {exc}. The other files are analysed without it.")
+    decoded = (digests, images, problems)
+    st.session_state["analyse.decoded"] = decoded
+_, images, problems = decoded
+for problem in problems:
+    st.error(plain(problem))
 if not images:
     st.stop()
 
-key = (condition, model_id, method, tuple(digest(d) for _, d in files))
+key = (condition, model_id, method, tuple(d for _, d in digests))
 if st.session_state.get("analyse.key") != key:  # the model runs only when the study, model or method changes
     with st.spinner("Analysing (the first analysis also loads the model)..."):
         bar = st.progress(0.0, text=METHOD_NAMES[method]) if method == "lime" else None
