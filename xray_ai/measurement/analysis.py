@@ -17,13 +17,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from xray_ai.images import XRay
-from xray_ai.measurement.ctr import CTR_LIMIT, measure_ctr
+from xray_ai.measurement.ctr import ctr_probability, measure_ctr
 from xray_ai.registry import ModelEntry
 from xray_ai.result import ViewResult
 from xray_ai.serving.forward import BATCH
 from xray_ai.serving.preprocessing import prepare_batch
 
-__all__ = ["NOT_MEASURED", "measure_views", "measured_views", "ctr_probability", "study_probability", "not_measured_reasons"]
+__all__ = ["NOT_MEASURED", "measure_views", "measured_views", "study_probability", "not_measured_reasons"]
 
 NOT_MEASURED = "the heart or thorax outline was not found, so the cardiothoracic ratio could not be measured"
 
@@ -34,13 +34,6 @@ class _Pass:
 
     probabilities: np.ndarray
     pooled_features: np.ndarray | None
-
-
-def ctr_probability(ctr: float, entry: ModelEntry) -> float:
-    """The entry's calibrated probability of an enlarged heart at this CTR."""
-    m = entry.measurement or {}
-    limit, scale = float(m.get("limit", CTR_LIMIT)), float(m["calibration_scale"])
-    return float(1.0 / (1.0 + np.exp(-(ctr - limit) / scale)))
 
 
 def measure_views(loaded, views: Sequence[XRay], view_results: Callable) -> list[ViewResult]:

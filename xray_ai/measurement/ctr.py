@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["CTR_RULE", "CTR_LIMIT", "WidthLine", "CtrMeasurement", "widest_row", "measure_ctr"]
+__all__ = ["CTR_RULE", "CTR_LIMIT", "WidthLine", "CtrMeasurement", "widest_row", "measure_ctr", "ctr_probability"]
 
 CTR_LIMIT = 0.50
 CTR_RULE = "cardiothoracic ratio above 0.50 on a PA film (the clinical rule, not a learned threshold)"
@@ -105,3 +105,12 @@ def measure_ctr(heart: np.ndarray, thorax: np.ndarray, image_width_px: int | Non
     return CtrMeasurement(ctr=cardiac[0] / thoracic[0], cardiac_width_px=cardiac[0] * scale,
                           thoracic_width_px=thoracic[0] * scale, cardiac_line=cardiac[1],
                           thoracic_line=thoracic[1], heart=heart, thorax=thorax)
+
+
+def ctr_probability(ctr: float, entry) -> float:
+    """A measurement model's calibrated probability of an enlarged heart at this CTR: the
+    logistic curve of its registry entry's `measurement` (0.5 at the rule's `limit`, slope
+    `calibration_scale` fitted on the validation split)."""
+    m = entry.measurement or {}
+    limit, scale = float(m.get("limit", CTR_LIMIT)), float(m["calibration_scale"])
+    return float(1.0 / (1.0 + np.exp(-(ctr - limit) / scale)))
