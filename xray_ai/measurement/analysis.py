@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from xray_ai.images import XRay
-from xray_ai.measurement.ctr import ctr_probability, measure_ctr
+from xray_ai.measurement.ctr import ctr_probability, measure_batch
 from xray_ai.registry import ModelEntry
 from xray_ai.result import ViewResult
 from xray_ai.serving.forward import BATCH
@@ -51,9 +51,7 @@ def measure_views(loaded, views: Sequence[XRay], view_results: Callable) -> list
 def measured_views(loaded, views: Sequence[XRay], run, view_results: Callable) -> list[ViewResult]:
     """measure_views' work on one forward output (serving.segmentation.MeasurementOutput)
     whose rows are these views, in order (predict-batch runs several studies' views at once)."""
-    entry = loaded.entry
-    measured = [measure_ctr(m[..., 0], m[..., 1], v.pixels.shape[1]) for m, v in zip(run.masks, views)]
-    probabilities = np.array([ctr_probability(m.ctr, entry) if m else 0.0 for m in measured])
+    measured, probabilities = measure_batch(loaded.entry, run.masks, [v.pixels.shape[1] for v in views])
     # the heart mask stands in for the heatmap: what the overlay's intensity blends
     maps = [(np.ascontiguousarray(m[..., 0], np.float32), None) for m in run.masks]
     results = view_results(loaded, views, _Pass(probabilities, run.pooled_features), maps)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["CTR_RULE", "CTR_LIMIT", "WidthLine", "CtrMeasurement", "widest_row", "measure_ctr", "ctr_probability"]
+__all__ = ["CTR_RULE", "CTR_LIMIT", "WidthLine", "CtrMeasurement", "widest_row", "measure_ctr", "ctr_probability", "measure_batch"]
 
 CTR_LIMIT = 0.50
 CTR_RULE = "cardiothoracic ratio above 0.50 on a PA film (the clinical rule, not a learned threshold)"
@@ -114,3 +114,11 @@ def ctr_probability(ctr: float, entry) -> float:
     m = entry.measurement or {}
     limit, scale = float(m.get("limit", CTR_LIMIT)), float(m["calibration_scale"])
     return float(1.0 / (1.0 + np.exp(-(ctr - limit) / scale)))
+
+
+def measure_batch(entry, masks: np.ndarray, widths) -> tuple[list[CtrMeasurement | None], np.ndarray]:
+    """Each image's CtrMeasurement (None where an outline is missing) and calibrated probability
+    (0.0 there, kept for the record) from a batch of masks (N, S, S, 2: heart, thorax) and each
+    image's width in its own pixels."""
+    measured = [measure_ctr(m[..., 0], m[..., 1], int(w)) for m, w in zip(masks, widths)]
+    return measured, np.array([ctr_probability(m.ctr, entry) if m else 0.0 for m in measured])

@@ -42,10 +42,9 @@ def predict_probabilities(loaded: LoadedModel | LoadedEnsemble, images: Sequence
 def _probabilities(loaded: LoadedModel, out, images: Sequence[np.ndarray]) -> np.ndarray:
     if not (loaded.entry.is_measurement and not loaded.placeholder):
         return np.asarray(out.probabilities, np.float64)
-    from xray_ai.measurement.ctr import ctr_probability, measure_ctr
+    from xray_ai.measurement.ctr import measure_batch
 
-    measured = [measure_ctr(m[..., 0], m[..., 1], image.shape[1]) for m, image in zip(out.masks, images)]
-    return np.array([ctr_probability(m.ctr, loaded.entry) if m else 0.0 for m in measured])
+    return measure_batch(loaded.entry, out.masks, [image.shape[1] for image in images])[1]
 
 
 def pooled_features(loaded: LoadedModel, images: Sequence[np.ndarray]) -> np.ndarray:
