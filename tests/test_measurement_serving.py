@@ -253,3 +253,33 @@ def test_the_performance_page_shows_how_well_it_measures(monkeypatch):
     assert len(said) == 1 and f"mean absolute error {mae:.4f}" in said[0] and "decision rule CTR > 0.50" in said[0]
     tiers = at.dataframe[0].value
     assert MODEL_ID in list(tiers["model"])
+
+
+def test_its_dicom_results_of_a_chest_are_valid_and_hold_the_ctr(tmp_path):
+    """SC, Encapsulated PDF and SR of a chest CR (an unpaired part: no Laterality in the SC)."""
+    import pydicom
+
+    from test_dicom_results import assert_valid_iod
+    from xray_ai import load_image
+    from xray_ai.analysis import analyze
+    from xray_ai.outputs.dicom_results import write_dicom_results
+
+    source = REPO / "examples" / "phantom_cardiomegaly_abnormal.dcm"
+    result = analyze(load_image(source.read_bytes(), filename=source.name), None,
+                     _manager(REPO / "model_registry.json"), model_id=MODEL_ID)
+    paths = write_dicom_results(result, tmp_path)
+    assert len(paths) == 3
+    for path in paths:
+        assert_valid_iod(path)
+    sc = pydicom.dcmread(next(p for p in paths if "_sc_" in p.name))
+    assert "Laterality" not in sc and sc.BodyPartExamined == "CHEST"
+    sr = pydicom.dcmread(next(p for p in paths if p.name.endswith("_sr.dcm")))
+    values = [float(item.MeasuredValueSequence[0].NumericValue) for item in _walk(sr)
+              if item.get("ValueType") == "NUM" and "ctr" in item.ConceptNameCodeSequence[0].CodeMeaning.lower()]
+    assert any(v == pytest.approx(result.measurements["ctr"], abs=1e-3) for v in values), values
+
+
+def _walk(ds):
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _walk(item)

@@ -38,6 +38,13 @@ from xray_ai.result import PLACEHOLDER_WATERMARK, AnalysisResult
 __all__ = ["banner_lines", "render_capture", "build_secondary_capture", "SC_SERIES_NUMBER"]
 
 SC_SERIES_NUMBER = 9901
+# BodyPartExamined values (PS3.16 CID 4031) of paired structures, which General Series'
+# Laterality is conditional on
+_PAIRED_PARTS = frozenset({
+    "ANKLE", "ARM", "BREAST", "CLAVICLE", "ELBOW", "EXTREMITY", "FEMUR", "FIBULA", "FINGER", "FOOT", "FOREARM",
+    "HAND", "HEEL", "HIP", "HUMERUS", "KNEE", "LEG", "LOWER LIMB", "LOWERLIMB", "SCAPULA", "SHOULDER", "THUMB",
+    "TIBIA", "TOE", "UPPER LIMB", "UPRLIMB", "WRIST",
+})
 _INTENSITY = 0.5  # the overlay's default intensity (app, CLI and report)
 _WHITE, _YELLOW, _RED = (255, 255, 255), (255, 214, 0), (255, 70, 70)
 
@@ -109,8 +116,11 @@ def build_secondary_capture(result: AnalysisResult, source: SourceImage, series_
     ds.PatientOrientation = orientation if orientation else ""
     if source.header.get("BodyPartExamined"):  # General Series; ViewPosition is not in the SC IOD
         ds.BodyPartExamined = source.header.BodyPartExamined
-        # Type 2C for a paired part: the source's value, or empty (unknown)
-        ds.Laterality = source.header.get("Laterality") or ""
+        # Type 2C, for a paired part only (a chest has none): the source's value, or empty (unknown)
+        if source.header.get("Laterality"):
+            ds.Laterality = source.header.Laterality
+        elif str(ds.BodyPartExamined).upper() in _PAIRED_PARTS:
+            ds.Laterality = ""
     if source.referable:
         ref = Dataset()
         ref.ReferencedSOPClassUID = source.header.SOPClassUID
