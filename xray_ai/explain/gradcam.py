@@ -295,9 +295,6 @@ def tf_layer_map(method: str, a: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
     return tf.nn.relu(tf.reduce_sum(a * tf.nn.relu(g), axis=-1))  # layercam
 
 
-_tf_layer_map = tf_layer_map  # the name serving.onnx_export first imported
-
-
 class _BadSetting(ValueError):
     """A heatmap setting that does not fit the model (GradCam(strict=True))."""
 

@@ -101,7 +101,7 @@ def _gradient_function(model: keras.Model, spec: HeatmapSpec) -> tuple[Any, Any]
     """(tf.function image -> (pooled, map_1..map_n, probability), its input signature)."""
     import tensorflow as tf
 
-    from xray_ai.explain.gradcam import _tf_layer_map, build_feature_gradient_model, find_target_layer
+    from xray_ai.explain.gradcam import build_feature_gradient_model, find_target_layer, tf_layer_map
     from xray_ai.serving.gradient_ops import exportable_gradients
 
     layers = list(spec.layers)
@@ -116,7 +116,7 @@ def _gradient_function(model: keras.Model, spec: HeatmapSpec) -> tuple[Any, Any]
         with exportable_gradients():
             *features, logit, prob = replay(x, training=False)
         grads = tf.gradients(tf.reduce_sum(logit), features[:n])  # graph mode: the overrides apply
-        maps = [_tf_layer_map(spec.method, a, tf.zeros_like(a) if g is None else g)
+        maps = [tf_layer_map(spec.method, a, tf.zeros_like(a) if g is None else g)
                 for a, g in zip(features[:n], grads)]
         pooled = tf.reduce_mean(features[pool_index], axis=(1, 2))
         return (pooled, *maps, tf.reshape(prob, (-1, 1)))
