@@ -37,7 +37,11 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-# Backbones a registry entry may name; xray_ai.training.architectures builds each of them.
+# The networks a measurement entry may name (xray_ai.measurement.network builds "ctr-unet";
+# spelled here because the registry imports no model code).
+MEASUREMENT_ARCHITECTURES = ("ctr-unet",)
+# Architectures a registry entry may name: the backbones xray_ai.training.architectures
+# builds, "custom" (a classifier brought from elsewhere) and the measurement networks.
 ARCHITECTURES = (
     "densenet121",
     "mobilenetv2",
@@ -52,8 +56,7 @@ ARCHITECTURES = (
     "xception",
     "convnext_tiny",
     "custom",
-    "ctr-unet",  # the cardiothoracic-ratio segmentation network (xray_ai.measurement.network)
-)
+) + MEASUREMENT_ARCHITECTURES
 # How a model wants its input; xray_ai.serving.preprocessing implements each.
 PREPROCESSING = ("unit", "imagenet_tf", "imagenet_torch", "imagenet_caffe", "raw255")
 PROFILES = ("fast", "intensive")
@@ -63,9 +66,6 @@ PROFILES = ("fast", "intensive")
 KINDS = ("classifier", "ensemble", "measurement")
 KIND_ALIASES = {"single": "classifier"}  # the name registries of 2026-11 wrote
 MEASURED_CONDITIONS = ("cardiomegaly",)
-# The networks a measurement entry may name (xray_ai.measurement.network builds "ctr-unet";
-# spelled here because the registry imports no model code).
-MEASUREMENT_ARCHITECTURES = ("ctr-unet",)
 ENSEMBLE_ARCHITECTURE = "ensemble"
 
 
