@@ -226,10 +226,7 @@ class ModelManager:
                 placeholder, reason = False, None
             except ModelProblem as exc:
                 reason = str(exc)
-                log.warning("model %s unusable, serving a PLACEHOLDER: %s", entry.id, reason)
-                from xray_ai.training.architectures import build_placeholder  # keras: only when a model fails
-
-                model, placeholder = build_placeholder(entry.input.shape), True
+                model, placeholder = _placeholder(entry, reason), True
             analyzer, backend_reason = None, None
             if placeholder:
                 backend_reason = "a placeholder is never served by ONNX Runtime"
@@ -256,11 +253,9 @@ class ModelManager:
         try:
             model = load_verified(entry, path, self.registry.base_dir)
         except ModelProblem as exc:
-            log.warning("model %s unusable, serving a PLACEHOLDER: %s", entry.id, exc)
             from xray_ai.explain.gradcam import GradCam
-            from xray_ai.training.architectures import build_placeholder
 
-            placeholder = build_placeholder(entry.input.shape)
+            placeholder = _placeholder(entry, str(exc))
             return placeholder, True, str(exc), GradCam(placeholder), "a placeholder is never served by ONNX Runtime"
         return model, False, None, KerasSegmenter(model), pinned_reason or "no shipped ONNX export pinned"
 
@@ -340,7 +335,6 @@ class ModelManager:
         self._pin_export(entry, pinned)
         return onnx_path
 
-
     def _ship_segmenter(self, entry: ModelEntry, force: bool) -> Path:
         """A measurement model's export (serving.segmentation) beside its file, pinned in its entry."""
         from xray_ai.serving.segmentation import export_segmenter, load_pinned_segmenter, pin_json
@@ -359,7 +353,6 @@ class ModelManager:
         self._pin_export(entry, pinned)
         return onnx_path
 
-
     def _pin_export(self, entry: ModelEntry, pinned: dict) -> None:
         """Write `pinned` as the entry's `onnx` field, unless its model file changed meanwhile."""
         import dataclasses
@@ -373,6 +366,15 @@ class ModelManager:
             return registry.with_model(dataclasses.replace(current, extra={**current.extra, "onnx": pinned}))
 
         edit_registry(self.registry_path, pin, action="export-onnx --ship")
+
+
+def _placeholder(entry: ModelEntry, reason: str) -> keras.Model:
+    """The untrained placeholder CNN of the entry's input shape, served when its file is
+    unusable (README, "Placeholder fallback"); logged as a WARNING with the reason."""
+    log.warning("model %s unusable, serving a PLACEHOLDER: %s", entry.id, reason)
+    from xray_ai.training.architectures import build_placeholder  # keras: only when a model fails
+
+    return build_placeholder(entry.input.shape)
 
 
 def _read_sidecar(load: Callable[[Path, str | None], tuple[_Found | None, str | None]], path: Path, what: str,
