@@ -22,6 +22,7 @@ import numpy as np
 
 from xray_ai.registry import ModelEntry
 from xray_ai.serving.artifacts import file_sha256
+from xray_ai.serving.verify import check_model_file
 
 __all__ = ["SEGMENTATION_METHOD", "EXPORT_FORMAT", "EXPORT_TOLERANCE", "MeasurementOutput", "KerasSegmenter",
            "OnnxSegmenter", "export_segmenter", "load_pinned_segmenter", "pin_json"]
@@ -146,11 +147,11 @@ def load_pinned_segmenter(entry: ModelEntry, base_dir: Path) -> tuple[OnnxSegmen
         return None, f"model {entry.id}: the shipped export was made from another model file"
     base = base_dir.resolve()
     onnx_path = (base / str(pinned.get("path", ""))).resolve()
-    if base not in onnx_path.parents:
+    if not onnx_path.is_relative_to(base) or onnx_path == base:
         return None, f"model {entry.id}: the pinned export lies outside the registry's folder"
-    keras_path = entry.resolve_path(base_dir)
-    if not keras_path.is_file() or file_sha256(keras_path) != entry.sha256:
-        return None, f"model {entry.id}: the model file is missing or changed"
+    problem = check_model_file(entry, base_dir)  # sha256 cached per file version, as every load checks it
+    if problem:
+        return None, f"model {entry.id}: {problem}"
     if not onnx_path.is_file() or file_sha256(onnx_path) != pinned.get("sha256"):
         return None, f"model {entry.id}: the shipped export {onnx_path.name} is missing or changed"
     from xray_ai.serving.onnx_session import open_session
