@@ -47,6 +47,7 @@ from xray_ai.serving.head import Head, UnsupportedHead, detect_head
 from xray_ai.serving.onnx_export import EXPORT_FORMAT, check_against_tensorflow, export_to, variant_name
 from xray_ai.serving.onnx_session import BACKEND_NAME, OnnxGradCam, check_session_shapes, open_session
 from xray_ai.serving.settings import cache_dir
+from xray_ai.serving.verify import check_model_file
 
 if TYPE_CHECKING:
     import keras
@@ -180,13 +181,9 @@ def load_pinned(entry: ModelEntry, base_dir: Path, spec: HeatmapSpec | None = No
         return _refused(f"model {entry.id}: onnx.path {pinned['path']!r} is outside the registry's folder")
     if not onnx_path.is_file():
         return _refused(f"model {entry.id}: the shipped export {pinned['path']} is missing")
-    keras_path = entry.resolve_path(base_dir)
-    try:
-        keras_sha = file_sha256(keras_path)
-    except OSError as exc:
-        return None, f"the model file {keras_path} cannot be read ({exc})"
-    if keras_sha != entry.sha256:
-        return None, f"the model file {keras_path.name} does not have the entry's sha256"
+    problem = check_model_file(entry, base_dir)  # sha256 cached per file version, as every load checks it
+    if problem:
+        return None, problem
     analyzer, problem = _open_verified(onnx_path, pinned["sha256"], tuple(entry.input.shape),
                                        pinned["output_shapes"], spec, None, pinned.get("target_layer"))
     if problem:
