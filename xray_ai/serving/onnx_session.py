@@ -71,7 +71,7 @@ class OnnxGradCam:
 
 
 def open_session(path: str | Path) -> onnxruntime.InferenceSession:
-    """An ONNX Runtime CPU session configured for this machine: intra-op threads = cores."""
+    """An ONNX Runtime CPU session configured for this machine: intra-op threads = cores, no spinning."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -80,6 +80,12 @@ def open_session(path: str | Path) -> onnxruntime.InferenceSession:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # No spinning: by default ONNX Runtime's threads busy-wait after each run, holding both
+    # cores while this process's own Python (the Grad-CAM scaling, the result, Streamlit's
+    # redraw, predict-batch's decoders) waits for them. Off, one analysis took 20 ms instead
+    # of 34 (median, shipped fracture model) and predict-batch ran 0.63x the bare forward
+    # instead of 0.58x (benchmarks/batch_throughput.py, MobileNetV2).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
