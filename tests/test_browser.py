@@ -9,7 +9,10 @@ the PDF report and checks it, and takes a full-page screenshot. The second switc
 pneumonia and uploads the real RG1 chest radiograph: a grey "Not assessable" card with the
 reason in error colour, no pneumonia headline, the model's output only in its expander, and
 a PDF that says "Not assessable". The third uploads pydicom's CT_small.dcm: not assessable,
-naming CT. It records the upload-to-result time of the first analysis (cold: imports
+naming CT. The fourth visits every page and analyses the phantom and the CT slice, and
+checks that no request left the app's own server (a hospital runs it offline, and patient
+work must not call a CDN: the favicon once came from fonts.gstatic.com). It records the
+upload-to-result time of the first analysis (cold: imports
 TensorFlow, loads the model) and of the second (the pneumonia model loads) in
 test-artifacts/browser_timings.json. No timing assertions.
 
@@ -25,11 +28,12 @@ import json
 import re
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from browser_support import (ARTIFACTS, REPO, RESULT_TIMEOUT_MS, UI_TIMEOUT_MS, chromium_context, expect,
-                             choose, report_failure, streamlit_app,
+                             choose, nav_link, report_failure, streamlit_app,
                              wait_until_idle)
 
 # ---------------------------------------------------------------------------------------
@@ -353,3 +357,64 @@ def test_a_ct_slice_is_not_assessable_and_names_ct(browser, streamlit_server):
         raise
     finally:
         page.close()
+
+
+APP_HOSTS = {"127.0.0.1", "localhost", "::1"}  # the app's own server (browser_support: loopback)
+
+
+def test_no_request_leaves_the_app_s_own_server(browser, streamlit_server):
+    """Every request of every page (favicon, fonts, the navigation's and the result cards'
+    material icons, images, the report) goes to the app's own server: nothing to a CDN. A
+    hospital may run the app offline, where such a request fails (a console error, no
+    favicon), and online it would tell a third party that the app is in use. Visits every
+    page of the navigation, then analyses the in-scope phantom (a decision, its marks) and
+    the CT slice (the "not assessable" card, its icon) on Analyse."""
+    server = streamlit_server
+    external: list[str] = []
+
+    def record(request) -> None:
+        url = urlsplit(request.url)
+        if url.scheme not in ("data", "blob") and url.hostname not in APP_HOSTS:
+            external.append(f"{request.resource_type} {request.url}")
+
+    browser.on("request", record)  # the context: pages, workers, the browser's favicon fetch
+    page, console = None, []
+    try:
+        page, console = _open(browser, server)
+        for title in APP_PAGES[1:] + APP_PAGES[:1]:  # each page, back to Analyse
+            nav_link(page, title).click()
+            expect(page.get_by_test_id("stMain").get_by_role("heading").first).to_be_visible()
+            wait_until_idle(page)
+        _file_input(page).set_input_files(str(FIRST_FILE))
+        expect(_result_image(page, FIRST_FILE.name).first).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+        _wait_for_result(page)
+        from pydicom.data import get_testdata_file
+
+        ct = Path(get_testdata_file("CT_small.dcm"))
+        _remove_file_button(page, FIRST_FILE.name).click()
+        wait_until_idle(page)
+        _file_input(page).set_input_files(str(ct))
+        expect(_result_image(page, ct.name).first).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+        _wait_for_not_assessable(page)
+        page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=UI_TIMEOUT_MS)
+
+        # The browser fetches the favicon on its own schedule: check where it points as well.
+        icons = page.eval_on_selector_all("link[rel~='icon']", "links => links.map(l => l.href)")
+        assert icons, "the page has no favicon link"
+        external += [f"favicon link {href}" for href in icons if urlsplit(href).hostname not in APP_HOSTS]
+        page.wait_for_timeout(500)  # a request issued in the last moment
+        assert not external, ("requests to hosts other than the app's own server:\n  "
+                              + "\n  ".join(dict.fromkeys(external)))
+        for href in icons:  # served, and an image
+            response = page.request.get(href)
+            assert response.ok and response.headers.get("content-type", "").startswith("image/"), (
+                f"favicon {href}: HTTP {response.status} {response.headers.get('content-type')}")
+        assert not console, f"browser console errors: {console}"
+    except BaseException:
+        if page is not None:
+            _report_failure(page, console, server, "browser_failure_external_requests.png")
+        raise
+    finally:
+        browser.remove_listener("request", record)
+        if page is not None:
+            page.close()
