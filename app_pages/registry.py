@@ -48,7 +48,10 @@ if admin:
                       "(python -m xray_ai train ... --register)."))
     else:
         chosen = st.selectbox("Model", candidates, index=candidates.index(active_id) if active_id in candidates else 0,
-                              key=f"registry.model.{condition}",
+                              # the active model in the key: after a switch the picker is drawn
+                              # anew, with its "(active)" label moved (Streamlit keeps a keyed
+                              # widget's option labels otherwise)
+                              key=f"registry.model.{condition}.{active_id}",
                               format_func=lambda m: f"{m} (active)" if m == active_id else m)
         if st.button("Activate", key="registry.activate"):
             try:  # read, switch and save under the registry's lock (a concurrent edit is never undone)

@@ -60,7 +60,7 @@ ARROW = r"\s*(?:->|→)\s*"  # the audit's "old -> new"; Streamlit's Markdown sh
 
 ADMIN_NAME = "Dr Ada Admin (browser test)"
 ADMIN_PASSWORD = "correct horse battery staple 20"
-PREFERRED_CONDITION = "cardiomegaly"  # a chest phantom; may soon have a second real model
+PREFERRED_CONDITION = "fracture"  # two tiers: the fast model active, the intensive one beside it (issue 20)
 
 
 # ---------------------------------------------------------------------------------------
@@ -308,6 +308,7 @@ def test_an_administrator_switches_the_active_model_and_the_analysis_uses_it(bro
                             rf"'{re.escape(sw.new_id)}'")
         expect(main.get_by_test_id("stAlertContentSuccess").filter(has_text=change)).to_be_visible()
         wait_until_idle(page)
+        expect(model_box).to_have_value(f"{sw.new_id} (active)")  # the picker marks the new one now
 
         # The registry copy holds exactly that change (and its previous version as .bak).
         after = json.loads(sw.registry.read_text())

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The intensive tier on CPU (issue 20), where no GPU is lent: the same phantoms as the fast
+# model of the condition (same generator, seed and count, so the same split and labels) but
+# rendered at 320 px, and a model that reads them at 320 px; the intensive protocol (head
+# first, then the top 30% of the backbone, then all of it; batch 16; early stopping on the
+# validation AUC), registered beside the fast model, not activated. Then:
+#   1. its ONNX export, checked against TensorFlow and pinned (served without TensorFlow);
+#   2. both tiers scored by `evaluate` on the same 320 px validation and test images
+#      (models/<intensive id>.tiers.json): the active model is the better one on validation;
+#   3. its default heatmap chosen on validation and its test table (as heatmap_figures.sh).
+#
+#   bash models/train_intensive_cpu.sh [CONDITION ...]     (default: fracture)
+#
+# Deviations from the protocol, for the CPU budget (2 cores, one session): 10 epochs instead
+# of up to 50, and Adam 1e-4 instead of 1e-5 (at 1e-5 ten epochs leave a new head barely
+# fitted). About 25 minutes of fitting per EfficientNet-Lite0 model at 320 px on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+work=${WORK:-$(mktemp -d)}
+export XRAY_AI_AUDIT_DB="$work/audit.sqlite3"  # the registry's own audit log is runtime state
+
+# condition  layout   count  seed  arch               epochs  fast model
+plan="
+fracture     folders  3000   102   efficientnetlite0  10      fracture-efficientnetlite0-fast
+"
+
+wanted=" ${*:-fracture} "
+echo "$plan" | while read -r condition layout count seed arch epochs fast; do
+    [[ -z "$condition" || "$wanted" != *" $condition "* ]] && continue
+    data="$work/$condition-320"
+    id="$condition-$arch-intensive"
+    [[ -f "$data/phantoms.json" ]] || python -m xray_ai phantoms --condition "$condition" --count "$count" \
+        --layout "$layout" --size 320 --seed "$seed" --out "$data"
+    python -m xray_ai train --protocol intensive --condition "$condition" --arch "$arch" --data "$data" \
+        --layout "$layout" --image-size 320 --epochs "$epochs" --learning-rate 1e-4 --weights imagenet \
+        --seed "$seed" --model-id "$id" --out models --register
+    python -m xray_ai explain-eval --model "$id" --data "$data" --layout "$layout" --split valid \
+        --max-images 0 --write-registry
+    python -m xray_ai explain-eval --model "$id" --data "$data" --layout "$layout" --split test \
+        --max-images 200 --faithfulness-images 40 --lime-images 40 --write-registry
+    python -m xray_ai export-onnx --model "$id" --ship
+    python models/compare_tiers.py --data "$data" --layout "$layout" --intensive "$id" --fast "$fast" \
+        --out "models/$id.tiers.json"
+done
