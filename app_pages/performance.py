@@ -7,7 +7,7 @@ import streamlit as st
 from ui.common import get_manager, registry_or_stop
 from ui.text import plain
 from xray_ai.explain.evaluate import read_heatmap_table
-from xray_ai.registry.comparison import tier_comparison
+from xray_ai.registry.comparison import SPEED_FILE, read_speeds, tier_comparison
 
 SCALARS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "kappa", "ece")
 
@@ -17,15 +17,12 @@ st.caption("Figures from the evaluation run that produced each model, on the spl
 registry = registry_or_stop(get_manager())
 
 st.subheader("Intensive and fast models per condition")
-explain_reports = {}
-for entry in registry.models.values():
-    found = None if entry.is_ensemble else read_heatmap_table(entry.resolve_path(registry.base_dir))
-    if found:
-        explain_reports[entry.id] = found[0]
-st.dataframe([row.as_table_row() for row in tier_comparison(registry, explain_reports)], hide_index=True)
+st.dataframe([row.as_table_row() for row in tier_comparison(registry, read_speeds(registry.base_dir / SPEED_FILE))],
+             hide_index=True)
 st.caption("Held-out test split of each model's own data (see its section below); pointing 15 px: the share of "
            "abnormal test images whose default heatmap peak lies within 15 px (at 224 px) of the lesion mask; "
-           "ms per map: the default heatmap's time per image in explain-eval (TensorFlow, the machine that ran it). "
+           "ms per analysis: one warm analysis on ONNX Runtime, median, as benchmarks/tier_speed.py measured it "
+           "on the machine of models/analysis_speed.json (2 cores). "
            "'none registered': no model of that tier for the condition. The active model is the one the "
            "administrator chose (README, \"Model registry\").")
 

@@ -4,16 +4,18 @@
 # rendered at 320 px, and a model that reads them at 320 px; the intensive protocol (head
 # first, then the top 30% of the backbone, then all of it; batch 16; early stopping on the
 # validation AUC), registered beside the fast model, not activated. Then:
-#   1. its ONNX export, checked against TensorFlow and pinned (served without TensorFlow);
-#   2. both tiers scored by `evaluate` on the same 320 px validation and test images
-#      (models/<intensive id>.tiers.json): the active model is the better one on validation;
-#   3. its default heatmap chosen on validation and its test table (as heatmap_figures.sh).
+#   1. its heatmap test table (as heatmap_figures.sh; `train` has already chosen its default
+#      heatmap on the validation split and measured it on test);
+#   2. its ONNX export, checked against TensorFlow and pinned (served without TensorFlow);
+#   3. both tiers scored on the same 320 px validation and test images
+#      (models/compare_tiers.py -> models/<intensive id>.tiers.json), and the one better on
+#      validation made active (the fast one unless the intensive one is better beyond noise).
 #
 #   bash models/train_intensive_cpu.sh [CONDITION ...]     (default: fracture)
 #
 # Deviations from the protocol, for the CPU budget (2 cores, one session): 10 epochs instead
 # of up to 50, and Adam 1e-4 instead of 1e-5 (at 1e-5 ten epochs leave a new head barely
-# fitted). About 25 minutes of fitting per EfficientNet-Lite0 model at 320 px on 2 cores.
+# fitted). The fracture run fitted in 30.4 min on 2 cores shared with other work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,11 +37,9 @@ echo "$plan" | while read -r condition layout count seed arch epochs fast; do
     python -m xray_ai train --protocol intensive --condition "$condition" --arch "$arch" --data "$data" \
         --layout "$layout" --image-size 320 --epochs "$epochs" --learning-rate 1e-4 --weights imagenet \
         --seed "$seed" --model-id "$id" --out models --register
-    python -m xray_ai explain-eval --model "$id" --data "$data" --layout "$layout" --split valid \
-        --max-images 0 --write-registry
     python -m xray_ai explain-eval --model "$id" --data "$data" --layout "$layout" --split test \
         --max-images 200 --faithfulness-images 40 --lime-images 40 --write-registry
-    python -m xray_ai export-onnx --model "$id" --ship
+    python -m xray_ai export-onnx "$id" --ship
     python models/compare_tiers.py --data "$data" --layout "$layout" --intensive "$id" --fast "$fast" \
-        --out "models/$id.tiers.json"
+        --out "models/$id.tiers.json" --activate
 done

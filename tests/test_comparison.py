@@ -6,7 +6,7 @@ import json
 from conftest import write_tiny_registry
 
 from xray_ai.registry import load_registry
-from xray_ai.registry.comparison import tier_comparison
+from xray_ai.registry.comparison import SPEED_FILE, read_speeds, tier_comparison
 
 
 def _registry(tmp_path):
@@ -38,12 +38,36 @@ def test_each_condition_has_both_tiers_intensive_first_active_first(tmp_path):
 
 
 def test_cells_come_from_the_registry_and_stay_empty_where_it_holds_nothing(tmp_path):
-    rows = tier_comparison(_registry(tmp_path), {"tiny-test": {"default": "gradcam",
-                                                               "methods": {"gradcam": {"seconds_per_image": 0.012}}}})
+    registry = _registry(tmp_path)
+    speeds = {"tiny-test": {"sha256": registry.models["tiny-test"].sha256, "ms_median": 12.04},
+              "big-test": {"sha256": "1" * 64, "ms_median": 30.0}}  # measured on another file: not used
+    rows = tier_comparison(registry, speeds)
     fast = rows[1].as_table_row()
     assert fast["model"] == "tiny-test (active)"
     assert fast["test AUC (95% CI)"] == "0.900 (0.850-0.950)" and fast["accuracy (95% CI)"] == "0.800 (0.700-0.900)"
-    assert fast["kappa"] == "0.600" and fast["pointing 15 px"] == "0.70" and fast["ms per map"] == "12.0"
+    assert fast["kappa"] == "0.600" and fast["pointing 15 px"] == "0.70" and fast["ms per analysis"] == "12.0"
     intensive = rows[0].as_table_row()
-    assert intensive["test AUC (95% CI)"] == "0.950" and intensive["kappa"] == "" and intensive["ms per map"] == ""
+    assert intensive["test AUC (95% CI)"] == "0.950" and intensive["kappa"] == "" and intensive["ms per analysis"] == ""
     assert rows[3].as_table_row()["model"] == "none registered"
+
+
+def test_speeds_are_read_from_the_benchmark_record_and_a_missing_one_is_empty(tmp_path):
+    record = tmp_path / "analysis_speed.json"
+    record.write_text(json.dumps({"measured": "2026-12-02", "models": {"a": {"sha256": "0" * 64, "ms_median": 9.5}}}))
+    assert read_speeds(record) == {"a": {"sha256": "0" * 64, "ms_median": 9.5}}
+    assert read_speeds(tmp_path / "absent.json") == {}
+    record.write_text("not json")
+    assert read_speeds(record) == {}
+
+
+def test_the_shipped_speed_record_covers_every_shipped_model_file():
+    """models/analysis_speed.json was measured on the files the registry names (rerun
+    benchmarks/tier_speed.py --write when a model changes)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    registry = load_registry(repo / "model_registry.json")
+    speeds = read_speeds(repo / SPEED_FILE)
+    stale = [m.id for m in registry.models.values()
+             if not m.is_ensemble and speeds.get(m.id, {}).get("sha256") != m.sha256]
+    assert not stale, f"no speed measured for the current file of: {stale}"

@@ -1,7 +1,8 @@
 """The tiers side by side, in the shape of source document 004's Table 1: for each condition,
 its intensive and its fast models with their held-out test figures as the registry stores
 them (AUC and accuracy with 95% CIs, kappa, the default heatmap's 15-px pointing game) and,
-where explain-eval measured it, the time per heatmap on the machine that ran it.
+where benchmarks/tier_speed.py measured it (models/analysis_speed.json), the milliseconds per
+analysis on that machine, for the very model file (its sha256) the registry names.
 
 Nothing here measures or invents a figure: a cell the registry does not hold stays empty,
 and a tier a condition has no model of says so.
@@ -15,9 +16,10 @@ from typing import Any
 from xray_ai.registry.document import Registry
 from xray_ai.registry.schema import ModelEntry
 
-__all__ = ["TIERS", "TierRow", "tier_comparison"]
+__all__ = ["SPEED_FILE", "TIERS", "TierRow", "read_speeds", "tier_comparison"]
 
 TIERS = ("intensive", "fast")
+SPEED_FILE = "models/analysis_speed.json"  # benchmarks/tier_speed.py --write, beside the models
 
 
 @dataclass(frozen=True)
@@ -39,29 +41,42 @@ class TierRow:
     accuracy_ci: tuple[float, float] | None = None
     kappa: float | None = None
     pointing_15px: float | None = None
-    ms_per_map: float | None = None
+    ms_per_analysis: float | None = None
 
     def as_table_row(self) -> dict[str, str]:
         """The row as the performance page and the README print it."""
         if self.model_id is None:
             return {"condition": self.condition_name, "tier": self.tier, "model": "none registered",
                     "test AUC (95% CI)": "", "accuracy (95% CI)": "", "kappa": "", "pointing 15 px": "",
-                    "ms per map": ""}
+                    "ms per analysis": ""}
         return {
             "condition": self.condition_name, "tier": self.tier,
             "model": f"{self.model_id}{' (active)' if self.active else ''}",
             "test AUC (95% CI)": _with_ci(self.auc, self.auc_ci),
             "accuracy (95% CI)": _with_ci(self.accuracy, self.accuracy_ci),
             "kappa": _number(self.kappa), "pointing 15 px": _number(self.pointing_15px, 2),
-            "ms per map": _number(self.ms_per_map, 1),
+            "ms per analysis": _number(self.ms_per_analysis, 1),
         }
 
 
-def tier_comparison(registry: Registry, explain_tables: dict[str, dict] | None = None) -> list[TierRow]:
+def read_speeds(path) -> dict[str, dict]:
+    """model id -> its figures in a benchmarks/tier_speed.py record; {} when there is none."""
+    import json
+    from pathlib import Path
+
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    models = record.get("models") if isinstance(record, dict) else None
+    return {k: v for k, v in models.items() if isinstance(v, dict)} if isinstance(models, dict) else {}
+
+
+def tier_comparison(registry: Registry, speeds: dict[str, dict] | None = None) -> list[TierRow]:
     """Every condition x tier (intensive first, as Table 1 puts DenseNet121 first), with each
     registered single or measurement model of that tier on a row of its own (the active one
-    first); a tier without a model gets one empty row. `explain_tables`: model id -> its
-    stored explain-eval report (`<model>.explain.json`), for the time per heatmap."""
+    first); a tier without a model gets one empty row. `speeds`: `read_speeds` of the
+    benchmark's record; a model's figure is used only where its sha256 is the entry's."""
     rows: list[TierRow] = []
     for condition_id, condition in registry.conditions.items():
         active = registry.active_models.get(condition_id)
@@ -72,11 +87,11 @@ def tier_comparison(registry: Registry, explain_tables: dict[str, dict] | None =
             if not entries:
                 rows.append(TierRow(condition_id, condition.name, tier, None))
             for entry in entries:
-                rows.append(_row(entry, condition.name, entry.id == active, (explain_tables or {}).get(entry.id)))
+                rows.append(_row(entry, condition.name, entry.id == active, (speeds or {}).get(entry.id)))
     return rows
 
 
-def _row(entry: ModelEntry, condition_name: str, active: bool, explain: dict | None) -> TierRow:
+def _row(entry: ModelEntry, condition_name: str, active: bool, speed: dict | None) -> TierRow:
     metrics: dict[str, Any] = dict(entry.metrics or {})
     ci = metrics.get("ci95") or {}
     pointing = None
@@ -85,22 +100,14 @@ def _row(entry: ModelEntry, condition_name: str, active: bool, explain: dict | N
         pointing = test.get("pointing_game_tolerant")
     elif isinstance(metrics.get("localisation"), dict):
         pointing = metrics["localisation"].get("pointing_game_tolerant")
+    ms = speed.get("ms_median") if speed and speed.get("sha256") == entry.sha256 else None
     return TierRow(
         condition=entry.condition, condition_name=condition_name, tier=entry.profile, model_id=entry.id,
         architecture=entry.architecture, kind=getattr(entry, "kind", "classifier"), active=active,
         split=metrics.get("split"), n=metrics.get("n"), auc=metrics.get("auc"), auc_ci=_pair(ci.get("auc")),
         accuracy=metrics.get("accuracy"), accuracy_ci=_pair(ci.get("accuracy")), kappa=metrics.get("kappa"),
-        pointing_15px=pointing, ms_per_map=_ms_per_map(explain),
+        pointing_15px=pointing, ms_per_analysis=None if ms is None else float(ms),
     )
-
-
-def _ms_per_map(explain: dict | None) -> float | None:
-    """The default heatmap's seconds per image in an explain-eval report, in ms."""
-    if not explain:
-        return None
-    row = (explain.get("methods") or {}).get(explain.get("default") or "")
-    seconds = row.get("seconds_per_image") if isinstance(row, dict) else None
-    return None if seconds is None else 1000.0 * float(seconds)
 
 
 def _pair(value) -> tuple[float, float] | None:
