@@ -234,15 +234,17 @@ def test_cli_refuses_a_dataset_without_a_valid_split(tiny_registry, tmp_path, ca
 @pytest.mark.parametrize("model_id", [m for m, e in SHIPPED["models"].items()
                                       if e.get("path") and (REPO / e["path"]).is_file()])
 def test_every_shipped_model_has_an_input_check_that_knows_its_own_images(model_id):
-    """Fresh phantoms of the model's own condition (seeds it never saw) pass; the real RG3
-    tibia radiograph (no shipped model was trained on a tibia) is flagged."""
+    """Fresh phantoms of the model's own condition (seeds it never saw), rendered at the size
+    it was trained on (224 px, or the intensive tier's 320), pass; the real RG3 tibia
+    radiograph (no shipped model was trained on a tibia) is flagged."""
     from xray_ai import load_image, phantoms
 
     manager = ModelManager(REPO / "model_registry.json", backend="tensorflow")
     loaded = manager.get(model_id=model_id)
     assert loaded.input_check is not None, loaded.input_check_reason
     condition = loaded.entry.condition
-    own = [XRay(phantoms.generate(condition, abnormal=bool(i % 2), seed=900_000 + i, size=224).image) for i in range(12)]
+    size = max(224, loaded.entry.input.height)  # the phantoms were rendered at 224 px for 224 px models
+    own = [XRay(phantoms.generate(condition, abnormal=bool(i % 2), seed=900_000 + i, size=size).image) for i in range(12)]
     flagged = [v.unlike_training_data for v in analyze(own, None, manager=manager, model_id=model_id).views]
     assert sum(flagged) <= 1, f"{sum(flagged)} of 12 of its own kind of images flagged"
     tibia = analyze(load_image(REPO / "examples" / "rg3_tibia.png"), None, manager=manager, model_id=model_id)

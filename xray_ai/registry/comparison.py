@@ -10,7 +10,9 @@ and a tier a condition has no model of says so.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from xray_ai.registry.document import Registry
@@ -59,11 +61,8 @@ class TierRow:
         }
 
 
-def read_speeds(path) -> dict[str, dict]:
+def read_speeds(path: str | Path) -> dict[str, dict]:
     """model id -> its figures in a benchmarks/tier_speed.py record; {} when there is none."""
-    import json
-    from pathlib import Path
-
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, ValueError):
