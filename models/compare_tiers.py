@@ -31,14 +31,6 @@ FIGURES = ("n", "auc", "accuracy", "sensitivity", "specificity", "kappa", "thres
 RESAMPLES = 2000
 
 
-def probabilities(loaded, paths) -> np.ndarray:
-    from xray_ai.images import load_image
-    from xray_ai.serving.forward import predict_probabilities
-
-    return np.concatenate([predict_probabilities(loaded, [load_image(p).pixels for p in paths[i : i + 32]])
-                           for i in range(0, len(paths), 32)])
-
-
 def paired_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, seed: int = 0) -> dict:
     """AUC(a) - AUC(b) on the same images, with a percentile-bootstrap 95% interval."""
     rng = np.random.default_rng(seed)
@@ -62,6 +54,7 @@ def main() -> None:
     parser.add_argument("--activate", action="store_true")
     args = parser.parse_args()
 
+    from xray_ai.serving.forward import over_image_files, predict_probabilities
     from xray_ai.serving.manager import ModelManager
     from xray_ai.training.datasets import read_dataset
     from xray_ai.training.evaluation import evaluation_report
@@ -77,16 +70,19 @@ def main() -> None:
     for split in ("valid", "test"):
         part = df[df["split"] == split].reset_index(drop=True)
         y = part["label"].to_numpy()
-        for tier, model in loaded.items():
-            p = probabilities(model, list(part["path"]))
-            probs[tier, split] = (y, p)
+        # each image decoded once, scored by both models: column t = tier t
+        both = over_image_files(part["path"], lambda pixels: np.stack(
+            [predict_probabilities(model, pixels) for model in loaded.values()], axis=1))
+        for t, (tier, model) in enumerate(loaded.items()):
+            p = both[:, t]
+            probs[tier, split] = p
             metrics = evaluation_report(y, p, model.entry.threshold, split=split,
                                         study_ids=part["study_id"].to_numpy())
             kept = {name: metrics.get(name) for name in FIGURES}
             kept["ci95"] = {name: metrics["ci95"][name] for name in ("auc", "accuracy", "kappa")}
             scores[tier][split] = kept
-    y, p_intensive = probs["intensive", "valid"]
-    difference = paired_auc_difference(y, p_intensive, probs["fast", "valid"][1])
+    y_valid = df.loc[df["split"] == "valid", "label"].to_numpy()
+    difference = paired_auc_difference(y_valid, probs["intensive", "valid"], probs["fast", "valid"])
     chosen = "intensive" if difference["ci95"][0] > 0 else "fast"
     record = {
         "data": {"path": str(args.data), "layout": args.layout,

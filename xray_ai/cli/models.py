@@ -226,6 +226,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 def cmd_fit_input_check(args: argparse.Namespace) -> int:
     from xray_ai.analysis import pooled_features
     from xray_ai.serving.artifacts import input_check_path
+    from xray_ai.serving.forward import over_image_files
     from xray_ai.serving.input_check import DEFAULT_PERCENTILE, save
     from xray_ai.training.features import fit_input_check
 
@@ -240,7 +241,7 @@ def cmd_fit_input_check(args: argparse.Namespace) -> int:
         raise BadInput(f"--percentile {percentile}: expected a value in [50, 100)")
 
     def features(part):
-        return _over_images(part["path"], lambda pixels: pooled_features(loaded, pixels))
+        return over_image_files(part["path"], lambda pixels: pooled_features(loaded, pixels))
 
     try:
         distribution = fit_input_check(features, parts["train"], parts["valid"], loaded.entry.sha256, args.data.name,
@@ -251,17 +252,6 @@ def cmd_fit_input_check(args: argparse.Namespace) -> int:
     print(f"{args.model_id}: input check fitted on {distribution.n_fit} images, threshold {distribution.threshold:.3f} "
           f"(the {percentile:g}th percentile of {distribution.n_calibration} valid images) -> {path}")
     return EXIT_OK
-
-
-def _over_images(paths, per_chunk, chunk: int = 32):
-    """per_chunk(pixels of up to `chunk` images) over a dataset's image paths, read a chunk at
-    a time so that memory stays bounded; the results concatenated, in the order of `paths`."""
-    import numpy as np
-
-    from xray_ai.images import load_image
-
-    return np.concatenate([per_chunk([load_image(p).pixels for p in paths.iloc[start : start + chunk]])
-                           for start in range(0, len(paths), chunk)])
 
 
 def _model_and_dataset(args: argparse.Namespace, purpose: str = "evaluate"):
@@ -286,6 +276,7 @@ def _model_and_dataset(args: argparse.Namespace, purpose: str = "evaluate"):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from xray_ai.analysis import predict_probabilities
+    from xray_ai.serving.forward import over_image_files
     from xray_ai.training.evaluation import evaluation_report
 
     manager, loaded, df = _model_and_dataset(args)
@@ -293,7 +284,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         df = df[df["split"] == args.split].reset_index(drop=True)
     if df.empty:
         raise BadInput(f"{args.data}: no images{' in split ' + args.split if args.split else ''}")
-    probs = _over_images(df["path"], lambda pixels: predict_probabilities(loaded, pixels))  # ensemble: members' mean
+    probs = over_image_files(df["path"], lambda pixels: predict_probabilities(loaded, pixels))  # ensemble: members' mean
     metrics = evaluation_report(
         df["label"].to_numpy(), probs, loaded.entry.threshold, split=args.split or f"all of {args.data}",
         study_ids=df["study_id"].to_numpy(),

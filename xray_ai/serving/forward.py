@@ -1,18 +1,20 @@
 """The one forward loop of analyze() and evaluation: images prepared as a model's entry says,
 in runs of up to BATCH, through its analyzer; and what evaluation and the input check read of
-it (each image's own probability, its pooled features).
+it (each image's own probability, its pooled features), also over image files read a chunk
+at a time (`over_image_files`).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from xray_ai.images import load_image
 from xray_ai.serving.loaded import LoadedEnsemble, LoadedModel
 from xray_ai.serving.preprocessing import prepare_batch
 
-__all__ = ["BATCH", "batches", "predict_probabilities", "pooled_features"]
+__all__ = ["BATCH", "batches", "over_image_files", "predict_probabilities", "pooled_features"]
 
 BATCH = 8  # views per compiled call: bounds memory for large studies
 
@@ -69,3 +71,12 @@ def batches(loaded: LoadedModel, images: list[np.ndarray]):
     for start in range(0, len(images), BATCH):
         batch = prepare_batch(images[start : start + BATCH], entry.input, entry.preprocessing)
         yield start, batch, loaded.analyzer(batch)
+
+
+def over_image_files(paths: Iterable, per_chunk: Callable[[list[np.ndarray]], np.ndarray],
+                     chunk: int = 32) -> np.ndarray:
+    """per_chunk(pixels of up to `chunk` images) over a dataset's image files, read a chunk at
+    a time so that memory stays bounded; the results concatenated, in the order of `paths`."""
+    paths = list(paths)
+    return np.concatenate([per_chunk([load_image(p).pixels for p in paths[start : start + chunk]])
+                           for start in range(0, len(paths), chunk)])
