@@ -189,7 +189,7 @@ def test_a_changed_export_is_refused_and_tensorflow_serves(tmp_path):
     onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
     loaded = _manager(registry).get(model_id=MODEL_ID)
     assert loaded.backend == "tensorflow" and not loaded.placeholder
-    assert "is missing or changed" in loaded.backend_reason
+    assert "was changed" in loaded.backend_reason
 
 
 def test_predict_on_the_shipped_export_never_imports_tensorflow(tmp_path):
@@ -283,3 +283,11 @@ def _walk(ds):
     for item in ds.get("ContentSequence", []):
         yield item
         yield from _walk(item)
+
+
+def test_a_missing_export_is_named_and_tensorflow_serves(tmp_path):
+    registry = _copy_registry(tmp_path)
+    (tmp_path / SHIPPED["onnx"]["path"]).unlink()
+    loaded = _manager(registry).get(model_id=MODEL_ID)
+    assert loaded.backend == "tensorflow" and not loaded.placeholder
+    assert f"{SHIPPED['onnx']['path']} is missing" in loaded.backend_reason

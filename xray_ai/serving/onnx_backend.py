@@ -46,6 +46,7 @@ from xray_ai.serving.export_check import check_bound
 from xray_ai.serving.head import Head, UnsupportedHead, detect_head
 from xray_ai.serving.onnx_export import EXPORT_FORMAT, check_against_tensorflow, export_to, variant_name
 from xray_ai.serving.onnx_session import BACKEND_NAME, OnnxGradCam, check_session_shapes, open_session
+from xray_ai.serving.pinned import pinned_export
 from xray_ai.serving.settings import cache_dir
 from xray_ai.serving.verify import check_model_file
 
@@ -161,26 +162,18 @@ def load_pinned(entry: ModelEntry, base_dir: Path, spec: HeatmapSpec | None = No
     means the placeholder, whatever the export); the ONNX file is inside the registry's
     folder and has the pinned sha256; the session's input and outputs have the pinned shapes.
     """
-    field = entry.extra.get("onnx")
-    if field is None:
-        return None, None
     spec = spec or HeatmapSpec.default()
     try:
-        pinned = _pinned_field(field, entry)
+        found = pinned_export(entry, base_dir, EXPORT_FORMAT, (("heatmap", Mapping), ("output_shapes", list)))
     except ValueError as exc:
-        return _refused(f"model {entry.id}: registry field onnx: {exc}")
-    if pinned["heatmap"] != {"method": spec.method, "layers": list(spec.layers)}:
-        return None, (f"the shipped export computes {pinned['heatmap']}, the entry's heatmap setting is "
+        return _refused(f"model {entry.id}: {exc}")
+    if found is None:
+        return None, None
+    pinned, onnx_path = found
+    computes = {"method": pinned["heatmap"].get("method"), "layers": list(pinned["heatmap"].get("layers", []))}
+    if computes != {"method": spec.method, "layers": list(spec.layers)}:
+        return None, (f"the shipped export computes {computes}, the entry's heatmap setting is "
                       f"{spec.label}; `python -m xray_ai export-onnx --ship {entry.id}` rebuilds it")
-    if pinned["keras_sha256"] != entry.sha256:
-        return _refused(f"model {entry.id}: the shipped export was made from another model file "
-                        f"(sha256 {pinned['keras_sha256'][:12]}..., the entry's is {str(entry.sha256)[:12]}...)")
-    base = base_dir.resolve()
-    onnx_path = (base / pinned["path"]).resolve()
-    if not onnx_path.is_relative_to(base):
-        return _refused(f"model {entry.id}: onnx.path {pinned['path']!r} is outside the registry's folder")
-    if not onnx_path.is_file():
-        return _refused(f"model {entry.id}: the shipped export {pinned['path']} is missing")
     problem = check_model_file(entry, base_dir)  # sha256 cached per file version, as every load checks it
     if problem:
         return None, problem
@@ -189,20 +182,6 @@ def load_pinned(entry: ModelEntry, base_dir: Path, spec: HeatmapSpec | None = No
     if problem:
         return _refused(f"model {entry.id}: shipped export {onnx_path.name}: {problem}")
     return analyzer, None
-
-
-def _pinned_field(field: Any, entry: ModelEntry) -> dict:
-    """The registry's `onnx` object, checked for the keys load_pinned reads."""
-    if not isinstance(field, Mapping):
-        raise ValueError(f"must be an object, got {type(field).__name__}")
-    for key, kind in (("path", str), ("sha256", str), ("keras_sha256", str), ("heatmap", Mapping),
-                      ("output_shapes", list)):
-        if not isinstance(field.get(key), kind):
-            raise ValueError(f"{key} missing or not a {kind.__name__}")
-    if field.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"format {field.get('format')!r}; this version reads format {EXPORT_FORMAT}")
-    return {**field, "heatmap": {"method": field["heatmap"].get("method"),
-                                 "layers": list(field["heatmap"].get("layers", []))}}
 
 
 def _open_verified(onnx_path: Path, want_sha256: Any, input_shape: tuple[int, ...], output_shapes: list | None,

@@ -22,6 +22,7 @@ import numpy as np
 
 from xray_ai.registry import ModelEntry
 from xray_ai.serving.artifacts import file_sha256
+from xray_ai.serving.pinned import pinned_export
 from xray_ai.serving.verify import check_model_file
 
 __all__ = ["SEGMENTATION_METHOD", "EXPORT_FORMAT", "EXPORT_TOLERANCE", "MeasurementOutput", "KerasSegmenter",
@@ -138,22 +139,18 @@ def load_pinned_segmenter(entry: ModelEntry, base_dir: Path) -> tuple[OnnxSegmen
     Verified: made from the `.keras` file the entry names (whose sha256 on disk is still the
     entry's: a changed model file means the placeholder, whatever the export), the ONNX file
     inside the registry's folder with the pinned sha256, the input shape the entry says."""
-    pinned = entry.extra.get("onnx")
-    if pinned is None:
+    try:
+        found = pinned_export(entry, base_dir, EXPORT_FORMAT)
+    except ValueError as exc:
+        return None, f"model {entry.id}: {exc}"
+    if found is None:
         return None, None
-    if not isinstance(pinned, dict) or pinned.get("format") != EXPORT_FORMAT:
-        return None, f"model {entry.id}: registry field onnx is not a {EXPORT_FORMAT} export pin"
-    if pinned.get("keras_sha256") != entry.sha256:
-        return None, f"model {entry.id}: the shipped export was made from another model file"
-    base = base_dir.resolve()
-    onnx_path = (base / str(pinned.get("path", ""))).resolve()
-    if not onnx_path.is_relative_to(base) or onnx_path == base:
-        return None, f"model {entry.id}: the pinned export lies outside the registry's folder"
+    pinned, onnx_path = found
     problem = check_model_file(entry, base_dir)  # sha256 cached per file version, as every load checks it
     if problem:
         return None, f"model {entry.id}: {problem}"
-    if not onnx_path.is_file() or file_sha256(onnx_path) != pinned.get("sha256"):
-        return None, f"model {entry.id}: the shipped export {onnx_path.name} is missing or changed"
+    if file_sha256(onnx_path) != pinned["sha256"]:
+        return None, f"model {entry.id}: the shipped export {onnx_path.name} was changed (its sha256 is not the pinned one)"
     from xray_ai.serving.onnx_session import open_session
 
     try:
