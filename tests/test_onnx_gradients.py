@@ -170,6 +170,8 @@ def test_ship_pins_the_export_in_the_registry(shipped):
     # large kernels are stored once, the backward ones derived from the forward ones (a division by the fold)
     shared = int(pinned["exporter"].split("; ")[1].split()[0])
     assert shared >= 1, pinned["exporter"]
+    # ... and the forward ones are read from the model file beside it (serving.model_file_weights)
+    assert "read from every_op.keras" in pinned["exporter"], pinned["exporter"]
     assert (shipped.parent / "models" / "every_op.onnx.json").is_file()
 
 

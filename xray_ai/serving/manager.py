@@ -318,7 +318,7 @@ class ModelManager:
         from xray_ai.serving.onnx_export import export_to
 
         onnx_path, meta_path = path.with_suffix(".onnx"), path.with_suffix(".onnx.json")
-        meta = export_to(model, entry.sha256, onnx_path, meta_path, spec)
+        meta = export_to(model, entry.sha256, onnx_path, meta_path, spec, weights_from=path)
         base = self.registry.base_dir.resolve()
         pinned = {
             "path": onnx_path.resolve().relative_to(base).as_posix(),
@@ -349,7 +349,8 @@ class ModelManager:
         except ModelProblem as exc:
             raise ValueError(str(exc)) from None
         onnx_path = path.with_suffix(".onnx")
-        pinned = pin_json(export_segmenter(model, entry.sha256, onnx_path), onnx_path, self.registry.base_dir)
+        pinned = pin_json(export_segmenter(model, entry.sha256, onnx_path, weights_from=path), onnx_path,
+                          self.registry.base_dir)
         self._pin_export(entry, pinned)
         return onnx_path
 

@@ -38,6 +38,7 @@ from xray_ai.explain.cam_math import HeatmapSpec
 from xray_ai.serving.artifacts import file_sha256
 from xray_ai.serving.export_check import CHECK_TOLERANCE, disagreement
 from xray_ai.serving.head import Head, detect_head, grad_cam_layer, head_tensors
+from xray_ai.serving.model_file_weights import channel_scale, read_weights_from_model_file
 from xray_ai.version import __version__
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ def share_backward_weights(path: Path) -> int:
             continue
         if uses.get(name) == {"ConvTranspose"} and array.ndim == 4:
             for twin in forward.get(array.shape, ()):
-                scale = None if twin in replaced else _channel_scale(arrays[twin], array)
+                scale = None if twin in replaced else channel_scale(arrays[twin], array)
                 if scale is not None:
                     replaced[name] = ("Div", (twin, scale))
                     twins.add(twin)
@@ -208,22 +209,6 @@ def share_backward_weights(path: Path) -> int:
     return len(replaced)
 
 
-def _channel_scale(merged: np.ndarray, raw: np.ndarray) -> np.ndarray | None:
-    """s with merged = raw * s[o] for every output channel o (axis 0), or None."""
-    flat_m, flat_r = merged.reshape(len(merged), -1).astype(np.float64), raw.reshape(len(raw), -1).astype(np.float64)
-    pivot = np.argmax(np.abs(flat_r), axis=1)
-    denominator = flat_r[np.arange(len(raw)), pivot]
-    if np.any(denominator == 0):
-        return None
-    scale = flat_m[np.arange(len(merged)), pivot] / denominator
-    if not np.all(np.isfinite(scale)) or np.any(scale == 0):
-        return None
-    rebuilt = (flat_m / scale[:, None]).astype(np.float32)
-    if not np.allclose(rebuilt, flat_r, rtol=1e-5, atol=1e-7 * float(np.abs(flat_r).max())):
-        return None
-    return scale
-
-
 def check_against_tensorflow(model: keras.Model, spec: HeatmapSpec, head: Head | None, analyzer: Any) -> tuple[str | None, float]:
     """(why the export's results on the fixed probe disagree with TensorFlow's for `spec`, or
     None; max |p_onnx - p_keras|). The closed form is held to the numpy head on keras'
@@ -252,10 +237,14 @@ def check_against_tensorflow(model: keras.Model, spec: HeatmapSpec, head: Head |
 
 
 def export_to(model: keras.Model, keras_sha256: str, onnx_path: Path, meta_path: Path,
-              spec: HeatmapSpec | None = None) -> dict:
+              spec: HeatmapSpec | None = None, *, weights_from: Path | None = None) -> dict:
     """Export `model` computing `spec`'s map (default: last-layer Grad-CAM in closed form)
     to `onnx_path`, checked against TensorFlow, with its JSON sidecar at `meta_path`; both
     written atomically (temporary files, then rename; the ONNX file first).
+
+    weights_from: the `.keras` file beside `onnx_path` that `model` was loaded from; the
+    export then reads its large weights from it instead of holding a second copy
+    (serving.model_file_weights; for exports shipped beside their model, pinned with it).
 
     Returns the sidecar. Raises UnsupportedHead (closed form for a head without it),
     ValueError (a setting that does not fit the model, or a layer the exportable gradients
@@ -278,6 +267,9 @@ def export_to(model: keras.Model, keras_sha256: str, onnx_path: Path, meta_path:
             raise
         except Exception as exc:  # tf2onnx raises its own types for an op it cannot convert
             raise RuntimeError(f"ONNX conversion failed ({type(exc).__name__}: {exc})") from exc
+        if weights_from is not None:
+            moved, size = read_weights_from_model_file(tmp, weights_from)
+            exporter += f"; {moved} weights ({size / 1e6:.1f} MB) read from {weights_from.name}"
         try:
             session = open_session(tmp)
         except Exception as exc:  # onnxruntime's own exception types for a graph it refuses

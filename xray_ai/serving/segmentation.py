@@ -22,6 +22,7 @@ import numpy as np
 
 from xray_ai.registry import ModelEntry
 from xray_ai.serving.artifacts import file_sha256
+from xray_ai.serving.model_file_weights import read_weights_from_model_file
 from xray_ai.serving.pinned import pinned_export
 from xray_ai.serving.verify import check_model_file
 
@@ -97,10 +98,12 @@ def _probe(shape: tuple[int, ...]) -> np.ndarray:
     return np.stack([np.broadcast_to(ramp, (h, w, c)), rng.uniform(0, 1, (h, w, c)).astype(np.float32)])
 
 
-def export_segmenter(model, keras_sha256: str, onnx_path: Path) -> dict[str, Any]:
+def export_segmenter(model, keras_sha256: str, onnx_path: Path, *, weights_from: Path | None = None) -> dict[str, Any]:
     """Convert the network to `onnx_path` (atomically: a temporary file, then rename), check
     it against TensorFlow, and return what the registry pins of it (`pin_json` adds the
-    path). RuntimeError when the conversion fails or disagrees."""
+    path). weights_from: the `.keras` file beside it that `model` was loaded from, to read
+    the large weights from (serving.model_file_weights). RuntimeError when the conversion
+    fails or disagrees."""
     from xray_ai.serving.onnx_session import open_session
 
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +115,8 @@ def export_segmenter(model, keras_sha256: str, onnx_path: Path) -> dict[str, Any
         try:
             model(probe[:1])  # keras' export needs a called model
             model.export(str(tmp), format="onnx", verbose=False)
+            if weights_from is not None:
+                read_weights_from_model_file(tmp, weights_from)
             segmenter = OnnxSegmenter(open_session(tmp), tmp)
         except Exception as exc:  # tf2onnx and onnxruntime raise their own types
             raise RuntimeError(f"ONNX conversion failed ({type(exc).__name__}: {exc})") from exc

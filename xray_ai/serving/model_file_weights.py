@@ -1,0 +1,182 @@
+"""A shipped export that reads its weights from the model file it was made from.
+
+A shipped export lies beside its `.keras` file, and both are pinned by sha256 in the
+registry (serving.onnx_backend.load_pinned checks both before it opens a session). Written
+as tf2onnx writes it, the export holds a second copy of every weight: about half of
+models/, which has a budget. `read_weights_from_model_file` rewrites each large
+initializer of an export that is a Keras weight of the model, transposed into ONNX's layout,
+spatially flipped where it is a kernel of the backward pass (serving.gradient_ops) and,
+where tf2onnx folded a batch norm into it, scaled per output channel, as ONNX external data
+that points at that weight's bytes inside the `.keras` file, followed by the Transpose,
+Slice and Mul nodes that rebuild it. ONNX Runtime folds those nodes into constants when it opens
+the session (graph optimisation, as for every export), so what runs is the same float32
+graph as before, and the export file keeps the graph and the small tensors only.
+
+This works because a `.keras` file is a zip archive whose `model.weights.h5` member is
+stored uncompressed, and h5py writes each weight as one contiguous little-endian float32
+dataset: its bytes lie at a fixed offset in the `.keras` file. Every offset is checked
+against the weight's values before it is used, and the rewritten export is checked against
+TensorFlow like any export (serving.onnx_export.export_to). A model file with another
+layout (compressed, chunked) keeps its export self-contained.
+
+Imports onnx and h5py when called.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["MIN_SHARED_ELEMENTS", "channel_scale", "read_weights_from_model_file"]
+
+MIN_SHARED_ELEMENTS = 1024  # smaller tensors are not worth the nodes that rebuild them
+_WEIGHTS_MEMBER = "model.weights.h5"
+_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")  # a zip member's local file header (30 bytes)
+_LOCAL_HEADER_SIGNATURE = 0x04034B50
+_BEFORE_FIRST = -(2**63)  # Slice's end for "down to and including index 0" with step -1
+
+
+def channel_scale(merged: np.ndarray, raw: np.ndarray) -> np.ndarray | None:
+    """s with merged = raw * s[o] for every output channel o (axis 0), or None."""
+    flat_m, flat_r = merged.reshape(len(merged), -1).astype(np.float64), raw.reshape(len(raw), -1).astype(np.float64)
+    pivot = np.argmax(np.abs(flat_r), axis=1)
+    denominator = flat_r[np.arange(len(raw)), pivot]
+    if np.any(denominator == 0):
+        return None
+    scale = flat_m[np.arange(len(merged)), pivot] / denominator
+    if not np.all(np.isfinite(scale)) or np.any(scale == 0):
+        return None
+    rebuilt = (flat_m / scale[:, None]).astype(np.float32)
+    if not np.allclose(rebuilt, flat_r, rtol=1e-5, atol=1e-7 * float(np.abs(flat_r).max())):
+        return None
+    return scale
+
+
+def read_weights_from_model_file(onnx_path: Path, keras_path: Path) -> tuple[int, int]:
+    """Rewrite the export at `onnx_path` (in the folder of `keras_path`, which it was made
+    from) to read its large weights from `keras_path`; returns (tensors moved, bytes moved).
+    (0, 0), with the file untouched, when the model file's layout does not allow it or no
+    tensor matches."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if onnx_path.parent.resolve() != keras_path.parent.resolve():
+        raise ValueError(f"{onnx_path.name} must lie beside {keras_path.name}: external data is found by its name")
+    weights = _weights_with_offsets(keras_path)
+    if not weights:
+        return 0, 0
+    by_size: dict[int, list[tuple[np.ndarray, int]]] = {}
+    for array, offset in weights:
+        by_size.setdefault(array.size, []).append((array, offset))
+    graph_model = onnx.load(str(onnx_path))
+    graph = graph_model.graph
+    kept, nodes, moved = [], [], 0
+    for tensor in graph.initializer:
+        array = numpy_helper.to_array(tensor) if tensor.data_type == onnx.TensorProto.FLOAT else None
+        found = _source_of(array, by_size.get(array.size, ())) if array is not None and array.size >= MIN_SHARED_ELEMENTS else None
+        if found is None:
+            kept.append(tensor)
+            continue
+        raw, offset, perm, flipped, scale = found
+        source = onnx.TensorProto(name=f"{tensor.name}__model_file", data_type=onnx.TensorProto.FLOAT,
+                                  dims=list(raw.shape), data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", keras_path.name), ("offset", str(offset)), ("length", str(raw.nbytes))):
+            entry = source.external_data.add()
+            entry.key, entry.value = key, value
+        kept.append(source)
+        steps = [("Transpose", {"perm": list(perm)})]
+        if flipped:  # Slice needs its bounds as tensors
+            bounds = [np.array(v, np.int64) for v in ([-1, -1], [_BEFORE_FIRST, _BEFORE_FIRST], [-2, -1], [-1, -1])]
+            names = [f"{tensor.name}__flip_{what}" for what in ("starts", "ends", "axes", "steps")]
+            kept.extend(numpy_helper.from_array(v, n) for v, n in zip(bounds, names))
+            steps.append(("Slice", {"extra": names}))
+        if scale is not None:
+            scale_name = f"{tensor.name}__model_file_scale"
+            kept.append(numpy_helper.from_array(scale.astype(np.float32).reshape(-1, *[1] * (raw.ndim - 1)), scale_name))
+            steps.append(("Mul", {"extra": [scale_name]}))
+        current = source.name
+        for i, (op, spec) in enumerate(steps):
+            out = tensor.name if i == len(steps) - 1 else f"{tensor.name}__from_model_file_{i}"
+            attributes = {k: v for k, v in spec.items() if k != "extra"}
+            nodes.append(helper.make_node(op, [current, *spec.get("extra", [])], [out],
+                                          name=f"{tensor.name}__from_model_file_{op.lower()}", **attributes))
+            current = out
+        moved += raw.nbytes
+    if not nodes:
+        return 0, 0
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    ordered = nodes + list(graph.node)  # the rebuilt weights first: the graph stays topologically sorted
+    del graph.node[:]
+    graph.node.extend(ordered)
+    onnx.save(graph_model, str(onnx_path))
+    return sum(1 for n in nodes if n.op_type == "Transpose"), moved
+
+
+def _source_of(array: np.ndarray, candidates) -> tuple[np.ndarray, int, tuple[int, ...], bool, np.ndarray | None] | None:
+    """(Keras weight, its offset, the permutation into `array`'s layout, whether it is then
+    flipped on its two spatial axes (a 4-D kernel's last two in ONNX's layout), the
+    per-channel scale or None) of the weight `array` is built from, or None."""
+    for raw, offset in candidates:
+        for perm in itertools.permutations(range(raw.ndim)):
+            if tuple(raw.shape[p] for p in perm) != array.shape:
+                continue
+            transposed = np.transpose(raw, perm)
+            for flipped in (False, True) if array.ndim == 4 else (False,):
+                candidate = transposed[:, :, ::-1, ::-1] if flipped else transposed
+                if np.array_equal(candidate, array):
+                    return raw, offset, perm, flipped, None
+                if array.ndim < 2:
+                    continue
+                scale = channel_scale(array, candidate)
+                if scale is not None:
+                    rebuilt = candidate * scale.astype(np.float32).reshape(-1, *[1] * (array.ndim - 1))
+                    if np.allclose(rebuilt, array, rtol=1e-6, atol=1e-7 * float(np.abs(array).max())):
+                        return raw, offset, perm, flipped, scale
+    return None
+
+
+def _weights_with_offsets(keras_path: Path) -> list[tuple[np.ndarray, int]]:
+    """Every float32 weight of the `.keras` file with the offset of its bytes in that file;
+    [] when the file's layout does not keep them as plain bytes (a compressed member, a
+    chunked or filtered dataset)."""
+    import h5py
+
+    with zipfile.ZipFile(keras_path) as archive:
+        try:
+            info = archive.getinfo(_WEIGHTS_MEMBER)
+        except KeyError:
+            return []
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
+            return []
+        member = archive.read(info)
+    with open(keras_path, "rb") as handle:
+        handle.seek(info.header_offset)
+        header = _LOCAL_HEADER.unpack(handle.read(_LOCAL_HEADER.size))
+        if header[0] != _LOCAL_HEADER_SIGNATURE:
+            return []
+        start = info.header_offset + _LOCAL_HEADER.size + header[9] + header[10]  # + name + extra field
+        handle.seek(start)
+        if handle.read(len(member)) != member:
+            return []
+    found: list[tuple[np.ndarray, int]] = []
+
+    def visit(_name, item):
+        if not isinstance(item, h5py.Dataset) or item.dtype != np.dtype("<f4") or item.size == 0:
+            return
+        plist = item.id.get_create_plist()
+        offset = item.id.get_offset()
+        if plist.get_layout() != h5py.h5d.CONTIGUOUS or plist.get_nfilters() or offset is None:
+            return
+        values = item[()]
+        if member[offset:offset + values.nbytes] == values.tobytes():  # the bytes are where h5py says
+            found.append((values, start + offset))
+
+    with h5py.File(io.BytesIO(member), "r") as weights:
+        weights.visititems(visit)
+    return found
