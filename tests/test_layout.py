@@ -152,6 +152,21 @@ def _requirements(path: Path) -> dict[str, str]:
     return pins
 
 
+MODELS_BUDGET_BYTES = 200 * 10**6  # models/README.md "Budget"
+
+
+def test_the_models_folder_stays_within_its_budget():
+    """What a clone carries in models/ (the files git tracks there), within 200 MB."""
+    listed = subprocess.run(["git", "ls-files", "-z", "models"], cwd=REPO, capture_output=True, check=False)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: which files ship is what git tracks")
+    files = [REPO / name for name in listed.stdout.decode().split("\0") if name]
+    total = sum(f.stat().st_size for f in files if f.is_file())
+    biggest = sorted(files, key=lambda f: f.stat().st_size if f.is_file() else 0)[-3:]
+    assert total <= MODELS_BUDGET_BYTES, (f"models/ holds {total / 1e6:.1f} MB, over the 200 MB budget; the largest: "
+                                          f"{', '.join(f.name for f in biggest)}")
+
+
 def test_pyproject_declares_the_pinned_requirements_as_compatible_ranges():
     tomllib = pytest.importorskip("tomllib")
     from packaging.requirements import Requirement

@@ -9,6 +9,10 @@ A model file `models/<id>.keras` may carry, beside it:
 | `<id>.bodypart.npz` | train --body-part-weight (`serving.body_part`) | ModelManager at load |
 | `<id>.explain.json` | explain-eval (`explain.evaluate`) | the performance page |
 | `<id>.fit.json` | models/fit_on_gpu.py | train --initial-model |
+| `<id>.onnx` (+ `.onnx.json`) | export-onnx --ship, pinned in the registry entry | ModelManager (serving.onnx_backend.load_pinned) |
+
+A shipped `<id>.onnx` holds the graph and small tensors only: its large weights are read from
+`<id>.keras` beside it (serving.model_file_weights), so the two travel together.
 
 and, outside the repository, an ONNX export in the cache (`serving.settings.cache_dir()`)
 named by the `.keras` file's sha256: `<sha256>.onnx` and its JSON sidecar `<sha256>.json`.
