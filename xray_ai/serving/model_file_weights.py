@@ -63,49 +63,27 @@ def read_weights_from_model_file(onnx_path: Path, keras_path: Path) -> tuple[int
     (0, 0), with the file untouched, when the model file's layout does not allow it or no
     tensor matches."""
     import onnx
-    from onnx import helper, numpy_helper
 
     if onnx_path.parent.resolve() != keras_path.parent.resolve():
         raise ValueError(f"{onnx_path.name} must lie beside {keras_path.name}: external data is found by its name")
-    weights = _weights_with_offsets(keras_path)
-    if not weights:
-        return 0, 0
     by_size: dict[int, list[tuple[np.ndarray, int]]] = {}
-    for array, offset in weights:
+    for array, offset in _weights_with_offsets(keras_path):
         by_size.setdefault(array.size, []).append((array, offset))
+    if not by_size:
+        return 0, 0
     graph_model = onnx.load(str(onnx_path))
     graph = graph_model.graph
     kept, nodes, moved = [], [], 0
     for tensor in graph.initializer:
-        array = numpy_helper.to_array(tensor) if tensor.data_type == onnx.TensorProto.FLOAT else None
-        found = _source_of(array, by_size.get(array.size, ())) if array is not None and array.size >= MIN_SHARED_ELEMENTS else None
+        found = _source_of(tensor, by_size)
         if found is None:
             kept.append(tensor)
             continue
         raw, offset, perm, flipped, scale = found
-        source = onnx.TensorProto(name=f"{tensor.name}__model_file", data_type=onnx.TensorProto.FLOAT,
-                                  dims=list(raw.shape), data_location=onnx.TensorProto.EXTERNAL)
-        for key, value in (("location", keras_path.name), ("offset", str(offset)), ("length", str(raw.nbytes))):
-            entry = source.external_data.add()
-            entry.key, entry.value = key, value
-        kept.append(source)
-        steps = [("Transpose", {"perm": list(perm)})]
-        if flipped:  # Slice needs its bounds as tensors
-            bounds = [np.array(v, np.int64) for v in ([-1, -1], [_BEFORE_FIRST, _BEFORE_FIRST], [-2, -1], [-1, -1])]
-            names = [f"{tensor.name}__flip_{what}" for what in ("starts", "ends", "axes", "steps")]
-            kept.extend(numpy_helper.from_array(v, n) for v, n in zip(bounds, names))
-            steps.append(("Slice", {"extra": names}))
-        if scale is not None:
-            scale_name = f"{tensor.name}__model_file_scale"
-            kept.append(numpy_helper.from_array(scale.astype(np.float32).reshape(-1, *[1] * (raw.ndim - 1)), scale_name))
-            steps.append(("Mul", {"extra": [scale_name]}))
-        current = source.name
-        for i, (op, spec) in enumerate(steps):
-            out = tensor.name if i == len(steps) - 1 else f"{tensor.name}__from_model_file_{i}"
-            attributes = {k: v for k, v in spec.items() if k != "extra"}
-            nodes.append(helper.make_node(op, [current, *spec.get("extra", [])], [out],
-                                          name=f"{tensor.name}__from_model_file_{op.lower()}", **attributes))
-            current = out
+        source = _external_tensor(f"{tensor.name}__model_file", raw, keras_path.name, offset)
+        rebuilt, constants = _rebuilding(source.name, tensor.name, perm, flipped, scale)
+        kept += [source, *constants]
+        nodes += rebuilt
         moved += raw.nbytes
     if not nodes:
         return 0, 0
@@ -118,11 +96,58 @@ def read_weights_from_model_file(onnx_path: Path, keras_path: Path) -> tuple[int
     return sum(1 for n in nodes if n.op_type == "Transpose"), moved
 
 
-def _source_of(array: np.ndarray, candidates) -> tuple[np.ndarray, int, tuple[int, ...], bool, np.ndarray | None] | None:
-    """(Keras weight, its offset, the permutation into `array`'s layout, whether it is then
-    flipped on its two spatial axes (a 4-D kernel's last two in ONNX's layout), the
-    per-channel scale or None) of the weight `array` is built from, or None."""
-    for raw, offset in candidates:
+def _external_tensor(name: str, raw: np.ndarray, location: str, offset: int):
+    """A float32 initializer of `raw`'s shape whose bytes are `location`'s from `offset` on."""
+    import onnx
+
+    tensor = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=list(raw.shape),
+                              data_location=onnx.TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(raw.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def _rebuilding(source: str, target: str, perm: tuple[int, ...], flipped: bool, scale: np.ndarray | None):
+    """(nodes computing `target` from `source`: Transpose, then Slice (flip) and Mul (scale)
+    where needed; the constants they read)."""
+    from onnx import helper, numpy_helper
+
+    steps: list[tuple[str, list[str], dict]] = [("Transpose", [], {"perm": list(perm)})]
+    constants = []
+    if flipped:  # the two spatial axes reversed; Slice takes its bounds as tensors
+        bounds = {"starts": [-1, -1], "ends": [_BEFORE_FIRST] * 2, "axes": [-2, -1], "steps": [-1, -1]}
+        constants += [numpy_helper.from_array(np.array(v, np.int64), f"{target}__flip_{k}") for k, v in bounds.items()]
+        steps.append(("Slice", [c.name for c in constants], {}))
+    if scale is not None:
+        shape = (-1, *[1] * (len(perm) - 1))
+        constants.append(numpy_helper.from_array(scale.astype(np.float32).reshape(shape), f"{target}__model_file_scale"))
+        steps.append(("Mul", [constants[-1].name], {}))
+    nodes, current = [], source
+    for i, (op, extra_inputs, attributes) in enumerate(steps):
+        out = target if i == len(steps) - 1 else f"{target}__from_model_file_{i}"
+        nodes.append(helper.make_node(op, [current, *extra_inputs], [out], name=f"{target}__from_model_file_{op.lower()}",
+                                      **attributes))
+        current = out
+    return nodes, constants
+
+
+def _source_of(tensor, by_size: dict[int, list[tuple[np.ndarray, int]]]
+               ) -> tuple[np.ndarray, int, tuple[int, ...], bool, np.ndarray | None] | None:
+    """(Keras weight, its offset, the permutation into the initializer's layout, whether it is
+    then flipped on its two spatial axes (a 4-D kernel's last two in ONNX's layout), the
+    per-channel scale or None) of the weight the float32 initializer `tensor` is built from,
+    or None (another type, too small, or no weight matches)."""
+    import onnx
+    from onnx import numpy_helper
+
+    if tensor.data_type != onnx.TensorProto.FLOAT or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    size = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
+    if size < MIN_SHARED_ELEMENTS or size not in by_size:
+        return None
+    array = numpy_helper.to_array(tensor)
+    for raw, offset in by_size[size]:
         for perm in itertools.permutations(range(raw.ndim)):
             if tuple(raw.shape[p] for p in perm) != array.shape:
                 continue
@@ -131,9 +156,7 @@ def _source_of(array: np.ndarray, candidates) -> tuple[np.ndarray, int, tuple[in
                 candidate = transposed[:, :, ::-1, ::-1] if flipped else transposed
                 if np.array_equal(candidate, array):
                     return raw, offset, perm, flipped, None
-                if array.ndim < 2:
-                    continue
-                scale = channel_scale(array, candidate)
+                scale = channel_scale(array, candidate) if array.ndim >= 2 else None
                 if scale is not None:
                     rebuilt = candidate * scale.astype(np.float32).reshape(-1, *[1] * (array.ndim - 1))
                     if np.allclose(rebuilt, array, rtol=1e-6, atol=1e-7 * float(np.abs(array).max())):
