@@ -23,6 +23,9 @@ st.caption("Held-out test split of each model's own data (see its section below)
            "abnormal test images whose default heatmap peak lies within 15 px (at 224 px) of the lesion mask; "
            "ms per analysis: one warm analysis on ONNX Runtime, median, as benchmarks/tier_speed.py measured it "
            "on the machine of models/analysis_speed.json (2 cores). "
+           "validation AUC vs fast: the intensive model's validation AUC minus the fast model's on the same images, "
+           "with its paired-bootstrap 95% interval (models/compare_tiers.py); 'better' only where the interval lies "
+           "above 0, otherwise 'not better', and the fast model, which answers sooner, is the one to make active. "
            "'none registered': no model of that tier for the condition. The active model is the one the "
            "administrator chose (README, \"Model registry\").")
 

@@ -6,7 +6,7 @@ import json
 from conftest import write_tiny_registry
 
 from xray_ai.registry import load_registry
-from xray_ai.registry.comparison import SPEED_FILE, read_speeds, tier_comparison
+from xray_ai.registry.comparison import SPEED_FILE, TIERS_SUFFIX, read_speeds, tier_comparison
 
 
 def _registry(tmp_path):
@@ -71,3 +71,40 @@ def test_the_shipped_speed_record_covers_every_shipped_model_file():
     stale = [m.id for m in registry.models.values()
              if not m.is_ensemble and speeds.get(m.id, {}).get("sha256") != m.sha256]
     assert not stale, f"no speed measured for the current file of: {stale}"
+
+
+def _tiers_record(registry, difference, ci, **changes):
+    record = {"models": {"intensive": "big-test", "fast": "tiny-test"},
+              "sha256": {"intensive": registry.models["big-test"].sha256, "fast": registry.models["tiny-test"].sha256},
+              "valid_auc_difference_intensive_minus_fast": {"difference": difference, "ci95": ci}}
+    record.update(changes)
+    (registry.base_dir / f"missing{TIERS_SUFFIX}").write_text(json.dumps(record))  # beside big-test's file
+
+
+def test_an_intensive_model_says_whether_it_is_better_on_validation(tmp_path):
+    registry = _registry(tmp_path)
+    assert tier_comparison(registry)[0].as_table_row()["validation AUC vs fast (95% CI)"] == "not compared"
+    _tiers_record(registry, -0.0063, [-0.0157, 0.0033])
+    rows = tier_comparison(registry)
+    assert rows[0].as_table_row()["validation AUC vs fast (95% CI)"] == "-0.0063 (-0.0157 to +0.0033): not better"
+    assert rows[1].as_table_row()["validation AUC vs fast (95% CI)"] == ""  # a fast row compares nothing
+    _tiers_record(registry, 0.02, [0.004, 0.035])
+    assert tier_comparison(registry)[0].as_table_row()["validation AUC vs fast (95% CI)"] == \
+        "+0.0200 (+0.0040 to +0.0350): better"
+
+
+def test_a_tiers_record_of_other_model_files_is_not_used(tmp_path):
+    registry = _registry(tmp_path)
+    _tiers_record(registry, 0.02, [0.004, 0.035], sha256={"intensive": "1" * 64, "fast": "0" * 64})
+    assert tier_comparison(registry)[0].versus_fast is None
+    _tiers_record(registry, 0.02, [0.004, 0.035], sha256={})  # a record that names no files
+    assert tier_comparison(registry)[0].versus_fast is None
+
+
+def test_every_shipped_intensive_model_is_compared_with_its_fast_one():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    rows = [r for r in tier_comparison(load_registry(repo / "model_registry.json"))
+            if r.tier == "intensive" and r.model_id is not None]
+    assert rows and all(r.versus_fast is not None for r in rows), [r.model_id for r in rows if r.versus_fast is None]

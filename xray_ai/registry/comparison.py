@@ -2,7 +2,10 @@
 its intensive and its fast models with their held-out test figures as the registry stores
 them (AUC and accuracy with 95% CIs, kappa, the default heatmap's 15-px pointing game) and,
 where benchmarks/tier_speed.py measured it (models/analysis_speed.json), the milliseconds per
-analysis on that machine, for the very model file (its sha256) the registry names.
+analysis on that machine, for the very model file (its sha256) the registry names; and, for
+an intensive model, whether it is better than the condition's fast one on validation
+(models/compare_tiers.py's record beside it, `<id>.tiers.json`: the paired-bootstrap
+validation AUC difference; "better" only where its 95% interval lies above 0).
 
 Nothing here measures or invents a figure: a cell the registry does not hold stays empty,
 and a tier a condition has no model of says so.
@@ -10,6 +13,7 @@ and a tier a condition has no model of says so.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +22,11 @@ from typing import Any
 from xray_ai.registry.document import Registry
 from xray_ai.registry.schema import ModelEntry
 
-__all__ = ["SPEED_FILE", "TIERS", "TierRow", "read_speeds", "tier_comparison"]
+__all__ = ["SPEED_FILE", "TIERS", "TIERS_SUFFIX", "TierRow", "read_speeds", "read_tier_record", "tier_comparison"]
 
 TIERS = ("intensive", "fast")
 SPEED_FILE = "models/analysis_speed.json"  # benchmarks/tier_speed.py --write, beside the models
+TIERS_SUFFIX = ".tiers.json"  # models/compare_tiers.py: models/<intensive id>.tiers.json
 
 
 @dataclass(frozen=True)
@@ -44,13 +49,15 @@ class TierRow:
     kappa: float | None = None
     pointing_15px: float | None = None
     ms_per_analysis: float | None = None
+    # intensive rows: (AUC difference intensive - fast on validation, its 95% CI), or None: not compared
+    versus_fast: tuple[float, tuple[float, float]] | None = None
 
     def as_table_row(self) -> dict[str, str]:
         """The row as the performance page and the README print it."""
         if self.model_id is None:
             return {"condition": self.condition_name, "tier": self.tier, "model": "none registered",
                     "test AUC (95% CI)": "", "accuracy (95% CI)": "", "kappa": "", "pointing 15 px": "",
-                    "ms per analysis": ""}
+                    "ms per analysis": "", "validation AUC vs fast (95% CI)": ""}
         return {
             "condition": self.condition_name, "tier": self.tier,
             "model": f"{self.model_id}{' (active)' if self.active else ''}",
@@ -58,7 +65,16 @@ class TierRow:
             "accuracy (95% CI)": _with_ci(self.accuracy, self.accuracy_ci),
             "kappa": _number(self.kappa), "pointing 15 px": _number(self.pointing_15px, 2),
             "ms per analysis": _number(self.ms_per_analysis, 1),
+            "validation AUC vs fast (95% CI)": self._versus_fast(),
         }
+
+    def _versus_fast(self) -> str:
+        if self.tier != "intensive":
+            return ""
+        if self.versus_fast is None:
+            return "not compared"
+        difference, (low, high) = self.versus_fast
+        return f"{difference:+.4f} ({low:+.4f} to {high:+.4f}): {'better' if low > 0 else 'not better'}"
 
 
 def read_speeds(path: str | Path) -> dict[str, dict]:
@@ -86,8 +102,38 @@ def tier_comparison(registry: Registry, speeds: dict[str, dict] | None = None) -
             if not entries:
                 rows.append(TierRow(condition_id, condition.name, tier, None))
             for entry in entries:
-                rows.append(_row(entry, condition.name, entry.id == active, (speeds or {}).get(entry.id)))
+                row = _row(entry, condition.name, entry.id == active, (speeds or {}).get(entry.id))
+                if tier == "intensive":
+                    row = dataclasses.replace(row, versus_fast=_versus_fast(read_tier_record(registry, entry)))
+                rows.append(row)
     return rows
+
+
+def read_tier_record(registry: Registry, entry: ModelEntry) -> dict | None:
+    """models/compare_tiers.py's record for the intensive `entry` (`<id>.tiers.json` beside
+    its file), or None: there is none, it is unreadable, it names another model, or it was
+    measured on another file of either model than the registry's (its recorded sha256)."""
+    if entry.path is None:
+        return None
+    try:
+        record = json.loads(Path(entry.resolve_path(registry.base_dir)).with_suffix(TIERS_SUFFIX).read_text())
+        ids, hashes = record["models"], record.get("sha256", {})
+        fast = registry.models.get(ids["fast"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if ids.get("intensive") != entry.id or fast is None:
+        return None
+    if any(hashes.get(tier) != model.sha256 for tier, model in (("intensive", entry), ("fast", fast))):
+        return None
+    return record
+
+
+def _versus_fast(record: dict | None) -> tuple[float, tuple[float, float]] | None:
+    try:
+        figures = record["valid_auc_difference_intensive_minus_fast"]  # type: ignore[index]
+        return float(figures["difference"]), (float(figures["ci95"][0]), float(figures["ci95"][1]))
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
 
 
 def _row(entry: ModelEntry, condition_name: str, active: bool, speed: dict | None) -> TierRow:
