@@ -62,6 +62,7 @@ def test_end_to_end_quick_protocol_through_the_cli(tiny_dataset, tmp_path, capsy
     assert (tmp_path / "models" / "fracture-tiny.metrics.json").is_file()
     assert entry["metrics"]["training"]["lesion_mask_weight"] == 5.0
     assert entry["metrics"]["training"]["learning_rate"] == 3e-4  # --learning-rate overrides the protocol's 1e-3
+    assert entry["metrics"]["training"]["fitted_with"].startswith("xray_ai train, TensorFlow ")  # and the device
     scaling = entry["metrics"]["temperature_scaling"]
     assert scaling["fitted_on"] == "valid" and scaling["temperature"] > 0
     assert scaling["applied_at_inference"] is (scaling["temperature"] != 1.0)

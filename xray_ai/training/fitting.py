@@ -10,6 +10,7 @@ them (fit_on_gpu.py runs Keras on JAX, without TensorFlow).
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -178,13 +179,23 @@ def training_summary(config: TrainConfig, protocol: Protocol, *, epochs_run: int
     }
 
 
+def fitted_here() -> str:
+    """What fitted a model in this process, for its record: `train` on TensorFlow, and the
+    device (models/fit_on_gpu.py writes its own `fitted_with`)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    device = f"GPU {gpus[0].name}" if gpus else f"CPU, {os.cpu_count()} cores"
+    return f"xray_ai train, TensorFlow {tf.__version__}, {device}"
+
+
 def training_record(config: TrainConfig, epochs: int, summary: dict[str, Any],
                     fit_record: dict | None) -> dict[str, Any]:
     """`metrics.training`: `summary` (`training_summary`) for a model fitted here; for one
     evaluated as it is (`--epochs 0`), the fit's own figures from its record (`fit_record`,
     or "unknown" without one). Either way, with an initial model, its file and sha256."""
     if config.initial_model is None:
-        return summary
+        return {**summary, "fitted_with": fitted_here()}
     initial = {"file": Path(config.initial_model).name, "sha256": artifacts.file_sha256(Path(config.initial_model))}
     record = summary
     if epochs == 0:
