@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MIN_SHARED_ELEMENTS", "channel_scale", "read_weights_from_model_file"]
+__all__ = ["MIN_SHARED_ELEMENTS", "channel_scale", "read_weights_from_model_file", "save_with_initializers"]
 
 MIN_SHARED_ELEMENTS = 1024  # smaller tensors are not worth the nodes that rebuild them
 _WEIGHTS_MEMBER = "model.weights.h5"
@@ -87,13 +87,23 @@ def read_weights_from_model_file(onnx_path: Path, keras_path: Path) -> tuple[int
         moved += raw.nbytes
     if not nodes:
         return 0, 0
+    save_with_initializers(graph_model, kept, nodes, onnx_path)
+    return sum(1 for n in nodes if n.op_type == "Transpose"), moved
+
+
+def save_with_initializers(graph_model, initializers: list, leading_nodes: list, path: Path) -> None:
+    """Save `graph_model` to `path` with `initializers` as its initializers and `leading_nodes`
+    (the ones that compute the tensors taken out of them) before its own nodes, so that the
+    graph stays topologically sorted."""
+    import onnx
+
+    graph = graph_model.graph
     del graph.initializer[:]
-    graph.initializer.extend(kept)
-    ordered = nodes + list(graph.node)  # the rebuilt weights first: the graph stays topologically sorted
+    graph.initializer.extend(initializers)
+    ordered = list(leading_nodes) + list(graph.node)
     del graph.node[:]
     graph.node.extend(ordered)
-    onnx.save(graph_model, str(onnx_path))
-    return sum(1 for n in nodes if n.op_type == "Transpose"), moved
+    onnx.save(graph_model, str(path))
 
 
 def _external_tensor(name: str, raw: np.ndarray, location: str, offset: int):

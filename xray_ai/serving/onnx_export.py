@@ -38,7 +38,7 @@ from xray_ai.explain.cam_math import HeatmapSpec
 from xray_ai.serving.artifacts import file_sha256
 from xray_ai.serving.export_check import CHECK_TOLERANCE, disagreement
 from xray_ai.serving.head import Head, detect_head, grad_cam_layer, head_tensors
-from xray_ai.serving.model_file_weights import channel_scale, read_weights_from_model_file
+from xray_ai.serving.model_file_weights import channel_scale, read_weights_from_model_file, save_with_initializers
 from xray_ai.version import __version__
 
 if TYPE_CHECKING:
@@ -200,12 +200,7 @@ def share_backward_weights(path: Path) -> int:
             new_nodes.append(helper.make_node("Div", [twin, scale_name], [name], name=f"{name}__shared"))
         else:
             new_nodes.append(helper.make_node("Transpose", [what], [name], perm=[1, 0], name=f"{name}__shared"))
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    nodes = new_nodes + list(graph.node)  # the derived kernels first: the graph stays topologically sorted
-    del graph.node[:]
-    graph.node.extend(nodes)
-    onnx.save(graph_model, str(path))
+    save_with_initializers(graph_model, kept, new_nodes, path)
     return len(replaced)
 
 
