@@ -12,7 +12,8 @@ Two places an export may come from:
 - **Shipped beside the model** (`models/<id>.onnx`), pinned by the registry entry's `onnx`
   field (path, sha256, the `.keras` sha256 it was made from, its heatmap setting and
   shapes): `load_pinned` verifies the `.keras` and ONNX files' sha256 against the registry
-  (the same trust as the model file itself) and opens the session *without importing
+  (the same trust as the model file itself; the export reads its large weights from that
+  `.keras` file: serving.model_file_weights) and opens the session *without importing
   keras or TensorFlow*, so the first analysis of a fresh install takes an ONNX session's
   start, not TensorFlow's. `python -m xray_ai export-onnx --ship MODEL_ID` writes one.
 - **The per-user cache** (serving.settings.cache_dir), keyed by the `.keras` file's sha256
