@@ -87,7 +87,8 @@ def main() -> None:
     record = {
         "data": {"path": str(args.data), "layout": args.layout,
                  "phantoms": json.loads((args.data / "phantoms.json").read_text())},
-        "models": ids, "sha256": {tier: model.entry.sha256 for tier, model in loaded.items()}, "scores": scores, "valid_auc_difference_intensive_minus_fast": difference,
+        "models": ids, "sha256": {tier: model.entry.sha256 for tier, model in loaded.items()},  # what was scored
+        "scores": scores, "valid_auc_difference_intensive_minus_fast": difference,
         "active": ids[chosen],
         "chosen_by": "intensive only where the paired-bootstrap 95% interval of its validation AUC minus the "
                      "fast model's lies above 0; otherwise the fast model (less time per analysis). "
