@@ -28,6 +28,7 @@ import io
 import itertools
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -180,23 +181,21 @@ def _weights_with_offsets(keras_path: Path) -> list[tuple[np.ndarray, int]]:
     chunked or filtered dataset)."""
     import h5py
 
-    with zipfile.ZipFile(keras_path) as archive:
+    data = keras_path.read_bytes()  # read once: the member's bytes are taken from it, not read again
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         try:
             info = archive.getinfo(_WEIGHTS_MEMBER)
         except KeyError:
             return []
-        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
-            return []
-        member = archive.read(info)
-    with open(keras_path, "rb") as handle:
-        handle.seek(info.header_offset)
-        header = _LOCAL_HEADER.unpack(handle.read(_LOCAL_HEADER.size))
-        if header[0] != _LOCAL_HEADER_SIGNATURE:
-            return []
-        start = info.header_offset + _LOCAL_HEADER.size + header[9] + header[10]  # + name + extra field
-        handle.seek(start)
-        if handle.read(len(member)) != member:
-            return []
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
+        return []
+    header = _LOCAL_HEADER.unpack_from(data, info.header_offset)
+    if header[0] != _LOCAL_HEADER_SIGNATURE:
+        return []
+    start = info.header_offset + _LOCAL_HEADER.size + header[9] + header[10]  # + name + extra field
+    member = data[start:start + info.file_size]
+    if len(member) != info.file_size or zlib.crc32(member) != info.CRC:  # not where the archive says
+        return []
     found: list[tuple[np.ndarray, int]] = []
 
     def visit(_name, item):
