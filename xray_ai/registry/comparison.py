@@ -13,7 +13,6 @@ and a tier a condition has no model of says so.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +102,8 @@ def tier_comparison(registry: Registry, speeds: dict[str, dict] | None = None) -
             if not entries:
                 rows.append(TierRow(condition_id, condition.name, tier, None))
             for entry in entries:
-                row = _row(entry, condition.name, entry.id == active, (speeds or {}).get(entry.id))
-                if tier == "intensive":
-                    row = dataclasses.replace(row, versus_fast=_versus_fast(read_tier_record(registry, entry)))
-                rows.append(row)
+                versus_fast = _auc_difference(read_tier_record(registry, entry)) if tier == "intensive" else None
+                rows.append(_row(entry, condition.name, entry.id == active, (speeds or {}).get(entry.id), versus_fast))
     return rows
 
 
@@ -129,7 +126,8 @@ def read_tier_record(registry: Registry, entry: ModelEntry) -> dict | None:
     return record
 
 
-def _versus_fast(record: dict | None) -> tuple[float, tuple[float, float]] | None:
+def _auc_difference(record: dict | None) -> tuple[float, tuple[float, float]] | None:
+    """A tiers record's validation AUC difference and its 95% CI, or None."""
     try:
         figures = record["valid_auc_difference_intensive_minus_fast"]  # type: ignore[index]
         return float(figures["difference"]), (float(figures["ci95"][0]), float(figures["ci95"][1]))
@@ -137,7 +135,8 @@ def _versus_fast(record: dict | None) -> tuple[float, tuple[float, float]] | Non
         return None
 
 
-def _row(entry: ModelEntry, condition_name: str, active: bool, speed: dict | None) -> TierRow:
+def _row(entry: ModelEntry, condition_name: str, active: bool, speed: dict | None,
+         versus_fast: tuple[float, tuple[float, float]] | None = None) -> TierRow:
     metrics: dict[str, Any] = dict(entry.metrics or {})
     ci = metrics.get("ci95") or {}
     pointing = None
@@ -152,7 +151,7 @@ def _row(entry: ModelEntry, condition_name: str, active: bool, speed: dict | Non
         architecture=entry.architecture, kind=getattr(entry, "kind", "classifier"), active=active,
         split=metrics.get("split"), n=metrics.get("n"), auc=metrics.get("auc"), auc_ci=_pair(ci.get("auc")),
         accuracy=metrics.get("accuracy"), accuracy_ci=_pair(ci.get("accuracy")), kappa=metrics.get("kappa"),
-        pointing_15px=pointing, ms_per_analysis=None if ms is None else float(ms),
+        pointing_15px=pointing, ms_per_analysis=None if ms is None else float(ms), versus_fast=versus_fast,
     )
 
 
