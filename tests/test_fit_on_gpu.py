@@ -99,6 +99,37 @@ def test_epochs_zero_needs_an_initial_model_and_the_model_its_input_size(fitted,
     assert "takes input (None, 32, 32, 3), --image-size asks for (None, 48, 48, 3)" in capsys.readouterr().err
 
 
+def test_a_model_fitted_at_one_size_is_fitted_further_at_another(fitted, dataset, tmp_path, capsys, monkeypatch):
+    """The intensive tier started from the fast model: same weights, rebuilt for the larger images."""
+    import keras
+
+    from xray_ai.registry import InputSpec
+    from xray_ai.training.initial_model import load_initial_model
+
+    original = keras.models.load_model(fitted, compile=False)
+    larger = load_initial_model(fitted, InputSpec(48, 48, 3), resize=True)
+    assert tuple(larger.inputs[0].shape) == (None, 48, 48, 3)
+    assert [w.shape for w in larger.weights] == [w.shape for w in original.weights]
+    for ours, theirs in zip(larger.get_weights(), original.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+
+    monkeypatch.setenv("XRAY_AI_AUDIT_DB", str(tmp_path / "audit.sqlite3"))
+    registry = tmp_path / "registry.json"
+    shutil.copy(REPO / "model_registry.json", registry)
+    args = [a if a != str(SIZE) else "48" for a in _train_args(dataset, fitted, tmp_path)]
+    args[args.index("--epochs") + 1] = "1"
+    args[args.index("--model-id") + 1] = "fracture-larger"
+    code = main([*args, "--registry", str(registry), "--register"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    entry = json.loads(registry.read_text())["models"]["fracture-larger"]
+    training = entry["metrics"]["training"]
+    assert entry["input"]["height"] == 48 and training["epochs_run"] == 1 and training["image_size"] == 48
+    assert training["fitted_with"].startswith("xray_ai train") and "evaluated_by" not in training  # fitted here
+    assert training["initial_model"]["file"] == fitted.name
+    assert entry["trained_on"]["version"].endswith(f"fitted further from {fitted.name}")
+
+
 def test_unaugmented_batches_match_the_tf_pipeline(fit_on_gpu, dataset):
     """Validation batches (images and lesion-cell targets) equal pipeline.make_dataset's."""
     from xray_ai.registry import InputSpec, load_registry

@@ -174,6 +174,12 @@ def test_trained_on_names_a_pretrained_backbone(tmp_path):
     assert plain.synthetic and "pretrained" not in plain.version
     pretrained = describe_data(TrainConfig("fracture", "efficientnetlite0", tmp_path / "ph", weights="imagenet"))
     assert pretrained.synthetic and pretrained.version == f"{plain.version}; backbone pretrained: ImageNet weights"
+    further = describe_data(TrainConfig("fracture", "efficientnetlite0", tmp_path / "ph", weights="imagenet",
+                                        initial_model=tmp_path / "fast.keras", epochs=3))
+    assert further.version == f"{pretrained.version}; fitted further from fast.keras"
+    as_it_is = describe_data(TrainConfig("fracture", "compactcnn", tmp_path / "ph",
+                                         initial_model=tmp_path / "fast.keras", epochs=0))
+    assert as_it_is == plain  # evaluated as it is: the data of the evaluation, nothing fitted here
 
 
 def test_a_body_part_head_trains_with_the_label_and_is_saved_beside_the_model(tiny_dataset, tmp_path, capsys):

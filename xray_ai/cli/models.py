@@ -75,7 +75,8 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--initial-model", type=Path, metavar="MODEL.keras",
                    help="start from this saved classifier instead of --weights; with --epochs 0, only "
                         "calibrate, choose the operating point, evaluate and register it (a model fitted "
-                        "by models/fit_on_gpu.py)")
+                        "by models/fit_on_gpu.py); with epochs, fit it further, at another --image-size if "
+                        "asked (its --weights then say where its backbone started, for the record)")
     add_registry_arg(t)
 
     e = sub.add_parser("evaluate", help="evaluate a registered model on a dataset")

@@ -74,7 +74,7 @@ def build_for_training(config: TrainConfig, spec: InputSpec, lesion_weight: floa
     keras.utils.set_random_seed(config.seed)
     with distribution_strategy().scope():
         if config.initial_model is not None:
-            model = load_initial_model(config.initial_model, spec)
+            model = load_initial_model(config.initial_model, spec, resize=config.epochs != 0)
         else:
             model = build_classifier(config.architecture, spec.shape, weights=config.weights)
         fit_model, heads = with_heads(model, lesion_weight, body_parts, config.body_part_weight)
@@ -191,17 +191,19 @@ def fitted_here() -> str:
 
 def training_record(config: TrainConfig, epochs: int, summary: dict[str, Any],
                     fit_record: dict | None) -> dict[str, Any]:
-    """`metrics.training`: `summary` (`training_summary`) for a model fitted here; for one
-    evaluated as it is (`--epochs 0`), the fit's own figures from its record (`fit_record`,
-    or "unknown" without one). Either way, with an initial model, its file and sha256."""
-    if config.initial_model is None:
-        return {**summary, "fitted_with": fitted_here()}
-    initial = {"file": Path(config.initial_model).name, "sha256": artifacts.file_sha256(Path(config.initial_model))}
-    record = summary
-    if epochs == 0:
-        # Not fitted here: the figures of the fit are the fitting run's own, or unknown.
+    """`metrics.training`: `summary` (`training_summary`) and what fitted it, for a model fitted
+    here (from an initial model or not); for one evaluated as it is (`--epochs 0`), the fit's
+    own figures from its record (`fit_record`, or "unknown" without one). Either way, with an
+    initial model, its file and sha256."""
+    if epochs:
+        record = {**summary, "fitted_with": fitted_here()}
+    else:
+        # Not fitted here (epochs 0 needs an initial model): the fit's figures are the fitting
+        # run's own, or unknown.
         record = dict(fit_record["training"]) if fit_record else {
             "fit": f"unknown: no {artifacts.fit_record_path(config.initial_model).name} record beside the model"}
         record["evaluated_by"] = "train --epochs 0 (calibration, operating point, test figures)"
-    record["initial_model"] = initial
+    if config.initial_model is not None:
+        record["initial_model"] = {"file": Path(config.initial_model).name,
+                                   "sha256": artifacts.file_sha256(Path(config.initial_model))}
     return record

@@ -19,8 +19,10 @@ from xray_ai.training.splits import split_digest
 __all__ = ["load_initial_model", "read_fit_record", "initial_body_part_head"]
 
 
-def load_initial_model(path: Path, spec: InputSpec):
-    """A saved classifier to start from (`TrainConfig.initial_model`), checked against `spec`."""
+def load_initial_model(path: Path, spec: InputSpec, *, resize: bool = False):
+    """A saved classifier to start from (`TrainConfig.initial_model`), checked against `spec`;
+    with `resize` (a run that fits it further), one fitted at another image size is rebuilt
+    for `spec`'s (`_at_input_size`). A model evaluated as it is must take `spec`'s size."""
     import keras
 
     if not Path(path).is_file():
@@ -30,18 +32,40 @@ def load_initial_model(path: Path, spec: InputSpec):
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"--initial-model {path}: could not be loaded ({type(exc).__name__}: {exc})") from None
     have = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None
-    if have != (None, *spec.shape):
-        raise ValueError(f"--initial-model {path}: takes input {have}, --image-size asks for {(None, *spec.shape)}")
-    return model
+    if have == (None, *spec.shape):
+        return model
+    if resize and have is not None and len(have) == 4 and have[3] == spec.channels:
+        return _at_input_size(model, spec, path)
+    raise ValueError(f"--initial-model {path}: takes input {have}, --image-size asks for {(None, *spec.shape)}")
+
+
+def _at_input_size(model, spec: InputSpec, path: Path):
+    """`model` rebuilt for `spec`'s image size, with its weights: a convolutional backbone
+    with global pooling has the same weights at any input size, so a model fitted at 224 px
+    can be fine-tuned at 320 (the intensive tier started from the fast one). A model whose
+    weights depend on the size (a Flatten before a Dense layer) cannot be, and says so."""
+    import keras
+
+    config = model.get_config()
+    (image,) = [layer for layer in config["layers"] if layer["class_name"] == "InputLayer"]
+    image["config"]["batch_shape"] = [None, *spec.shape]
+    try:
+        resized = keras.Model.from_config(config)
+        resized.set_weights(model.get_weights())
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"--initial-model {path}: takes {model.inputs[0].shape[1]} x {model.inputs[0].shape[2]} "
+                         f"px images and cannot be rebuilt for {spec.height} x {spec.width} "
+                         f"({type(exc).__name__}: {exc})") from None
+    return resized
 
 
 def read_fit_record(config: TrainConfig, parts: dict) -> dict | None:
     """The `<stem>.fit.json` written beside the initial model by models/fit_on_gpu.py (None
-    when there is none), checked against this run: same architecture, input size and split
-    (so the test split stays unseen).
+    when there is none), checked against this run: same architecture and split (so the test
+    split stays unseen) and, for a model evaluated as it is (epochs 0), the same input size.
 
     Raises:
-        ValueError: the record names another architecture, input size or split.
+        ValueError: the record names another architecture, split or (epochs 0) input size.
     """
     path = artifacts.fit_record_path(config.initial_model)
     if not path.is_file():
@@ -50,7 +74,7 @@ def read_fit_record(config: TrainConfig, parts: dict) -> dict | None:
     if record.get("architecture") != config.architecture:
         raise ValueError(f"{path}: the model was fitted as {record.get('architecture')!r}, --arch says "
                          f"{config.architecture!r}")
-    if record["training"].get("image_size") != config.image_size:
+    if config.epochs == 0 and record["training"].get("image_size") != config.image_size:
         raise ValueError(f"{path}: the model was fitted at {record['training'].get('image_size')} px, "
                          f"--image-size says {config.image_size}")
     digest = split_digest(parts, Path(config.data).resolve())

@@ -23,13 +23,18 @@ __all__ = ["describe_data", "register_model"]
 
 def describe_data(config: TrainConfig) -> TrainingData:
     """What the model was trained on, stated honestly: phantom datasets carry a manifest;
-    a backbone that started from pretrained weights says so (ImageNet is training data too)."""
+    a backbone that started from pretrained weights says so (ImageNet is training data too),
+    and so does a model fitted further from a saved one (`--initial-model` with epochs)."""
     data = _describe_dataset(config)
-    if config.weights in (None, "none"):
+    starts = []
+    if config.weights not in (None, "none"):
+        starts.append("backbone pretrained: " + (
+            "ImageNet weights" if config.weights == "imagenet" else f"weights {Path(config.weights).name}"))
+    if config.initial_model is not None and config.epochs != 0:
+        starts.append(f"fitted further from {Path(config.initial_model).name}")
+    if not starts:
         return data
-    start = "ImageNet weights" if config.weights == "imagenet" else f"weights {Path(config.weights).name}"
-    version = f"{data.version}; backbone pretrained: {start}" if data.version else f"backbone pretrained: {start}"
-    return dataclasses.replace(data, version=version)
+    return dataclasses.replace(data, version="; ".join([data.version, *starts] if data.version else starts))
 
 
 def _describe_dataset(config: TrainConfig) -> TrainingData:
