@@ -71,12 +71,18 @@ class TrainConfig:
     model_id: str | None = None
     # Start from this saved classifier instead of `build_classifier(architecture, weights)`;
     # with epochs=0 it is evaluated, calibrated and registered as it is (a model fitted by
-    # models/fit_on_gpu.py, whose `<stem>.fit.json` record then names how it was fitted).
+    # models/fit_on_gpu.py, whose `<stem>.fit.json` record then names how it was fitted);
+    # with epochs, fitted further (at another image_size if asked: initial_model._at_input_size).
     initial_model: Path | None = None
     dataset_name: str | None = None
     dataset_version: str = ""
     synthetic: bool | None = None
     intended_use: str | None = None
+
+    @property
+    def evaluate_only(self) -> bool:
+        """An initial model evaluated as it is (epochs 0), not fitted here."""
+        return self.epochs == 0
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def build_for_training(config: TrainConfig, spec: InputSpec, lesion_weight: floa
     keras.utils.set_random_seed(config.seed)
     with distribution_strategy().scope():
         if config.initial_model is not None:
-            model = load_initial_model(config.initial_model, spec, resize=config.epochs != 0)
+            model = load_initial_model(config.initial_model, spec, resize=not config.evaluate_only)
         else:
             model = build_classifier(config.architecture, spec.shape, weights=config.weights)
         fit_model, heads = with_heads(model, lesion_weight, body_parts, config.body_part_weight)

@@ -74,7 +74,7 @@ def read_fit_record(config: TrainConfig, parts: dict) -> dict | None:
     if record.get("architecture") != config.architecture:
         raise ValueError(f"{path}: the model was fitted as {record.get('architecture')!r}, --arch says "
                          f"{config.architecture!r}")
-    if config.epochs == 0 and record["training"].get("image_size") != config.image_size:
+    if config.evaluate_only and record["training"].get("image_size") != config.image_size:
         raise ValueError(f"{path}: the model was fitted at {record['training'].get('image_size')} px, "
                          f"--image-size says {config.image_size}")
     digest = split_digest(parts, Path(config.data).resolve())

@@ -30,7 +30,7 @@ def describe_data(config: TrainConfig) -> TrainingData:
     if config.weights not in (None, "none"):
         starts.append("backbone pretrained: " + (
             "ImageNet weights" if config.weights == "imagenet" else f"weights {Path(config.weights).name}"))
-    if config.initial_model is not None and config.epochs != 0:
+    if config.initial_model is not None and not config.evaluate_only:
         starts.append(f"fitted further from {Path(config.initial_model).name}")
     if not starts:
         return data
