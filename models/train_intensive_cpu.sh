@@ -24,7 +24,8 @@
 # had 40 GPU epochs), a model to offer no one.
 # Each run's record (epochs, wall time, device) is in its metrics.json `training`;
 # models/README.md, "The intensive tier", has them side by side. The 2026-12-02 runs used
-# EXPLAIN=1 for fracture and EXPLAIN=0 for the others.
+# EXPLAIN=1 for fracture and EXPLAIN=0 for the others; musculoskeletal abnormality's
+# explain-eval (step 1's command) ran after its comparison, once it had become active.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
