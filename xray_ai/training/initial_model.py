@@ -46,11 +46,9 @@ def _at_input_size(model, spec: InputSpec, path: Path):
     weights depend on the size (a Flatten before a Dense layer) cannot be, and says so."""
     import keras
 
-    config = model.get_config()
-    (image,) = [layer for layer in config["layers"] if layer["class_name"] == "InputLayer"]
-    image["config"]["batch_shape"] = [None, *spec.shape]
     try:
-        resized = keras.Model.from_config(config)
+        resized = keras.models.clone_model(model, input_tensors=keras.Input(shape=spec.shape,
+                                                                          name=model.inputs[0].name))
         resized.set_weights(model.get_weights())
     except (ValueError, TypeError) as exc:
         raise ValueError(f"--initial-model {path}: takes {model.inputs[0].shape[1]} x {model.inputs[0].shape[2]} "
